@@ -1,0 +1,1 @@
+"""charlm: character-level RNN language models with Lightning and Hydra."""

@@ -1,0 +1,65 @@
+"""Callbacks: generated text and character throughput in TensorBoard."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+from charlm.errors import UserError
+from charlm.sampling import generate_text
+
+
+class TextSamples(L.Callback):
+    """At every validation, generate text from ``prompt`` at each temperature (0 = greedy)
+    and write it to the logger as TensorBoard text (``samples/T=...``)."""
+
+    def __init__(self, prompt: str = "today ", length: int = 200, temperatures: tuple[float, ...] = (0.0, 0.5, 1.0),
+                 seed: int = 0):
+        self.prompt, self.length, self.temperatures, self.seed = prompt, length, list(temperatures), seed
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        try:  # fail before training, not at the first validation
+            pl_module.vocab.encode(self.prompt, strict=True)
+        except UserError as err:
+            raise UserError(f"callbacks.samples.prompt={self.prompt!r}: {err}") from None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        for temperature in self.temperatures:
+            text = generate_text(pl_module.net, pl_module.vocab, self.prompt, self.length,
+                                 temperature=temperature, seed=self.seed)[0]
+            # Markdown renders newlines only as hard breaks; keep the text literal in a code block.
+            trainer.logger.experiment.add_text(f"samples/T={temperature:g}", f"    {text}".replace("\n", "\n    "),
+                                               trainer.global_step)
+
+
+class CharThroughput(L.Callback):
+    """Logs ``train/chars_per_sec`` every ``log_every_n_steps`` training steps.
+
+    Written here instead of Lightning's ``ThroughputMonitor`` because that one calls
+    ``torch.cuda.synchronize()`` after every step, stalling the GPU queue; this one reads
+    the clock only when it logs, so over a logging interval the figure is exact enough
+    without a sync. Time spent in validation is not counted."""
+
+    def __init__(self):
+        self._start, self._chars, self._paused = None, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._chars += batch[0].numel()
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            elapsed = time.perf_counter() - self._start - self._paused
+            pl_module.log("train/chars_per_sec", self._chars / max(elapsed, 1e-9) * trainer.world_size)
+            self._start, self._chars, self._paused = time.perf_counter(), 0, 0.0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._start is not None:
+            self._paused += time.perf_counter() - self._validation_start

@@ -1,0 +1,124 @@
+"""The LightningModule: training, carried-state evaluation, metrics, optimizer, checkpoint contents."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torchmetrics import MeanMetric
+
+from charlm.data import IGNORE
+from charlm.errors import UserError
+from charlm.model import CharRNN
+from charlm.vocabulary import Vocabulary
+
+FORMAT_VERSION = 1  # bump when the checkpoint layout changes
+
+
+class CharLM(L.LightningModule):
+    """A ``CharRNN`` trained with mean cross-entropy (nats per character).
+
+    Everything needed to rebuild the model (vocabulary, model settings) is saved as plain
+    lists and dicts in the checkpoint's hyperparameters, so a checkpoint loads with
+    ``torch.load(weights_only=True)`` and is enough to sample.
+
+    Args:
+        vocab: the vocabulary's characters (``Vocabulary.chars``).
+        model: keyword arguments of ``CharRNN`` (cell, hidden_size, layers, dropout, embedding_dim).
+        optimizer: a Hydra config of a ``torch.optim`` optimizer, instantiated with ``params``.
+        scheduler: optional Hydra config of a learning-rate scheduler, instantiated with
+            ``optimizer`` and stepped every training step.
+    """
+
+    def __init__(self, vocab: list[str], model: dict, optimizer: dict | None = None, scheduler: dict | None = None,
+                 format_version: int = FORMAT_VERSION):
+        super().__init__()
+        if format_version != FORMAT_VERSION:
+            raise UserError(f"checkpoint format_version={format_version} is not {FORMAT_VERSION}, the one this charlm "
+                            "reads; sample it with the charlm version that trained it, or retrain")
+        self.save_hyperparameters()
+        self.vocab = Vocabulary(vocab)
+        self.net = CharRNN(len(self.vocab), **model)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self._eval_state = None
+
+    def forward(self, ids: torch.Tensor, state=None):
+        return self.net(ids, state)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits, _ = self.net(x)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        self.train_loss.update(loss, weight=y.numel())
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self):
+        self.log("train/epoch_loss", self.train_loss.compute())
+        self.train_loss.reset()
+
+    def _eval_step(self, batch, batch_idx, metric: MeanMetric):
+        # The held-out stream arrives as consecutive chunks of the same rows: carry the state.
+        x, y = batch
+        if batch_idx == 0:
+            self._eval_state = None
+        logits, self._eval_state = self.net(x, self._eval_state)
+        scored = (y != IGNORE).sum()
+        if scored:
+            loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+            metric.update(loss_sum / scored, weight=scored)
+
+    def _log_eval(self, stage: str, metric: MeanMetric):
+        loss = metric.compute()
+        metric.reset()
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/bpc": loss / math.log(2), f"{stage}/ppl": loss.exp()},
+                      prog_bar=stage == "val")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, self.val_loss)
+
+    def on_validation_epoch_end(self):
+        self._log_eval("val", self.val_loss)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, self.test_loss)
+
+    def on_test_epoch_end(self):
+        self._log_eval("test", self.test_loss)
+
+    def configure_optimizers(self):
+        if self.hparams.optimizer is None:
+            raise UserError("no optimizer configured; pass optimizer=adamw (or another conf/optimizer file)")
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
+    """A ``CharLM`` from a checkpoint file, read with ``weights_only=True`` (no code can run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ckpt={path} does not exist; pass a .ckpt file from a run's checkpoints/ folder")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200]
+        raise UserError(f"ckpt={path} cannot be loaded safely ({reason}); it is truncated, corrupt, or holds "
+                        "pickled objects — use a checkpoint written by charlm") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not hparams or "vocab" not in hparams or "state_dict" not in checkpoint:
+        raise UserError(f"ckpt={path} is not a charlm checkpoint (no vocabulary or weights); pass one written by train.py")
+    module = CharLM(vocab=hparams["vocab"], model=hparams["model"], optimizer=hparams.get("optimizer"),
+                    scheduler=hparams.get("scheduler"), format_version=hparams.get("format_version", 0))
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"ckpt={path} does not match its own model settings ({str(err).splitlines()[0]}); "
+                        "it was edited or written by another version") from None
+    return module.eval()

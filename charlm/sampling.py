@@ -1,0 +1,82 @@
+"""Text generation: greedy (temperature 0) or sampled from softmax(logits / T), with top-k / top-p."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from charlm.errors import UserError
+from charlm.model import CharRNN
+from charlm.vocabulary import Vocabulary
+
+
+def check_sampling_args(length: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int):
+    """Refuse sampling settings that mean nothing, naming the bad value."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise UserError(f"length={length!r} must be a whole number >= 0")
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise UserError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise UserError(f"top_k={top_k!r} must be a whole number >= 1, or null for no limit")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise UserError(f"top_p={top_p!r} must be in (0, 1], or null for no limit")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise UserError(f"num_samples={num_samples!r} must be a whole number >= 1")
+
+
+def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+             generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one id per row of ``logits [n, vocab]``: argmax when ``temperature`` is 0, else a sample."""
+    logits = logits.float().clone()
+    logits[:, 0] = float("-inf")  # never emit the unknown-character id
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
+             seed: int | None = None) -> Iterator[list[str]]:
+    """Steps of ``num_samples`` characters each (``length`` of them), continuing ``prompt``.
+
+    The arguments are checked at once (not at the first step). The prompt is fed once;
+    then each step feeds the previous characters of all samples in one batched forward
+    pass, carrying the recurrent state. Same ``seed``, same text."""
+    check_sampling_args(length, temperature, top_k, top_p, num_samples)
+    if not prompt:
+        raise UserError("prompt is empty; give at least one character, e.g. prompt='today '")
+    ids = torch.from_numpy(vocab.encode(prompt, strict=True).astype("int64"))
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator)
+
+
+@torch.no_grad()
+def _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator):
+    was_training = model.training
+    model.eval()
+    try:
+        logits, state = model(ids.to(next(model.parameters()).device).expand(num_samples, -1))
+        for _ in range(length):
+            chosen = next_ids(logits[:, -1], temperature, top_k, top_p, generator)
+            yield [vocab.chars[i] for i in chosen.tolist()]
+            logits, state = model(chosen[:, None], state)
+    finally:
+        model.train(was_training)
+
+
+def generate_text(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, **kwargs) -> list[str]:
+    """The prompt followed by ``length`` generated characters, for each sample."""
+    steps = list(generate(model, vocab, prompt, length, **kwargs))
+    samples = kwargs.get("num_samples", 1)
+    return [prompt + "".join(step[i] for step in steps) for i in range(samples)]

@@ -1,0 +1,62 @@
+"""Character vocabulary: characters <-> integer ids, vectorized with NumPy.
+
+Rule for characters outside the vocabulary: id 0 is reserved for them and prints as
+U+FFFD ("�"). Held-out data is encoded with that rule (an unknown character costs the
+model whatever probability it gives id 0, which it never saw in training); sampling
+prompts use ``strict=True`` and are refused with the unknown characters named, since a
+prompt is something the user can fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from charlm.errors import UserError
+
+UNKNOWN = "\ufffd"
+
+
+class Vocabulary:
+    """Maps characters to ids; ``chars[0]`` is always the unknown-character symbol."""
+
+    def __init__(self, chars: list[str]):
+        if not chars or chars[0] != UNKNOWN or any(len(c) != 1 for c in chars):
+            raise UserError(f"not a charlm vocabulary: {chars[:5]!r}...; rebuild it with Vocabulary.from_text")
+        self.chars = list(chars)
+        codepoints = np.array([ord(c) for c in self.chars[1:]], dtype=np.int64)
+        order = np.argsort(codepoints)
+        self._sorted_codepoints = codepoints[order]
+        self._sorted_ids = (order + 1).astype(np.int64)
+        self.dtype = np.uint8 if len(self.chars) <= 256 else np.uint16
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocabulary":
+        """Build the vocabulary of every distinct character in ``text``, sorted by code point."""
+        codepoints = np.unique(_codepoints(text))
+        return cls([UNKNOWN] + [chr(c) for c in codepoints.tolist() if chr(c) != UNKNOWN])
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str, strict: bool = False) -> np.ndarray:
+        """Encode ``text`` to ids (uint8 when the vocabulary fits). Unknown characters map to
+        id 0, or raise ``UserError`` naming them when ``strict``."""
+        codepoints = _codepoints(text)
+        pos = np.searchsorted(self._sorted_codepoints, codepoints)
+        pos = np.minimum(pos, len(self._sorted_codepoints) - 1)
+        known = self._sorted_codepoints[pos] == codepoints
+        if strict and not known.all():
+            unknown = sorted(set(np.asarray(list(text))[~known].tolist()))
+            raise UserError(
+                f"characters not in the model's vocabulary: {''.join(unknown)!r}; "
+                f"use only these: {''.join(self.chars[1:])!r}"
+            )
+        return np.where(known, self._sorted_ids[pos], 0).astype(self.dtype)
+
+    def decode(self, ids) -> str:
+        """Turn a sequence of ids back into text."""
+        return "".join(self.chars[i] for i in np.asarray(ids).ravel().tolist())
+
+
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)

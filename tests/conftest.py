@@ -1,0 +1,43 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def ag_news_test_csv() -> Path:
+    path = SHARED / "ag_news" / "test.csv"
+    if not path.exists():
+        pytest.skip(f"needs the shared AG News test split at {path} (../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def tiny_csv(tmp_path) -> Path:
+    """A small AG News-format CSV: 60 articles with distinct, recognisable text."""
+    path = tmp_path / "tiny.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_ALL)
+        for i in range(60):
+            writer.writerow([str(i % 4 + 1), f"Title {i:03d}", f"article number {i:03d} says hello world " * 3])
+    return path
+
+
+@pytest.fixture
+def tiny_text(tmp_path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text("".join(f"line {i:04d}: the quick brown fox jumps over the lazy dog.\n" for i in range(300)))
+    return path
+
+
+def run_script(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """Run one of the project's entry points as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

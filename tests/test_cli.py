@@ -1,0 +1,66 @@
+"""The real entry points, run as a user runs them, with tiny settings."""
+
+import torch
+
+from conftest import run_script
+
+TINY = ["model.hidden_size=32", "model.embedding_dim=8", "data.nchars=32", "data.stride=32", "data.batch_size=16",
+        "data.val_size=40", "data.test_size=40", "trainer.max_steps=24", "trainer.val_check_interval=12",
+        "trainer.log_every_n_steps=4", "callbacks.samples.length=20"]
+
+
+def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
+    run = tmp_path / "run"
+    result = run_script("train.py", f"data.path={ag_news_test_csv}", f"data.cache_dir={tmp_path / 'cache'}",
+                        f"hydra.run.dir={run}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert "test (" in log and "bpc" in log
+    assert "`Trainer.fit` stopped: `max_steps=24` reached" in log  # Lightning's own messages reach the log
+    assert (run / "config.yaml").exists() and list(run.glob("events.out.tfevents.*"))
+    best = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["hyper_parameters"]["model"]["hidden_size"] == 32
+    assert len(checkpoint["hyper_parameters"]["vocab"]) == 84  # 82 AG News characters + separator + unknown
+
+    sample = run_script("sample.py", f"ckpt={best}", "prompt=Today", "length=50", "temperature=0.8", "seed=5")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("Today") and len(sample.stdout.rstrip("\n")) >= 55
+    again = run_script("sample.py", f"ckpt={best}", "prompt=Today", "length=50", "temperature=0.8", "seed=5")
+    assert again.stdout == sample.stdout
+
+    newest = run_script("sample.py", f"runs_dir={tmp_path}", "length=10", "temperature=0")
+    assert newest.returncode == 0 and newest.stdout.startswith("today ")
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    result = run_script("train.py", "data=text", f"data.path={tmp_path / 'missing.txt'}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: data.path={tmp_path / 'missing.txt'} does not exist; "
+                                                  "pass an existing file or folder"]
+
+
+def test_unknown_override_key_is_rejected_by_hydra(tmp_path):
+    result = run_script("train.py", "model.hiden_size=3", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "Could not override 'model.hiden_size'" in result.stderr
+
+
+def test_sample_errors_are_one_line(tmp_path):
+    result = run_script("sample.py", f"ckpt={tmp_path / 'nope.ckpt'}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "does not exist" in result.stderr
+    result = run_script("sample.py", "temperature=-1")
+    assert result.returncode == 2 and "temperature=-1" in result.stderr and result.stdout == ""
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [sys.executable, str(ROOT / "train.py"), "data=text", "data.path=missing.txt"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [2, 2]
+    folders = list((tmp_path / "outputs" / "runs").iterdir())
+    assert len(folders) == 2 and all((f / "config.yaml").exists() for f in folders)

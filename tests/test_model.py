@@ -1,0 +1,35 @@
+import itertools
+
+import pytest
+import torch
+
+from charlm.errors import UserError
+from charlm.model import CharRNN
+
+
+@pytest.mark.parametrize("cell, layers, embedding_dim", list(itertools.product(["lstm", "gru", "rnn"], [1, 2, 3], [0, 8])))
+def test_output_shapes_and_carried_state(cell, layers, embedding_dim):
+    model = CharRNN(vocab_size=11, cell=cell, hidden_size=12, layers=layers, dropout=0.1, embedding_dim=embedding_dim)
+    model.eval()
+    ids = torch.randint(0, 11, (3, 7))
+    logits, state = model(ids)
+    assert logits.shape == (3, 7, 11)
+    h = state[0] if cell == "lstm" else state
+    assert h.shape == (layers, 3, 12)
+    # feeding the sequence in two parts with the carried state gives the same logits
+    first, state = model(ids[:, :4])
+    second, _ = model(ids[:, 4:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), logits)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cell="transformer"), "model.cell='transformer'"),
+    (dict(layers=0), "model.layers=0"),
+    (dict(hidden_size=0), "model.hidden_size=0"),
+    (dict(dropout=1.0), "model.dropout=1.0"),
+    (dict(dropout=-0.1), "model.dropout=-0.1"),
+    (dict(embedding_dim=-1), "model.embedding_dim=-1"),
+])
+def test_bad_model_settings_are_refused(kwargs, message):
+    with pytest.raises(UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        CharRNN(vocab_size=5, **kwargs)

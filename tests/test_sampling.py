@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from charlm.errors import UserError
+from charlm.model import CharRNN
+from charlm.sampling import generate, generate_text
+from charlm.vocabulary import Vocabulary
+
+VOCAB = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .")
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    net = CharRNN(len(VOCAB), cell="lstm", hidden_size=32, layers=2)
+    with torch.no_grad():  # sharpen the output so sampling differs visibly from greedy
+        net.head.weight.mul_(20)
+    return net
+
+
+def test_greedy_is_deterministic_and_the_limit_of_temperature(model):
+    greedy = generate_text(model, VOCAB, "the ", 60, temperature=0)
+    assert greedy == generate_text(model, VOCAB, "the ", 60, temperature=0)
+    assert greedy == generate_text(model, VOCAB, "the ", 60, temperature=1e-6, seed=3)
+    assert greedy != generate_text(model, VOCAB, "the ", 60, temperature=1.5, seed=3)
+
+
+def test_same_seed_same_text_other_seed_other_text(model):
+    a = generate_text(model, VOCAB, "the ", 80, temperature=1.0, seed=7)
+    assert a == generate_text(model, VOCAB, "the ", 80, temperature=1.0, seed=7)
+    assert a != generate_text(model, VOCAB, "the ", 80, temperature=1.0, seed=8)
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy(model):
+    greedy = generate_text(model, VOCAB, "a", 60)
+    assert generate_text(model, VOCAB, "a", 60, temperature=2.0, top_k=1, seed=1) == greedy
+    assert generate_text(model, VOCAB, "a", 60, temperature=2.0, top_p=1e-6, seed=1) == greedy
+
+
+def test_top_k_limits_the_choice(model):
+    logits, _ = model(torch.from_numpy(VOCAB.encode("q").astype("int64"))[None])
+    allowed = set(torch.topk(logits[0, -1, 1:], 2).indices.add(1).tolist())
+    firsts = {generate_text(model, VOCAB, "q", 1, temperature=5.0, top_k=2, seed=s)[0][-1] for s in range(40)}
+    assert {VOCAB.chars[i] for i in allowed} >= firsts and len(firsts) == 2
+
+
+def test_samples_advance_together_and_match_single_runs(model):
+    batch = generate_text(model, VOCAB, "the ", 30, temperature=0, num_samples=4)
+    assert batch == generate_text(model, VOCAB, "the ", 30, temperature=0) * 4
+    steps = list(generate(model, VOCAB, "x", 5, temperature=1.0, num_samples=3, seed=0))
+    assert len(steps) == 5 and all(len(step) == 3 for step in steps)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt="hello WORLD"), "'DLORW'"),
+    (dict(prompt=""), "prompt is empty"),
+    (dict(temperature=-1), "temperature=-1"),
+    (dict(length=-5), "length=-5"),
+    (dict(top_k=0), "top_k=0"),
+    (dict(top_p=0.0), "top_p=0.0"),
+    (dict(top_p=1.5), "top_p=1.5"),
+])
+def test_bad_sampling_arguments_are_refused_before_any_text(model, kwargs, message):
+    args = dict(prompt="hello", length=10) | kwargs
+    with pytest.raises(UserError, match=message):
+        generate(model, VOCAB, args.pop("prompt"), args.pop("length"), **args)

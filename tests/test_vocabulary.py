@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+from charlm.errors import UserError
+from charlm.vocabulary import UNKNOWN, Vocabulary
+
+
+def test_round_trip_and_compact_ids():
+    text = "Hello, wörld! 123\nÜmlaut €"
+    vocab = Vocabulary.from_text(text)
+    ids = vocab.encode(text)
+    assert ids.dtype == np.uint8
+    assert vocab.decode(ids) == text
+    assert vocab.chars[0] == UNKNOWN and len(vocab) == len(set(text)) + 1
+
+
+def test_unknown_characters_map_to_id_zero_or_are_named_when_strict():
+    vocab = Vocabulary.from_text("abc")
+    assert vocab.encode("abxc").tolist() == [1, 2, 0, 3]
+    with pytest.raises(UserError, match=r"'xy'"):
+        vocab.encode("axby", strict=True)
+
+
+def test_vocabulary_survives_a_plain_list():
+    vocab = Vocabulary.from_text("the cat")
+    again = Vocabulary(list(vocab.chars))
+    assert again.encode("tac").tolist() == vocab.encode("tac").tolist()
+
+
+def test_large_vocabulary_uses_uint16():
+    vocab = Vocabulary.from_text("".join(chr(0x4E00 + i) for i in range(400)))
+    assert vocab.encode(chr(0x4E00)).dtype == np.uint16
