@@ -1,10 +1,12 @@
-"""Callbacks: generated text and character throughput in TensorBoard."""
+"""Callbacks: generated text and character throughput in TensorBoard, learning rate over the budget."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 
 from charlm.errors import UserError
 from charlm.sampling import generate_text
@@ -63,3 +65,37 @@ class CharThroughput(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._start is not None:
             self._paused += time.perf_counter() - self._validation_start
+
+
+class BudgetLRDecay(L.Callback):
+    """Warms the learning rate up over ``warmup_steps``, then decays it along a cosine to
+    ``final_fraction`` of its base value over the run's budget.
+
+    The budget is whichever of ``trainer.max_steps``, ``trainer.max_epochs`` and
+    ``trainer.max_time`` ends first, so a time-limited run (``trainer.max_time``) still ends
+    with a low learning rate, which a step-indexed torch scheduler cannot do since the number of
+    steps is not known in advance. Runs limited by steps or epochs get the same schedule
+    indexed by steps, and resume exactly."""
+
+    def __init__(self, warmup_steps: int = 100, final_fraction: float = 0.05):
+        self.warmup_steps, self.final_fraction = warmup_steps, final_fraction
+
+    def progress(self, trainer: L.Trainer) -> float:
+        """Fraction of the budget used, in [0, 1]."""
+        done = [trainer.global_step / trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+        if trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches not in (0, float("inf")):
+            done.append(trainer.global_step / (trainer.max_epochs * trainer.num_training_batches))
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining("train") if timer is not None else None
+        if remaining is not None:
+            elapsed = timer.time_elapsed("train")
+            done.append(elapsed / max(elapsed + remaining, 1e-9))
+        return min(1.0, max(done, default=0.0))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        warmup = min(1.0, (trainer.global_step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        decay = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * self.progress(trainer)))
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * warmup * decay

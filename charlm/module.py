@@ -29,12 +29,11 @@ class CharLM(L.LightningModule):
     Args:
         vocab: the vocabulary's characters (``Vocabulary.chars``).
         model: keyword arguments of ``CharRNN`` (cell, hidden_size, layers, dropout, embedding_dim).
-        optimizer: a Hydra config of a ``torch.optim`` optimizer, instantiated with ``params``.
-        scheduler: optional Hydra config of a learning-rate scheduler, instantiated with
-            ``optimizer`` and stepped every training step.
+        optimizer: a Hydra config of a ``torch.optim`` optimizer, instantiated with ``params``
+            (the learning-rate schedule is the ``BudgetLRDecay`` callback).
     """
 
-    def __init__(self, vocab: list[str], model: dict, optimizer: dict | None = None, scheduler: dict | None = None,
+    def __init__(self, vocab: list[str], model: dict, optimizer: dict | None = None,
                  format_version: int = FORMAT_VERSION):
         super().__init__()
         if format_version != FORMAT_VERSION:
@@ -93,11 +92,7 @@ class CharLM(L.LightningModule):
     def configure_optimizers(self):
         if self.hparams.optimizer is None:
             raise UserError("no optimizer configured; pass optimizer=adamw (or another conf/optimizer file)")
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
-        if not self.hparams.scheduler:
-            return optimizer
-        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return instantiate(self.hparams.optimizer, params=self.parameters())
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
@@ -115,7 +110,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
     if not hparams or "vocab" not in hparams or "state_dict" not in checkpoint:
         raise UserError(f"ckpt={path} is not a charlm checkpoint (no vocabulary or weights); pass one written by train.py")
     module = CharLM(vocab=hparams["vocab"], model=hparams["model"], optimizer=hparams.get("optimizer"),
-                    scheduler=hparams.get("scheduler"), format_version=hparams.get("format_version", 0))
+                    format_version=hparams.get("format_version", 0))
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

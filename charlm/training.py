@@ -1,0 +1,57 @@
+"""Building and running one training job from a composed Hydra config (used by train.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from charlm.data import CharDataModule
+from charlm.errors import UserError
+from charlm.module import CharLM
+
+log = logging.getLogger("charlm")
+
+
+def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
+    """The data module (set up, so its vocabulary is known), the model and the trainer of ``cfg``."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")  # the vocabulary sizes the model
+    if cfg.optimizer.get("lr", 1) <= 0:
+        raise UserError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
+    model = CharLM(vocab=datamodule.vocab.chars, model=OmegaConf.to_container(cfg.model, resolve=True),
+                   optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Fit, test the best checkpoint, and return the final metrics."""
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build(cfg)
+    log.info("run folder: %s | %s, %d parameters, vocabulary %d", run_dir, dict(cfg.model),
+             sum(p.numel() for p in model.parameters()), len(datamodule.vocab))
+
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(parameters=sum(p.numel() for p in model.parameters()), fit_seconds=time.perf_counter() - started,
+                   steps=trainer.global_step)
+    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
+        metrics["best/val_bpc"] = float(trainer.checkpoint_callback.best_model_score)
+    if cfg.test and not trainer.interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
+                 metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
