@@ -1,5 +1,4 @@
 import os
-import pickle
 
 import pytest
 import torch
@@ -42,8 +41,7 @@ def test_pickled_object_in_a_checkpoint_is_refused_not_run(tmp_path):
     marker = tmp_path / "pwned"
     Payload.marker = marker
     path = tmp_path / "evil.ckpt"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": {}, "hyper_parameters": {"vocab": Payload()}}, f)
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab": Payload()}}, path)
     with pytest.raises(UserError, match="cannot be loaded safely"):
         load_checkpoint(path)
     assert not marker.exists()
