@@ -43,7 +43,7 @@ class StepClock(L.Callback):
 
 def overrides_for(model_overrides: list[str], steps: int) -> list[str]:
     return [f"data.path={AG_NEWS_TEST}", "data.val_size=200", "data.test_size=600", *model_overrides,
-            f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test=false"]
+            f"trainer.max_steps={steps}", "+trainer.limit_val_batches=0", "+trainer.num_sanity_val_steps=0", "test=false"]
 
 
 def project_loop(model_overrides: list[str], steps: int, warmup: int = 10) -> float:

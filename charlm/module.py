@@ -42,7 +42,7 @@ class CharLM(L.LightningModule):
         self.save_hyperparameters()
         self.vocab = Vocabulary(vocab)
         self.net = CharRNN(len(self.vocab), **model)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._eval_state = None
 
     def forward(self, ids: torch.Tensor, state=None):
@@ -52,13 +52,8 @@ class CharLM(L.LightningModule):
         x, y = batch
         logits, _ = self.net(x)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        self.train_loss.update(loss, weight=y.numel())
         self.log("train/loss", loss, on_step=True, prog_bar=True)
         return loss
-
-    def on_train_epoch_end(self):
-        self.log("train/epoch_loss", self.train_loss.compute())
-        self.train_loss.reset()
 
     def _eval_step(self, batch, batch_idx, metric: MeanMetric):
         # The held-out stream arrives as consecutive chunks of the same rows: carry the state.
