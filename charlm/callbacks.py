@@ -99,3 +99,15 @@ class BudgetLRDecay(L.Callback):
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * warmup * decay
+
+
+class ValidateLastStep(L.Callback):
+    """Asks for a validation after the last training step of a ``trainer.max_steps`` run.
+
+    Lightning validates when a run stops through ``trainer.should_stop`` (as ``max_time``
+    and early stopping do) and at epoch ends, but not when ``max_steps`` ends it mid-epoch;
+    then the best checkpoint would miss the final weights."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
