@@ -9,13 +9,22 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from charlm.data import CharDataModule
 from charlm.errors import UserError
 from charlm.module import CharLM
 
 log = logging.getLogger("charlm")
+
+# TensorBoard's HPARAMS tab: these config entries (groups flattened to group.key) against these final metrics
+HPARAMS = ("model", "optimizer", "data.corpus", "data.nchars", "data.stride", "data.batch_size", "trainer.max_steps",
+           "trainer.max_epochs", "trainer.max_time", "seed")
+HPARAM_METRICS = {"hparams/best_val_bpc": "best/val_bpc", "hparams/val_bpc": "val/bpc", "hparams/test_bpc": "test/bpc",
+                  "hparams/parameters": "parameters", "hparams/chars_per_sec": "train/chars_per_sec",
+                  "hparams/fit_seconds": "fit_seconds"}
 
 
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
@@ -53,5 +62,32 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
                  metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])
+    log_hparams(trainer, cfg, metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """Write the run's ``HPARAMS`` settings with its final metrics (``HPARAM_METRICS``, the same
+    names in every run) to its TensorBoard logger, for TensorBoard's HPARAMS tab."""
+    params = {}
+    for key in HPARAMS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, DictConfig):
+            params.update({f"{key}.{k}": v for k, v in OmegaConf.to_container(value, resolve=True).items()})
+        else:
+            params[key] = value
+    params = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+    final = {name: metrics[key] for name, key in HPARAM_METRICS.items() if key in metrics}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # Not logger.log_hyperparams(params, metrics): it also writes an experiment summary in every
+            # run, and TensorBoard then takes the hparam list of whichever run it reads first, with no
+            # hparam marked as differing (its HPARAMS tab shows 5 hparams, differing ones first). With
+            # session summaries only, TensorBoard builds that list from all the runs.
+            logger.log_metrics(final, step=trainer.global_step)
+            _, session_start, session_end = hparams_summaries(params, final)
+            writer = logger.experiment._get_file_writer()
+            writer.add_summary(session_start)
+            writer.add_summary(session_end)
+            logger.finalize("success")  # flush; fit and test closed the event file already, this one is new
