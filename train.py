@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from pathlib import Path
 
@@ -21,8 +23,15 @@ register_resolvers()
 def main(cfg: DictConfig) -> float:
     route_lightning_logs()
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.resume and (run_dir / "metrics.json").exists():
+        logging.getLogger("charlm").info("resume=true: %s already finished; skipped", run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        return metrics.get("val/bpc", math.nan)
+    if cfg.resume and cfg.ckpt_path is None and (run_dir / "checkpoints" / "last.ckpt").exists():
+        cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
     with exit_on_user_error(reraise=hydra_cfg.mode == RunMode.MULTIRUN):
-        metrics = train(cfg, Path(hydra_cfg.runtime.output_dir))
+        metrics = train(cfg, run_dir)
     return metrics.get("val/bpc", math.nan)
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 
@@ -15,10 +16,26 @@ def auto_precision(accelerator: str) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def job_dirname(overrides, exclude_keys) -> str:
+    """A sweep job's folder name: its overrides in command-line order, without ``exclude_keys``,
+    each key without its config group (``model.cell=gru`` -> ``cell=gru``) unless two keys would
+    then read the same, e.g. ``cell=gru,layers=2,hidden_size=256``.
+
+    Hydra's own ``${hydra:job.override_dirname}`` keeps the full keys and sorts them."""
+    kept = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if o.key_or_group not in exclude_keys]
+    short = [o.key_or_group.split(".", 1)[-1] for o in kept]
+    parts = [o.input_line.replace(o.key_or_group, key if short.count(key) == 1 else o.key_or_group, 1)
+             for o, key in zip(kept, short)]
+    return ",".join(parts) or "defaults"
+
+
 def register_resolvers() -> None:
-    """``${pid:}`` (unique run folders) and ``${auto_precision:accelerator}``."""
+    """``${pid:}`` (unique run folders), ``${job_dirname:overrides,exclude_keys}`` (sweep job
+    folders) and ``${auto_precision:accelerator}``."""
     if not OmegaConf.has_resolver("pid"):
         OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True)
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
 

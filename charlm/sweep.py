@@ -1,0 +1,45 @@
+"""The Hydra callback of multiruns: failed jobs' errors in their folders, the sweep summary at the end."""
+
+from __future__ import annotations
+
+import atexit
+from pathlib import Path
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from charlm.summary import ERROR_FILE, find_runs, print_summary
+
+
+class SweepCallback(Callback):
+    """Writes a failed job's one-line error to ``<job>/error.txt`` and, when the multirun ends,
+    the sweep summary (``charlm.summary``) into the sweep folder."""
+
+    def __init__(self):
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # the Optuna sweeper opens its storage here before any job
+        # Hydra 1.3's basic sweeper re-raises the first failed job's error after the last job, so
+        # on_multirun_end never runs then; neither does it after Ctrl-C. Summarize at exit instead.
+        atexit.register(self.summarize)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        (Path(config.hydra.runtime.output_dir) / ERROR_FILE).unlink(missing_ok=True)  # from an earlier try
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value  # the public return_value raises it
+            message = (str(error).strip().splitlines() or [""])[0]
+            (Path(config.hydra.runtime.output_dir) / ERROR_FILE).write_text(f"{type(error).__name__}: {message}\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        atexit.unregister(self.summarize)
+        self.summarize()
+
+    def summarize(self) -> None:
+        """Write and print the summary of the sweep folder, if any job got a folder there."""
+        if self.sweep_dir is not None and find_runs(self.sweep_dir):
+            print_summary(self.sweep_dir)
