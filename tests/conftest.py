@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session: module-scoped sweeps in test_sweep.py use it too
 def ag_news_test_csv() -> Path:
     path = SHARED / "ag_news" / "test.csv"
     if not path.exists():
