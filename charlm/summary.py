@@ -116,14 +116,17 @@ def _cell(row: dict, column: str, fmt: str) -> str:
     return "" if value is None else fmt.format(value).replace("|", "\\|")
 
 
-def resume_command(sweep_dir: Path) -> str | None:
-    """The sweep's own command with ``resume=true``: it runs again only the jobs that did not finish."""
+def resume_command(sweep_dir: Path) -> tuple[str, str] | None:
+    """The folder the sweep ran in, and its command with ``resume=true``, which runs again only
+    the jobs that did not finish."""
     multirun = sweep_dir / "multirun.yaml"
     if not multirun.exists():
         return None
-    overrides = [o for o in OmegaConf.load(multirun).hydra.overrides.task if not o.startswith("resume=")]
-    return " ".join(["python train.py -m", shlex.quote(f"hydra.sweep.dir={sweep_dir.resolve()}"),
-                     *map(shlex.quote, overrides), "resume=true"])
+    hydra = OmegaConf.load(multirun).hydra
+    overrides = [o for o in [*hydra.overrides.hydra, *hydra.overrides.task]
+                 if not o.startswith(("hydra.sweep.dir=", "hydra.mode=", "resume="))]
+    return hydra.runtime.cwd, " ".join(["python train.py -m", shlex.quote(f"hydra.sweep.dir={sweep_dir.resolve()}"),
+                                        *map(shlex.quote, overrides), "resume=true"])
 
 
 def summarize(sweep_dir: Path) -> str:
@@ -152,10 +155,10 @@ def summarize(sweep_dir: Path) -> str:
     else:
         lines.append("plots skipped: matplotlib is not installed (pip install 'charlm[plots]')")
     unfinished = [row for row in rows if row["status"] != "ok"]
-    command = resume_command(sweep_dir)
-    if unfinished and command:
-        lines += ["", f"{len(unfinished)} jobs did not finish. To run them again (and any job the sweep never reached) "
-                  "into this folder, from the folder the sweep was started in:", "", f"    {command}"]
+    resume = resume_command(sweep_dir)
+    if unfinished and resume:
+        lines += ["", f"Jobs that did not finish: {len(unfinished)}. To run them again into this folder, with any job "
+                  f"the sweep never reached, from {resume[0]}:", "", f"    {resume[1]}"]
     markdown = "\n".join(lines) + "\n"
     (sweep_dir / "summary.md").write_text(markdown)
     return markdown
