@@ -25,7 +25,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charlm.errors import UserError
 from charlm.vocabulary import Vocabulary
@@ -151,6 +151,37 @@ class WindowDataset(Dataset):
         return x[0], y[0]
 
 
+class ShuffledBatches(Sampler[list[int]]):
+    """Batches of ``batch_size`` window indices in a new random order each epoch.
+
+    The order depends only on ``seed`` and the epoch (set by Lightning through
+    ``set_epoch``), not on the global random state, and ``skip`` batches of the epoch can be
+    passed over, so a run resumed mid-epoch continues with exactly the batches it would have
+    seen. Under data parallelism rank ``rank`` of ``world_size`` takes every
+    ``world_size``-th batch: the ranks' batches are disjoint and cover the epoch except the
+    last incomplete round. (torch's ``RandomSampler`` can do neither, and Lightning's
+    ``DistributedSampler`` replaces the sampler without resumable state.)"""
+
+    def __init__(self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_windows // (self.batch_size * self.world_size)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_windows, generator=generator)
+        batches = order[: len(self) * self.batch_size * self.world_size].view(-1, self.world_size, self.batch_size)
+        for batch in batches[skip:, self.rank]:
+            yield batch.tolist()
+
+
 def as_batch(batch):
     """Collate function for ``__getitems__`` datasets: the batch is already built."""
     return batch
@@ -212,6 +243,7 @@ class CharDataModule(L.LightningDataModule):
         eval_rows, eval_chunk: rows and chunk length of the held-out streams.
         num_workers, pin_memory: DataLoader settings for training.
         cache_dir: where encoded token arrays are kept and shared between runs.
+        seed: seeds the order of the training windows (a new order each epoch).
     """
 
     def __init__(
@@ -229,6 +261,7 @@ class CharDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         cache_dir: str = "outputs/cache",
+        seed: int = 0,
     ):
         super().__init__()
         if corpus not in ("ag_news", "text"):
@@ -248,8 +281,10 @@ class CharDataModule(L.LightningDataModule):
         self.eval_rows, self.eval_chunk = eval_rows, eval_chunk
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.cache_root = Path(cache_dir).expanduser().resolve()
+        self.seed = seed
         self.vocab: Vocabulary | None = None
         self.cache_path: Path | None = None
+        self._resume = {"epoch": 0, "batches": 0}
 
     # --- preparing the cache
 
@@ -348,9 +383,28 @@ class CharDataModule(L.LightningDataModule):
             log.info("characters outside the vocabulary (scored as id 0): %s", meta["unknown"])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=as_batch, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = ShuffledBatches(len(self.train_set), self.batch_size, self.seed, rank, world_size)
+        if len(batches) == 0:
+            raise UserError(f"data.batch_size={self.batch_size} is more than the {len(self.train_set)} training "
+                            f"windows (per device); lower it or data.stride")
+        epoch, done = self._resume["epoch"], self._resume["batches"]
+        batches.set_epoch(epoch + 1 if done >= len(batches) else epoch)
+        batches.skip = done if done < len(batches) else 0
+        # Its own generator: creating an iterator then draws no number from the global random
+        # state, which a resumed run restores and must advance exactly as the first run did.
+        return DataLoader(self.train_set, batch_sampler=batches, collate_fn=as_batch, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def state_dict(self) -> dict:
+        """Where training stands in the data: the epoch and the batches of it already trained on."""
+        loop = self.trainer.fit_loop
+        return {"epoch": loop.epoch_progress.current.processed, "batches": loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
 
     def _eval_loader(self, dataset: EvalStream) -> DataLoader:
         return DataLoader(dataset, batch_size=None, shuffle=False)

@@ -84,6 +84,19 @@ class CharLM(L.LightningModule):
     def on_test_epoch_end(self):
         self._log_eval("test", self.test_loss)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning does not save random states; dropout needs them for an exact resume.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"].cpu())
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
     def configure_optimizers(self):
         if self.hparams.optimizer is None:
             raise UserError("no optimizer configured; pass optimizer=adamw (or another conf/optimizer file)")

@@ -30,13 +30,40 @@ def test_every_window_target_is_input_shifted_by_one(tiny_csv, tmp_path):
 
 def test_batches_have_equal_size_and_a_new_order_each_epoch(tiny_csv, tmp_path):
     dm = make_dm(tiny_csv, tmp_path)
-    torch.manual_seed(0)
-    epochs = [[x for x, _ in dm.train_dataloader()] for _ in range(2)]
-    assert all(x.shape == (8, 16) for x in epochs[0])
-    assert len(epochs[0]) == len(dm.train_set) // 8
-    first, second = torch.cat(epochs[0]), torch.cat(epochs[1])
-    assert not torch.equal(first, second)
-    assert sorted(map(tuple, first.tolist())) != [] and len(first) == len(second)
+    loader = dm.train_dataloader()
+
+    def epoch(e):
+        loader.batch_sampler.set_epoch(e)
+        return [x for x, _ in loader]
+
+    first, second = epoch(0), epoch(1)
+    assert all(x.shape == (8, 16) for x in first + second)
+    assert len(first) == len(second) == len(dm.train_set) // 8
+    assert not torch.equal(torch.cat(first), torch.cat(second))
+    assert torch.equal(torch.cat(epoch(0)), torch.cat(first))  # the order depends on seed and epoch only
+    # each epoch is a permutation: no window twice, none missing beyond the dropped last partial batch
+    indices = [i for batch in loader.batch_sampler for i in batch]
+    assert len(set(indices)) == len(indices) == len(first) * 8 > len(dm.train_set) - 8
+
+
+def test_resumed_loader_continues_with_the_batches_not_yet_seen(tiny_csv, tmp_path):
+    dm = make_dm(tiny_csv, tmp_path)
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(3)
+    full = [x for x, _ in loader]
+    dm.load_state_dict({"epoch": 3, "batches": 5})
+    resumed = [x for x, _ in dm.train_dataloader()]
+    assert len(resumed) == len(full) - 5 and all(torch.equal(a, b) for a, b in zip(resumed, full[5:]))
+
+
+def test_ranks_get_disjoint_batches_that_cover_the_epoch(tiny_csv, tmp_path):
+    from charlm.data import ShuffledBatches
+
+    n, size, world = 203, 8, 3
+    per_rank = [list(ShuffledBatches(n, size, seed=1, rank=r, world_size=world)) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1 and all(len(b) == n // (size * world) for b in per_rank)
+    indices = [i for batches in per_rank for batch in batches for i in batch]
+    assert len(indices) == len(set(indices)) == (n // (size * world)) * size * world
 
 
 def test_held_out_articles_never_reach_training(tiny_csv, tmp_path):
