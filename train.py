@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from charlm.config import register_resolvers, route_lightning_logs
-from charlm.errors import exit_on_user_error
+from charlm.errors import UserError, exit_on_user_error
 from charlm.training import train
 
 register_resolvers()
@@ -24,13 +24,16 @@ def main(cfg: DictConfig) -> float:
     route_lightning_logs()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if cfg.resume and (run_dir / "metrics.json").exists():
-        logging.getLogger("charlm").info("resume=true: %s already finished; skipped", run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        return metrics.get("val/bpc", math.nan)
-    if cfg.resume and cfg.ckpt_path is None and (run_dir / "checkpoints" / "last.ckpt").exists():
-        cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
     with exit_on_user_error(reraise=hydra_cfg.mode == RunMode.MULTIRUN):
+        if cfg.resume and (run_dir / "metrics.json").exists():
+            logging.getLogger("charlm").info("resume: %s already finished; skipped", run_dir)
+            return json.loads((run_dir / "metrics.json").read_text()).get("val/bpc", math.nan)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if cfg.resume and cfg.ckpt_path is None and last.exists():
+            cfg.ckpt_path = str(last)
+        elif cfg.resume not in (True, False) and cfg.ckpt_path is None:
+            raise UserError(f"resume={cfg.resume} has no checkpoints/last.ckpt to continue from; "
+                            "pass the folder of a run that saved one")
         metrics = train(cfg, run_dir)
     return metrics.get("val/bpc", math.nan)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
 import time
 
 import lightning as L
@@ -10,6 +13,8 @@ from lightning.pytorch.callbacks import Timer
 
 from charlm.errors import UserError
 from charlm.sampling import generate_text
+
+log = logging.getLogger(__name__)
 
 
 class TextSamples(L.Callback):
@@ -111,3 +116,35 @@ class ValidateLastStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
             trainer.should_stop = True
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, validate and save the checkpoints
+    (as at the end of a run), then stop; ``train.py`` exits with status 130 and prints how to
+    resume. A second Ctrl-C stops at once.
+
+    Lightning's own handling raises ``KeyboardInterrupt`` wherever the process is, possibly in
+    the middle of an optimizer step, so a checkpoint written then would not resume exactly."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
+        log.warning("received %s: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)",
+                    signal.Signals(signum).name)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.signal is not None:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -29,9 +30,19 @@ def job_dirname(overrides, exclude_keys) -> str:
     return ",".join(parts) or "defaults"
 
 
+def run_dir(resume) -> str:
+    """The run folder: ``resume`` when it names one, else a new ``outputs/runs/<date>_<time>_<pid>``
+    (the process id keeps runs started in the same second apart)."""
+    if isinstance(resume, str) and resume not in ("true", "false"):
+        return resume
+    return time.strftime("outputs/runs/%Y-%m-%d_%H-%M-%S_") + str(os.getpid())
+
+
 def register_resolvers() -> None:
-    """``${pid:}`` (unique run folders), ``${job_dirname:overrides,exclude_keys}`` (sweep job
-    folders) and ``${auto_precision:accelerator}``."""
+    """``${pid:}`` (unique sweep folders), ``${run_dir:resume}`` (run folders),
+    ``${job_dirname:overrides,exclude_keys}`` (sweep job folders) and ``${auto_precision:accelerator}``."""
+    if not OmegaConf.has_resolver("run_dir"):
+        OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
     if not OmegaConf.has_resolver("pid"):
         OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True)
     if not OmegaConf.has_resolver("job_dirname"):

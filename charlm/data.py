@@ -407,7 +407,8 @@ class CharDataModule(L.LightningDataModule):
         self._resume = dict(state)
 
     def _eval_loader(self, dataset: EvalStream) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, shuffle=False)
+        # its own generator, as for training: validating must not move the global random state
+        return DataLoader(dataset, batch_size=None, shuffle=False, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from charlm.callbacks import GracefulStop
 from charlm.data import CharDataModule
 from charlm.errors import UserError
 from charlm.module import CharLM
@@ -38,6 +41,9 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    # charlm.data.CharDataModule saves and restores the position in the data itself (its
+    # state_dict), which Lightning's check for a resumable DataLoader does not see.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     return datamodule, model, trainer
 
 
@@ -56,6 +62,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                    steps=trainer.global_step)
     if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
         metrics["best/val_bpc"] = float(trainer.checkpoint_callback.best_model_score)
+    stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
+    if stop is not None:
+        log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
+                    signal.Signals(stop.signal).name, trainer.global_step, run_dir)
+        raise SystemExit(128 + stop.signal)
     if cfg.test and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
