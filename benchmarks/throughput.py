@@ -18,8 +18,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from common import AG_NEWS_TEST, compose_config, median, print_table, require
+from common import AG_NEWS_TEST, median, print_table, require
 
+from charlm.config import compose_config
 from charlm.data import read_ag_news_csv
 from charlm.model import CharRNN
 from charlm.training import build

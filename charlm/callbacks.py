@@ -9,6 +9,7 @@ import threading
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Timer
 
 from charlm.errors import UserError
@@ -148,3 +149,22 @@ class GracefulStop(L.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+class NonFiniteLoss(UserError):
+    """Training produced a NaN or infinite loss."""
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops training with one clear line when the loss is NaN or infinite, before any
+    checkpoint is written from the broken weights (checkpoint callbacks run after this one),
+    so ``last.ckpt`` and ``best.ckpt`` keep the last good state. Reading the loss costs one
+    host-device synchronization per step on a GPU."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss):
+            last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+            raise NonFiniteLoss(f"the training loss is {loss.item()} at step {trainer.global_step}; the checkpoints "
+                                f"keep the last good weights ({last or 'none saved yet'}); lower optimizer.lr or "
+                                "keep trainer.gradient_clip_val, then resume or retrain")

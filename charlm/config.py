@@ -6,9 +6,15 @@ import logging
 import os
 import time
 
+from pathlib import Path
+
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def auto_precision(accelerator: str) -> str:
@@ -49,6 +55,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config ``train.py`` would run with ``overrides``, writing into ``output_dir``, for
+    building a job in-process (benchmarks, tests) with ``charlm.training.build``."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(CONF_DIR.parent)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def route_lightning_logs() -> None:

@@ -1,0 +1,34 @@
+"""A NaN loss stops training with one clear line and leaves the good checkpoints alone."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from charlm.callbacks import NonFiniteLoss
+from charlm.config import compose_config
+from charlm.training import build
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_text, tmp_path):
+    cfg = compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
+                          "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=16",
+                          "trainer.max_steps=100", "trainer.val_check_interval=10",
+                          "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.samples.length=5"], tmp_path)
+    L.seed_everything(0)
+    datamodule, model, trainer = build(cfg)
+    real_step = model.training_step
+
+    def poisoned_step(batch, batch_idx):
+        loss = real_step(batch, batch_idx)
+        return loss * math.nan if trainer.global_step == 23 else loss  # the 24th step
+
+    model.training_step = poisoned_step
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 24; .*last\.ckpt"):
+        trainer.fit(model, datamodule=datamodule)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert last["global_step"] == 20 and best["global_step"] == 20
+    for checkpoint in (last, best):
+        assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
