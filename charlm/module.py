@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.fabric.plugins.io import TorchCheckpointIO
 from torchmetrics import MeanMetric
 
 from charlm.data import IGNORE
@@ -101,6 +103,24 @@ class CharLM(L.LightningModule):
         if self.hparams.optimizer is None:
             raise UserError("no optimizer configured; pass optimizer=adamw (or another conf/optimizer file)")
         return instantiate(self.hparams.optimizer, params=self.parameters())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames
+    it over the old one, so a process killed while saving leaves the previous checkpoint whole.
+
+    Lightning's own save stages the file in the system temp folder (fsspec), and where that is
+    another filesystem (a tmpfs ``/tmp``) the final move is a copy that a kill can cut short."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:

@@ -65,3 +65,27 @@ def test_checkpoint_of_another_format_version_is_refused(module, tmp_path):
     save_like_lightning(module, path)
     with pytest.raises(UserError, match=f"format_version={FORMAT_VERSION + 1}"):
         load_checkpoint(path)
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(module, tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "last.ckpt"
+    script = f"""
+import os, signal, torch
+from charlm.module import AtomicCheckpointIO
+io = AtomicCheckpointIO()
+io.save_checkpoint({{"step": 1, "w": torch.ones(1000)}}, {str(path)!r})
+
+def dies_half_way(obj, f):
+    f.write(b"PK" + b"x" * 5000)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = dies_half_way
+io.save_checkpoint({{"step": 2, "w": torch.zeros(1000)}}, {str(path)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -9
+    assert torch.load(path, weights_only=True)["step"] == 1
