@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> float:
     with exit_on_user_error(reraise=hydra_cfg.mode == RunMode.MULTIRUN):
         if cfg.resume and (run_dir / "metrics.json").exists():
             logging.getLogger("charlm").info("resume: %s already finished; skipped", run_dir)
-            return json.loads((run_dir / "metrics.json").read_text()).get("val/bpc", math.nan)
+            return json.loads((run_dir / "metrics.json").read_text()).get("best/val_bpc", math.nan)
         last = run_dir / "checkpoints" / "last.ckpt"
         if cfg.resume and cfg.ckpt_path is None and last.exists():
             cfg.ckpt_path = str(last)
@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> float:
             raise UserError(f"resume={cfg.resume} has no checkpoints/last.ckpt to continue from; "
                             "pass the folder of a run that saved one")
         metrics = train(cfg, run_dir)
-    return metrics.get("val/bpc", math.nan)
+    return metrics.get("best/val_bpc", math.nan)  # what an Optuna search minimizes
 
 
 if __name__ == "__main__":
