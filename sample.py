@@ -24,8 +24,13 @@ def newest_checkpoint(runs_dir: str) -> Path:
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples)
-        module = load_checkpoint(cfg.ckpt or newest_checkpoint(cfg.runs_dir)).to(cfg.device)
+        check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples, cfg.seed)
+        module = load_checkpoint(cfg.ckpt or newest_checkpoint(cfg.runs_dir))
+        try:
+            module = module.to(cfg.device)
+        except (RuntimeError, AssertionError) as err:  # not a device name, or no such device here
+            raise UserError(f"device={cfg.device} is not usable here ({str(err).splitlines()[0]}); use cpu, "
+                            "or cuda on a machine with a GPU") from None
         steps = generate(module.net, module.vocab, cfg.prompt, cfg.length, temperature=cfg.temperature,
                          top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed)
         if cfg.num_samples == 1:  # stream the characters as they are made

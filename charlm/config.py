@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 
 from pathlib import Path
@@ -12,7 +13,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from charlm.errors import UserError, exit_on_user_error
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -42,6 +46,32 @@ def run_dir(resume) -> str:
     if isinstance(resume, str) and resume not in ("true", "false"):
         return resume
     return time.strftime("outputs/runs/%Y-%m-%d_%H-%M-%S_") + str(os.getpid())
+
+
+def writable_dir(path: str | Path, key: str) -> Path:
+    """The folder ``path`` (config value ``key``), created if needed, after checking that a file
+    can be written in it; else a ``UserError`` naming it. Checked by writing, since permission
+    bits do not stop root and a path under a regular file or in ``/proc`` fails either way."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise UserError(f"{key}={path} is not a writable folder ({err.strerror}); pass one you can write to") from None
+    return path
+
+
+class OutputDirCheck(Callback):
+    """Creates the run (or sweep) folder before Hydra does, so one that cannot be written gives
+    one line ``error: hydra.run.dir=...`` and exit status 2 instead of Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        with exit_on_user_error():
+            writable_dir(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        with exit_on_user_error():
+            writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
 def register_resolvers() -> None:

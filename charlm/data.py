@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from charlm.config import writable_dir
 from charlm.errors import UserError
 from charlm.vocabulary import Vocabulary
 
@@ -77,6 +78,8 @@ def load_hub_ag_news(name: str):
     """AG News train and test articles from the Hugging Face Hub (cached by ``datasets``)."""
     import datasets
 
+    for library in ("datasets", "huggingface_hub"):  # their console handlers print retries to stderr:
+        logging.getLogger(library).handlers.clear()   # send them through the root logger to the run's log
     try:
         ds = datasets.load_dataset(name)
     except Exception as err:  # offline, unknown name, Hub down: all fixed the same way
@@ -268,12 +271,10 @@ class CharDataModule(L.LightningDataModule):
             raise UserError(f"data.corpus={corpus!r} is not known; use ag_news or text")
         if corpus == "text" and not path:
             raise UserError("data=text needs a file: data.path=/path/to/file.txt")
-        for key, value in dict(nchars=nchars, stride=stride, batch_size=batch_size, eval_rows=eval_rows,
-                               eval_chunk=eval_chunk).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"data.{key}={value!r} must be a whole number >= 1")
-        if num_workers < 0:
-            raise UserError(f"data.num_workers={num_workers!r} must be >= 0")
+        for key, value, low in (("nchars", nchars, 1), ("stride", stride, 1), ("batch_size", batch_size, 1),
+                                ("eval_rows", eval_rows, 1), ("eval_chunk", eval_chunk, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"data.{key}={value!r} must be a whole number >= {low}")
         self.corpus, self.hub_dataset = corpus, hub_dataset
         self.path = Path(path).expanduser().resolve() if path else None
         self.val_size, self.test_size = val_size, test_size
@@ -340,10 +341,11 @@ class CharDataModule(L.LightningDataModule):
 
     def _write_cache(self, cache: Path, texts: dict[str, str]) -> None:
         if len(texts["train"]) < self.nchars + 1:
-            raise UserError(f"the training text has {len(texts['train'])} characters, fewer than one window "
-                            f"(data.nchars + 1 = {self.nchars + 1}); lower data.nchars or use a longer corpus")
+            raise UserError(f"the training text of {self.path or self.hub_dataset} has {len(texts['train'])} characters, "
+                            f"fewer than one window (data.nchars + 1 = {self.nchars + 1}); lower data.nchars or use "
+                            "a longer corpus")
         vocab = Vocabulary.from_text(texts["train"])
-        self.cache_root.mkdir(parents=True, exist_ok=True)
+        writable_dir(self.cache_root, "data.cache_dir")
         tmp = Path(tempfile.mkdtemp(dir=self.cache_root, prefix=".tmp-"))
         try:
             meta = {"vocab": vocab.chars, "source": str(self.path or self.hub_dataset), "corpus": self.corpus,

@@ -11,6 +11,17 @@ from charlm.errors import UserError
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
+def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, embedding_dim: int) -> None:
+    """Refuse ``CharRNN`` settings that build no sensible network, naming the bad value (``model.<key>``)."""
+    if not isinstance(cell, str) or cell not in CELLS:
+        raise UserError(f"model.cell={cell!r} is not known; use one of {', '.join(CELLS)}")
+    for key, value, low in (("hidden_size", hidden_size, 1), ("layers", layers, 1), ("embedding_dim", embedding_dim, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"model.{key}={value!r} must be a whole number >= {low}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise UserError(f"model.dropout={dropout!r} must be a number in [0, 1)")
+
+
 class CharRNN(nn.Module):
     """Character-level recurrent language model.
 
@@ -26,13 +37,7 @@ class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 256, layers: int = 1,
                  dropout: float = 0.0, embedding_dim: int = 0):
         super().__init__()
-        if cell not in CELLS:
-            raise UserError(f"model.cell={cell!r} is not known; use one of {', '.join(CELLS)}")
-        for key, value, low in (("hidden_size", hidden_size, 1), ("layers", layers, 1), ("embedding_dim", embedding_dim, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UserError(f"model.{key}={value!r} must be a whole number >= {low}")
-        if not 0 <= dropout < 1:
-            raise UserError(f"model.dropout={dropout!r} must be in [0, 1)")
+        check_model_args(cell, hidden_size, layers, dropout, embedding_dim)
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         self.rnn = CELLS[cell](embedding_dim or vocab_size, hidden_size, num_layers=layers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -33,14 +34,13 @@ class CharLM(L.LightningModule):
         model: keyword arguments of ``CharRNN`` (cell, hidden_size, layers, dropout, embedding_dim).
         optimizer: a Hydra config of a ``torch.optim`` optimizer, instantiated with ``params``
             (the learning-rate schedule is the ``BudgetLRDecay`` callback).
+        format_version: the checkpoint layout, saved with the hyperparameters and checked by
+            ``read_checkpoint`` before a checkpoint is used.
     """
 
     def __init__(self, vocab: list[str], model: dict, optimizer: dict | None = None,
                  format_version: int = FORMAT_VERSION):
         super().__init__()
-        if format_version != FORMAT_VERSION:
-            raise UserError(f"checkpoint format_version={format_version} is not {FORMAT_VERSION}, the one this charlm "
-                            "reads; sample it with the charlm version that trained it, or retrain")
         self.save_hyperparameters()
         self.vocab = Vocabulary(vocab)
         self.net = CharRNN(len(self.vocab), **model)
@@ -123,22 +123,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
-    """A ``CharLM`` from a checkpoint file, read with ``weights_only=True`` (no code can run)."""
+def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> dict:
+    """The contents of a charlm checkpoint file, read with ``weights_only=True``: only tensors and
+    plain data load, so a file holding a pickled object is refused and nothing in it runs.
+
+    A missing, truncated, unsafe or foreign file, or one of another ``FORMAT_VERSION``, raises a
+    ``UserError`` naming ``key=path`` (``ckpt`` for sample.py, ``ckpt_path`` for train.py)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"ckpt={path} does not exist; pass a .ckpt file from a run's checkpoints/ folder")
+        raise UserError(f"{key}={path} does not exist; pass a .ckpt file from a run's checkpoints/ folder")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        reason = str(err).splitlines()[0][:200]
-        raise UserError(f"ckpt={path} cannot be loaded safely ({reason}); it is truncated, corrupt, or holds "
-                        "pickled objects — use a checkpoint written by charlm") from None
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names what the pickle would have called
+        if unsafe:
+            raise UserError(f"{key}={path} cannot be loaded safely: it holds a pickled object ({unsafe[1]}) that could "
+                            "run code; refused without running it — use a checkpoint written by charlm") from None
+        reason = str(err).split(". ")[0].strip()[:200] or type(err).__name__
+        raise UserError(f"{key}={path} cannot be loaded: it is truncated, corrupt or not a checkpoint ({reason}); "
+                        "use a checkpoint written by charlm") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not hparams or "vocab" not in hparams or "state_dict" not in checkpoint:
-        raise UserError(f"ckpt={path} is not a charlm checkpoint (no vocabulary or weights); pass one written by train.py")
-    module = CharLM(vocab=hparams["vocab"], model=hparams["model"], optimizer=hparams.get("optimizer"),
-                    format_version=hparams.get("format_version", 0))
+        raise UserError(f"{key}={path} is not a charlm checkpoint (no vocabulary or weights); pass one written by train.py")
+    version = hparams.get("format_version", 0)
+    if version != FORMAT_VERSION:
+        raise UserError(f"{key}={path} has format_version={version}, not {FORMAT_VERSION}, the one this charlm reads; "
+                        "use it with the charlm version that wrote it, or retrain")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
+    """A ``CharLM`` from a checkpoint file, read safely with ``read_checkpoint`` (no code can run)."""
+    checkpoint = read_checkpoint(path, map_location=map_location)
+    hparams = checkpoint["hyper_parameters"]
+    module = CharLM(vocab=hparams["vocab"], model=hparams["model"], optimizer=hparams.get("optimizer"))
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

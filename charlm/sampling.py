@@ -11,7 +11,8 @@ from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
 
 
-def check_sampling_args(length: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int):
+def check_sampling_args(length: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int,
+                        seed: int | None = None):
     """Refuse sampling settings that mean nothing, naming the bad value."""
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise UserError(f"length={length!r} must be a whole number >= 0")
@@ -23,6 +24,8 @@ def check_sampling_args(length: int, temperature: float, top_k: int | None, top_
         raise UserError(f"top_p={top_p!r} must be in (0, 1], or null for no limit")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise UserError(f"num_samples={num_samples!r} must be a whole number >= 1")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserError(f"seed={seed!r} must be a whole number, or null for a different text each time")
 
 
 def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -53,10 +56,13 @@ def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temper
     The arguments are checked at once (not at the first step). The prompt is fed once;
     then each step feeds the previous characters of all samples in one batched forward
     pass, carrying the recurrent state. Same ``seed``, same text."""
-    check_sampling_args(length, temperature, top_k, top_p, num_samples)
+    check_sampling_args(length, temperature, top_k, top_p, num_samples, seed)
     if not prompt:
         raise UserError("prompt is empty; give at least one character, e.g. prompt='today '")
-    ids = torch.from_numpy(vocab.encode(prompt, strict=True).astype("int64"))
+    try:
+        ids = torch.from_numpy(vocab.encode(prompt, strict=True).astype("int64"))
+    except UserError as err:
+        raise UserError(f"prompt={prompt!r} has {err}") from None
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator)
 

@@ -18,7 +18,8 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from charlm.callbacks import GracefulStop
 from charlm.data import CharDataModule
 from charlm.errors import UserError
-from charlm.module import CharLM
+from charlm.model import check_model_args
+from charlm.module import CharLM, read_checkpoint
 
 log = logging.getLogger("charlm")
 
@@ -31,12 +32,17 @@ HPARAM_METRICS = {"hparams/best_val_bpc": "best/val_bpc", "hparams/val_bpc": "va
 
 
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
-    """The data module (set up, so its vocabulary is known), the model and the trainer of ``cfg``."""
+    """The data module (set up, so its vocabulary is known), the model and the trainer of ``cfg``.
+
+    The model and optimizer settings are checked first, so a mistake there costs no data preparation."""
+    model_args = OmegaConf.to_container(cfg.model, resolve=True)
+    check_model_args(**model_args)
+    lr = cfg.optimizer.get("lr", 1)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+        raise UserError(f"optimizer.lr={lr!r} must be a number > 0")
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # the vocabulary sizes the model
-    if cfg.optimizer.get("lr", 1) <= 0:
-        raise UserError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
-    model = CharLM(vocab=datamodule.vocab.chars, model=OmegaConf.to_container(cfg.model, resolve=True),
+    model = CharLM(vocab=datamodule.vocab.chars, model=model_args,
                    optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
@@ -50,13 +56,17 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit, test the best checkpoint, and return the final metrics."""
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise UserError(f"seed={cfg.seed!r} must be a whole number")
+    if cfg.ckpt_path is not None:
+        read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # one line for a missing, truncated or unsafe file
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     log.info("run folder: %s | %s, %d parameters, vocabulary %d", run_dir, dict(cfg.model),
              sum(p.numel() for p in model.parameters()), len(datamodule.vocab))
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(parameters=sum(p.numel() for p in model.parameters()), fit_seconds=time.perf_counter() - started,
                    steps=trainer.global_step)
@@ -69,7 +79,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise SystemExit(128 + stop.signal)
     if cfg.test and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
                  metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])

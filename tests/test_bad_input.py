@@ -1,0 +1,235 @@
+"""The README's "Bad input" table, row by row: a non-zero exit, one line on stderr naming the bad
+value and the fix, no traceback, and nothing half-written that breaks the next run.
+
+Every row runs in this process through the calls its entry point makes (fast): the composed config
+of the same overrides, then ``train`` (train.py) or the checks, loading and generation of sample.py,
+under ``exit_on_user_error``. Rows marked ``CLI`` also run as real ``train.py`` / ``sample.py``
+processes, at least one per group, all started together; a few rows (Hydra's own checks, the
+Hub, the device) run only there."""
+
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from charlm.config import CONF_DIR, compose_config, writable_dir
+from charlm.data import CharDataModule
+from charlm.errors import UserError, exit_on_user_error
+from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
+from charlm.sampling import check_sampling_args, generate
+from charlm.training import train
+from charlm.vocabulary import Vocabulary
+from conftest import ROOT, run_script
+
+TEXT = "".join(f"line {i:04d}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
+NOT_RUN = "the checkpoint's payload ran"
+CLI, HERE, BOTH = "cli", "here", "both"  # where a row runs: a real process, this process, or both
+
+# (script, arguments as typed, where, the message after "error: "); {d} is the folder of the inputs
+ROWS = [
+    ("train.py", "data=text data.path={d}/missing.txt", HERE,
+     "data.path={d}/missing.txt does not exist; pass an existing file or folder"),
+    ("train.py", "data=text data.path={d}/empty.txt", HERE,
+     "data.path={d}/empty.txt is empty; pass a file with text in it"),
+    ("train.py", "data=text data.path={d}/photo.jpg", HERE,
+     "data.path={d}/photo.jpg looks binary (it has NUL bytes); pass a UTF-8 text file"),
+    ("train.py", "data=text data.path={d}/latin1.txt", HERE,
+     "data.path={d}/latin1.txt is not UTF-8 (byte 3); convert it, e.g. iconv -t utf-8"),
+    ("train.py", "data.path={d}/people.csv", HERE,
+     "data.path={d}/people.csv: line 1 is not AG News CSV (class index 1-4, title, description), got "
+     "['name', 'age']; for plain text use data=text"),
+    ("train.py", "data=text data.path={d}/short.txt", BOTH,
+     "the training text of {d}/short.txt has 45 characters, fewer than one window (data.nchars + 1 = 101); "
+     "lower data.nchars or use a longer corpus"),
+    ("train.py", "data.nchars=0", HERE, "data.nchars=0 must be a whole number >= 1"),
+    ("train.py", "data.nchars=1.5", BOTH, "data.nchars=1.5 must be a whole number >= 1"),
+    ("train.py", "data.stride=0", HERE, "data.stride=0 must be a whole number >= 1"),
+    ("train.py", "data.batch_size=-8", HERE, "data.batch_size=-8 must be a whole number >= 1"),
+    ("train.py", "model.layers=0", HERE, "model.layers=0 must be a whole number >= 1"),
+    ("train.py", "model.layers=abc", BOTH, "model.layers='abc' must be a whole number >= 1"),
+    ("train.py", "model.hidden_size=0", HERE, "model.hidden_size=0 must be a whole number >= 1"),
+    ("train.py", "model.cell=transformer", HERE, "model.cell='transformer' is not known; use one of lstm, gru, rnn"),
+    ("train.py", "model.dropout=1.0", HERE, "model.dropout=1.0 must be a number in [0, 1)"),
+    ("train.py", "model.dropout=-0.1", HERE, "model.dropout=-0.1 must be a number in [0, 1)"),
+    ("train.py", "optimizer.lr=0", HERE, "optimizer.lr=0 must be a number > 0"),
+    ("train.py", "seed=abc", HERE, "seed='abc' must be a whole number"),
+    ("train.py", "ckpt_path={d}/evil.ckpt", HERE,
+     "ckpt_path={d}/evil.ckpt cannot be loaded safely: it holds a pickled object (posix.system) that could run "
+     "code; refused without running it — use a checkpoint written by charlm"),
+    ("train.py", "hydra.run.dir={d}/notes.txt/run", CLI,
+     "hydra.run.dir={d}/notes.txt/run is not a writable folder (Not a directory); pass one you can write to"),
+    ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/notes.txt/cache", HERE,
+     "data.cache_dir={d}/notes.txt/cache is not a writable folder (Not a directory); pass one you can write to"),
+    ("train.py", "", CLI,  # HF_HUB_OFFLINE=1 (run_script sets it): the Hub is unreachable
+     "could not load fancyzhx/ag_news from the Hugging Face Hub (Couldn't reach 'fancyzhx/ag_news' on the Hub "
+     "(OfflineModeIsEnabled)); offline? use a local copy: data.path=/path/to/ag_news (a folder with train.csv "
+     "and test.csv, or one CSV file)"),
+    ("sample.py", "temperature=-1", BOTH, "temperature=-1 must be >= 0 (0 = greedy)"),
+    ("sample.py", "top_k=0", HERE, "top_k=0 must be a whole number >= 1, or null for no limit"),
+    ("sample.py", "top_p=0", HERE, "top_p=0 must be in (0, 1], or null for no limit"),
+    ("sample.py", "top_p=1.5", HERE, "top_p=1.5 must be in (0, 1], or null for no limit"),
+    ("sample.py", "length=-1", HERE, "length=-1 must be a whole number >= 0"),
+    ("sample.py", "seed=abc", HERE, "seed='abc' must be a whole number, or null for a different text each time"),
+    ("sample.py", "ckpt={d}/model.ckpt prompt=Today", HERE,
+     "prompt='Today' has characters not in the model's vocabulary: 'T'; use only these: "
+     "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
+    ("sample.py", "ckpt={d}/missing.ckpt", HERE,
+     "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
+    ("sample.py", "ckpt={d}/truncated.ckpt", HERE,
+     "ckpt={d}/truncated.ckpt cannot be loaded: it is truncated, corrupt or not a checkpoint (PytorchStreamReader "
+     "failed reading zip archive: failed finding central directory); use a checkpoint written by charlm"),
+    ("sample.py", "ckpt={d}/evil.ckpt", BOTH,
+     "ckpt={d}/evil.ckpt cannot be loaded safely: it holds a pickled object (posix.system) that could run code; "
+     "refused without running it — use a checkpoint written by charlm"),
+    ("sample.py", "ckpt={d}/future.ckpt", HERE,
+     f"ckpt={{d}}/future.ckpt has format_version={FORMAT_VERSION + 1}, not {FORMAT_VERSION}, the one this charlm "
+     "reads; use it with the charlm version that wrote it, or retrain"),
+    ("sample.py", "ckpt={d}/model.ckpt device=gpu0", CLI,
+     "device=gpu0 is not usable here (Invalid device string: 'gpu0'); use cpu, or cuda on a machine with a GPU"),
+]
+HYDRA_ROWS = [  # Hydra's own multi-line message for a key that does not exist; its first line
+    ("train.py", "model.hiden_size=3", "Could not override 'model.hiden_size'."),
+]
+
+
+class Payload:
+    """Pickles as a call of ``touch <marker>``: loading it unsafely creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def save_like_lightning(module: CharLM, path) -> None:
+    """The two keys of a Lightning checkpoint that sampling needs."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    """A folder holding the table's inputs, and an older run with a good ``best.ckpt`` in ``outputs/runs``."""
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "tiny.txt").write_text(TEXT)
+    (d / "empty.txt").write_bytes(b"")
+    (d / "short.txt").write_text("a corpus far shorter than one window of characters\n")
+    (d / "latin1.txt").write_bytes("café au lait\n".encode("latin-1") * 20)
+    (d / "photo.jpg").write_bytes(bytes(range(256)) * 4)
+    (d / "people.csv").write_text("name,age\nAnn,31\n")
+    (d / "notes.txt").write_text("a regular file, so nothing can be created under it (not even by root)\n")
+    torch.manual_seed(0)
+    module = CharLM(vocab=Vocabulary.from_text(TEXT).chars, model=dict(hidden_size=16, embedding_dim=4))
+    save_like_lightning(module, d / "model.ckpt")
+    (d / "truncated.ckpt").write_bytes((d / "model.ckpt").read_bytes()[:1000])
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab": Payload(d / "pwned")}}, d / "evil.ckpt")
+    module.hparams["format_version"] = FORMAT_VERSION + 1
+    save_like_lightning(module, d / "future.ckpt")
+    old_run = d / "outputs" / "runs" / "old" / "checkpoints"
+    old_run.mkdir(parents=True)
+    shutil.copy(d / "model.ckpt", old_run / "best.ckpt")
+    return d
+
+
+def run_here(script: str, args: list[str], d) -> None:
+    """What ``script args`` does up to its first error, in this process."""
+    if script == "train.py":
+        cfg = compose_config([f"data.cache_dir={d}/cache", *args], d / "run")
+        (d / "run").mkdir(exist_ok=True)
+        train(cfg, d / "run")
+        return
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("sample", overrides=args)
+    check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples, cfg.seed)
+    module = load_checkpoint(cfg.ckpt)
+    next(generate(module.net, module.vocab, cfg.prompt, cfg.length, temperature=cfg.temperature, top_k=cfg.top_k,
+                  top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed))
+
+
+def rows(*where):
+    """The ``ROWS`` run ``where``, as test parameters named after their command."""
+    return [pytest.param(s, a, m, id=f"{s} {a}") for s, a, w, m in ROWS if w in where]
+
+
+@pytest.mark.parametrize("script, args, message", rows(HERE, BOTH))
+def test_row_gives_its_one_line(d, capsys, script, args, message):
+    with pytest.raises(SystemExit) as exited, exit_on_user_error():
+        run_here(script, args.format(d=d).split(), d)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"error: {message.format(d=d)}\n"
+    assert not (d / "pwned").exists(), NOT_RUN
+
+
+@pytest.fixture(scope="module")
+def cli(d):
+    """The results of the ``CLI`` and ``BOTH`` rows and of ``HYDRA_ROWS``, run as real processes in
+    ``d`` (several at once), then of ``sample.py`` with its default checkpoint (the newest run's
+    best.ckpt) after all those failed runs. ``HF_HOME`` is empty, so the Hub has no cached copy."""
+    commands = [(s, a) for s, a, where, _ in ROWS if where != HERE] + [(s, a) for s, a, _ in HYDRA_ROWS]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = pool.map(lambda command: run_script(ROOT / command[0], *command[1].format(d=d).split(), cwd=d,
+                                                      env={"HF_HOME": str(d / "hf")}), commands)
+        results = dict(zip(commands, results))
+    results["newest"] = run_script(ROOT / "sample.py", "prompt=the", "length=5", "temperature=0", cwd=d)
+    return results
+
+
+def one_line(result) -> str:
+    """The single stderr line of a refused command, after checking the exit status and that no traceback came."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0], result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("script, args, message", rows(CLI, BOTH))
+def test_command_gives_one_line_and_exit_2(d, cli, script, args, message):
+    result = cli[script, args]
+    assert one_line(result) == f"error: {message.format(d=d)}"
+    assert result.returncode == 2
+    assert script == "train.py" or result.stdout == ""  # no text before the error
+    assert not (d / "pwned").exists(), NOT_RUN
+
+
+@pytest.mark.parametrize("script, args, first_line", HYDRA_ROWS)
+def test_mistyped_key_gets_hydras_message(cli, script, args, first_line):
+    result = cli[script, args]
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.splitlines()[0] == first_line
+
+
+def test_failed_runs_leave_nothing_that_breaks_the_next_one(d, cli):
+    """The failed runs' folders hold no checkpoint that sample.py would take, and the cache holds
+    no half-written entry: the next run encodes and loads its corpus as usual."""
+    runs = d / "outputs" / "runs"
+    failed = [run for run in runs.iterdir() if run.name != "old"]
+    assert failed and not any((run / "checkpoints").exists() for run in failed)
+    newest = cli["newest"]  # sample.py's default checkpoint: the older good run's
+    assert newest.returncode == 0 and newest.stdout.startswith("the"), newest.stderr
+    cache = d / "outputs" / "cache"
+    assert not [entry for entry in cache.glob("*") if not (entry / "meta.json").exists()]  # no .tmp-*, no half
+    dm = CharDataModule(corpus="text", path=str(d / "tiny.txt"), nchars=16, stride=16, batch_size=4,
+                        cache_dir=str(cache))
+    dm.setup("fit")
+    assert len(dm.train_dataloader()) > 0
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused(d):
+    with pytest.raises(UserError, match=r"hydra.sweep.dir=.*notes.txt/sweep is not a writable folder"):
+        writable_dir(d / "notes.txt" / "sweep", "hydra.sweep.dir")
+    assert writable_dir(d / "fine" / "sweep", "hydra.sweep.dir").is_dir()
+
+
+def test_checkpoints_load_weights_only_and_no_code_is_evaluated():
+    """The security rules, kept by reading the code: every checkpoint load (``torch.load``, Lightning's
+    ``ckpt_path``) says ``weights_only=True``, and nothing calls ``eval`` or ``exec``."""
+    sources = [*ROOT.glob("*.py"), *ROOT.glob("charlm/*.py"), *ROOT.glob("benchmarks/*.py")]
+    lines = [line for path in sources for line in path.read_text().splitlines()]
+    loads = [line for line in lines if re.search(r"torch\.load\(|load_from_checkpoint|\.(fit|test|validate)\(.*ckpt_path", line)]
+    assert len(loads) >= 4 and all("weights_only=True" in line for line in loads), loads
+    assert not [line for line in lines if re.search(r"(?<![\w.])(eval|exec)\(", line)]
