@@ -258,7 +258,7 @@ class CharDataModule(L.LightningDataModule):
         test_size: int | float = 0.05,
         nchars: int = 100,
         stride: int = 100,
-        batch_size: int = 32,
+        batch_size: int = 16,
         eval_rows: int = 64,
         eval_chunk: int = 512,
         num_workers: int = 0,

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from charlm.config import job_dirname
 from conftest import ROOT, run_script
@@ -109,7 +110,8 @@ def test_tensorboard_reads_scalars_samples_and_hparams_of_every_run(sweep):
         cell, layers = run.name.split(",")[:2]
         assert hparams["model.cell"].string_value == cell.removeprefix("cell=")
         assert hparams["model.layers"].number_value == int(layers.removeprefix("layers="))
-        assert hparams["optimizer.lr"].number_value == 0.003 and hparams["data.nchars"].number_value == 32
+        config = OmegaConf.load(run / "config.yaml")
+        assert hparams["optimizer.lr"].number_value == config.optimizer.lr and hparams["data.nchars"].number_value == 32
         final = {tag: events.Scalars(tag)[-1].value for tag in scalars if tag.startswith("hparams/")}
         assert math.isclose(final["hparams/best_val_bpc"], metrics["best/val_bpc"], rel_tol=1e-6)
         assert math.isclose(final["hparams/test_bpc"], metrics["test/bpc"], rel_tol=1e-6)
