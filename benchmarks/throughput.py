@@ -11,6 +11,8 @@ and the lesson's approach: one batch per article, built by a Python loop over ev
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +56,8 @@ def project_loop(model_overrides: list[str], steps: int, warmup: int = 10) -> fl
         datamodule, model, trainer = build(cfg)
         clock = StepClock(warmup)
         trainer.callbacks.append(clock)
-        trainer.fit(model, datamodule=datamodule)
+        with contextlib.redirect_stdout(sys.stderr):  # the progress bar runs as in train.py, away from the table
+            trainer.fit(model, datamodule=datamodule)
         return clock.chars / (clock.end - clock.start)
 
 
