@@ -54,7 +54,10 @@ class CharLM(L.LightningModule):
         x, y = batch
         logits, _ = self.net(x)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        # Only on the steps whose metrics Lightning writes (every trainer.log_every_n_steps):
+        # each self.log call costs about 0.7 ms of bookkeeping, ~3% of a CPU step here.
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("train/loss", loss, on_step=True, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, batch_idx, metric: MeanMetric):
