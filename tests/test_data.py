@@ -166,3 +166,17 @@ def test_csv_not_in_ag_news_format_is_refused_with_the_line(tmp_path):
 def test_bad_window_settings_are_refused(tmp_path, key, value):
     with pytest.raises(UserError, match=f"data.{key}={value}"):
         CharDataModule(path="x.csv", **{key: value})
+
+
+def test_ag_news_folder_uses_its_test_csv_and_a_tail_of_train_for_val(tiny_csv, tmp_path):
+    folder = tmp_path / "ag_news"
+    folder.mkdir()
+    lines = tiny_csv.read_text().splitlines(keepends=True)
+    (folder / "train.csv").write_text("".join(lines[:50]))
+    (folder / "test.csv").write_text("".join(lines[50:]))
+    dm = make_dm(folder, tmp_path, val_size=0.1)
+    articles = read_ag_news_csv(tiny_csv)
+    decode = lambda split: dm.vocab.decode(np.load(dm.cache_path / f"{split}.npy"))  # noqa: E731
+    assert decode("train") == SEPARATOR.join(articles[:45])
+    assert decode("val") == SEPARATOR + SEPARATOR.join(articles[45:50])
+    assert decode("test") == SEPARATOR + SEPARATOR.join(articles[50:])
