@@ -15,7 +15,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_t
     cfg = compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
                           "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=16",
                           "trainer.max_steps=100", "trainer.val_check_interval=10",
-                          "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.samples.length=5"], tmp_path)
+                          "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.samples.length=5",
+                          "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"], tmp_path)
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     real_step = model.training_step
