@@ -3,7 +3,9 @@
 Compares, on the same model and the same batches:
   - the project's training loop (Lightning, with the default callbacks and logger of train.py),
   - a minimal plain PyTorch loop (forward, cross-entropy, backward, clip, AdamW step),
-and the lesson's approach: one batch per article, built by a Python loop over every window.
+and the lesson's approach: one batch per article, built by a Python loop over every window; and
+each against the machine's fp32 matmul rate (the model's matmul FLOPs per character, forward +
+backward = 3 x forward, times characters/s).
 
     python benchmarks/throughput.py [--rounds 5] [--seconds 8]
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torch.utils.mkldnn
 from common import AG_NEWS_TEST, median, print_table, require
 
 from charlm.config import compose_config
@@ -88,6 +91,33 @@ def plain_loop(model_overrides: list[str], steps: int, warmup: int = 10) -> floa
         return chars / (time.perf_counter() - start)
 
 
+def training_flops_per_char(net: CharRNN) -> float:
+    """Matmul FLOPs of one training character: forward (input and recurrent projections of every
+    layer, the head) times 3 for forward + backward. Embedding lookups count nothing; a one-hot
+    input counts its full matmul, as nn.LSTM runs it."""
+    rnn, gates = net.rnn, {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[net.rnn.mode]
+    forward = sum(2 * gates * rnn.hidden_size * ((rnn.input_size if layer == 0 else rnn.hidden_size) + rnn.hidden_size)
+                  for layer in range(rnn.num_layers))
+    forward += 2 * rnn.hidden_size * net.head.out_features
+    return 3 * forward
+
+
+@torch.no_grad()
+def matmul_flops_per_second(size: int = 2048, repeats: int = 7) -> float:
+    """The machine's fp32 matmul rate through oneDNN (the library that runs the CPU LSTM; on
+    AMD processors MKL's ``torch.mm`` reaches only about half of it): the median of
+    ``repeats`` square products."""
+    linear = torch.utils.mkldnn.to_mkldnn(torch.nn.Linear(size, size, bias=False).eval())
+    x = torch.randn(size, size).to_mkldnn()
+    linear(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        linear(x)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / median(times)
+
+
 def lesson_loop(seconds: float, nchars: int = 100, hidden: int = 64) -> float:
     """The lesson: for each article, a Python loop over every window builds one batch."""
     articles = read_ag_news_csv(AG_NEWS_TEST)
@@ -123,9 +153,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="rough length of one measurement")
     args = parser.parse_args()
     require(AG_NEWS_TEST)
-    torch.set_num_threads(torch.get_num_threads())
 
-    models = {"default": [], "lesson (one-hot LSTM 64, batch 128, stride 1)": ["experiment=lesson"]}
+    models = {"default": [], "LSTM 512 x 3 layers": ["model.hidden_size=512", "model.layers=3"],
+              "lesson (one-hot LSTM 64, batch 128, stride 1)": ["experiment=lesson"]}
     # steps per measurement, from a quick probe of each model's speed
     steps = {name: max(20, int(args.seconds * plain_loop(ov, 10, 3) / _chars_per_step(ov))) for name, ov in models.items()}
     results: dict[str, list[float]] = {}
@@ -135,17 +165,23 @@ def main() -> None:
             results.setdefault(f"{name}|plain", []).append(plain_loop(ov, steps[name]))
         results.setdefault("lesson|per-article", []).append(lesson_loop(args.seconds))
 
+    peak = median(matmul_flops_per_second() for _ in range(3))
     rows = []
-    for name in models:
+    for name, ov in models.items():
+        with tempfile.TemporaryDirectory() as out:
+            flops = training_flops_per_char(build(compose_config(overrides_for(ov, 1), Path(out)))[1].net)
         project, plain = median(results[f"{name}|project"]), median(results[f"{name}|plain"])
-        rows.append([name, "project (Lightning, train.py's callbacks)", f"{project:,.0f}", f"{project / plain:.1%}"])
-        rows.append([name, "plain PyTorch loop", f"{plain:,.0f}", "100%"])
+        for loop, speed, share in (("project (Lightning, train.py's callbacks)", project, f"{project / plain:.1%}"),
+                                   ("plain PyTorch loop", plain, "100%")):
+            rows.append([name, loop, f"{speed:,.0f}", share, f"{speed * flops / 1e9:.1f}", f"{speed * flops / peak:.0%}"])
     lesson = median(results["lesson|per-article"])
-    lesson_plain = median(results[f"{list(models)[1]}|plain"])
+    lesson_plain = median(results[f"{list(models)[-1]}|plain"])
     rows.append(["lesson (one-hot LSTM 64)", "lesson's loop: one batch per article, Python loop per window",
-                 f"{lesson:,.0f}", f"{lesson / lesson_plain:.1%}"])
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, medians\n")
-    print_table(["model", "loop", "chars/s", "vs plain loop, same model"], rows)
+                 f"{lesson:,.0f}", f"{lesson / lesson_plain:.1%}", "", ""])
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, medians; "
+          f"fp32 matmul rate {peak / 1e9:.0f} GFLOP/s (oneDNN, 2048x2048 products)\n")
+    print_table(["model", "loop", "chars/s", "vs plain loop, same model", "GFLOP/s (3x forward matmuls)",
+                 "of matmul rate"], rows)
 
 
 def _chars_per_step(model_overrides: list[str]) -> int:
