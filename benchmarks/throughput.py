@@ -2,7 +2,7 @@
 
 Compares, on the same model and the same batches:
   - the project's training loop (Lightning, with the default callbacks and logger of train.py),
-  - a minimal plain PyTorch loop (forward, cross-entropy, backward, clip, AdamW step),
+  - a minimal plain PyTorch loop (forward, cross-entropy, backward, clip, the configured optimizer's step),
 and the lesson's approach: one batch per article, built by a Python loop over every window; and
 each against the machine's fp32 matmul rate (the model's matmul FLOPs per character, forward +
 backward = 3 x forward, times characters/s).
@@ -70,8 +70,7 @@ def plain_loop(model_overrides: list[str], steps: int, warmup: int = 10) -> floa
         L.seed_everything(cfg.seed)
         datamodule, module, _ = build(cfg)
         model = module.net
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr) if cfg.optimizer._target_.endswith(
-            "AdamW") else torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+        optimizer = module.configure_optimizers()  # the configured optimizer, as the project loop builds it
         clip = cfg.trainer.gradient_clip_val
         chars, start = 0, None
         for step, (x, y) in enumerate(datamodule.train_dataloader()):

@@ -6,7 +6,6 @@ import logging
 import os
 import tempfile
 import time
-
 from pathlib import Path
 
 import torch

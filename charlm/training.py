@@ -62,14 +62,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # one line for a missing, truncated or unsafe file
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
-    log.info("run folder: %s | %s, %d parameters, vocabulary %d", run_dir, dict(cfg.model),
-             sum(p.numel() for p in model.parameters()), len(datamodule.vocab))
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("run folder: %s | %s, %d parameters, vocabulary %d", run_dir, dict(cfg.model), parameters,
+             len(datamodule.vocab))
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics.update(parameters=sum(p.numel() for p in model.parameters()), fit_seconds=time.perf_counter() - started,
-                   steps=trainer.global_step)
+    metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, steps=trainer.global_step)
     if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
         metrics["best/val_bpc"] = float(trainer.checkpoint_callback.best_model_score)
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
