@@ -13,6 +13,7 @@ held-out character is scored with its full left context (see ``EvalStream``).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -20,16 +21,19 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charlm.config import writable_dir
 from charlm.errors import UserError
-from charlm.vocabulary import Vocabulary
+from charlm.vocabulary import Vocabulary, distinct_codepoints
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +67,25 @@ def read_ag_news_csv(path: Path) -> list[str]:
     return articles
 
 
-def read_text_file(path: Path) -> str:
-    """The whole file as text; refuses binary and non-UTF-8 files."""
-    raw = path.read_bytes()
-    if b"\x00" in raw[:1 << 20]:
-        raise UserError(f"data.path={path} looks binary (it has NUL bytes); pass a UTF-8 text file")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"data.path={path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t utf-8") from None
+def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23):
+    """The UTF-8 file as successive pieces of text of about ``chunk_bytes`` bytes each, never the
+    whole text at once; refuses binary (NUL bytes in the first MiB) and non-UTF-8 files."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(chunk_bytes)
+            if offset == 0 and b"\x00" in raw[: 1 << 20]:
+                raise UserError(f"data.path={path} looks binary (it has NUL bytes); pass a UTF-8 text file")
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as err:
+                raise UserError(f"data.path={path} is not UTF-8 (byte {offset + err.start}); convert it, "
+                                "e.g. iconv -t utf-8") from None
+            if not raw:
+                return
+            offset += len(raw)
+            yield text
 
 
 def load_hub_ag_news(name: str):
@@ -107,13 +121,18 @@ def split_off(items, size, key: str):
     return items[:-n], items[-n:]
 
 
-def split_tail(items, val_size, test_size):
-    """Split a sequence into (train, val, test): test is its tail, val the part before it."""
-    n = len(items)
+def split_sizes(n: int, val_size, test_size) -> tuple[int, int, int]:
+    """Sizes (train, val, test) of a sequence of ``n`` items whose tail is test and the part before it val."""
     n_val, n_test = count(val_size, n, "data.val_size"), count(test_size, n, "data.test_size")
     if n_val + n_test >= n:
         raise UserError(f"data.val_size + data.test_size = {n_val + n_test} leaves nothing of {n} to train on; lower them")
-    return items[: n - n_val - n_test], items[n - n_val - n_test : n - n_test], items[n - n_test :]
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_tail(items, val_size, test_size):
+    """Split a sequence into (train, val, test): test is its tail, val the part before it."""
+    n_train, n_val, _ = split_sizes(len(items), val_size, test_size)
+    return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -195,9 +214,15 @@ class EvalStream(Dataset):
     of ``chunk`` characters. The model carries its recurrent state from one chunk to the
     next (``CharLM.validation_step``), so each character is scored with all the text before
     it in its row. Rows are cut at separators (article starts) when ``separator_id`` is
-    given, so no article is split; padding carries the target ``IGNORE``."""
+    given, so no article is split; padding carries the target ``IGNORE``.
 
-    def __init__(self, tokens: np.ndarray, rows: int, chunk: int, separator_id: int | None):
+    Under data parallelism rank ``rank`` of ``world_size`` takes every ``world_size``-th row
+    (padded with empty rows to the same count), and every rank serves the same number of
+    chunks, so the ranks score disjoint rows that together are the whole stream. Each chunk
+    is sliced from the (memory-mapped) ``tokens`` when asked for: nothing is copied ahead."""
+
+    def __init__(self, tokens: np.ndarray, rows: int, chunk: int, separator_id: int | None,
+                 rank: int = 0, world_size: int = 1):
         n = len(tokens)
         cuts = np.linspace(0, n, min(rows, max(1, n // 2)) + 1).astype(np.int64)
         if separator_id is not None:
@@ -205,25 +230,51 @@ class EvalStream(Dataset):
             if len(starts):
                 inner = starts[np.minimum(np.searchsorted(starts, cuts[1:-1]), len(starts) - 1)]
                 cuts = np.unique(np.concatenate([[0], inner, [n]]))
-        lengths = np.diff(cuts)
-        self.lengths = torch.from_numpy(lengths)
-        self.rows = torch.zeros(len(lengths), int(lengths.max()), dtype=torch.int64)
-        for r, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):  # one copy per row, not per character
-            self.rows[r, : b - a] = torch.from_numpy(np.asarray(tokens[a:b], dtype=np.int64))
-        self.chunk = chunk
-        self.scored = int((lengths - 1).sum())
+        self.width = int(np.diff(cuts).max())  # the longest row sets the number of chunks on every rank
+        per_rank = -(-(len(cuts) - 1) // world_size)
+        self.starts = cuts[:-1][rank::world_size].tolist()
+        self.lengths = np.diff(cuts)[rank::world_size].tolist()
+        self.starts += [0] * (per_rank - len(self.starts))
+        self.lengths += [0] * (per_rank - len(self.lengths))
+        self.tokens, self.chunk = tokens, chunk
+        self.scored = sum(max(0, length - 1) for length in self.lengths)
 
     def __len__(self) -> int:
-        return (self.rows.shape[1] - 1 + self.chunk - 1) // self.chunk
+        return (self.width - 1 + self.chunk - 1) // self.chunk
 
     def __getitem__(self, i):
         if not 0 <= i < len(self):
             raise IndexError(i)
-        a, b = i * self.chunk, min((i + 1) * self.chunk, self.rows.shape[1] - 1)
-        x, y = self.rows[:, a:b], self.rows[:, a + 1 : b + 1].clone()
-        positions = torch.arange(a + 1, b + 1)
-        y[positions[None, :] >= self.lengths[:, None]] = IGNORE
+        a, b = i * self.chunk, min((i + 1) * self.chunk, self.width - 1)
+        block = np.zeros((len(self.starts), b - a + 1), dtype=np.int64)  # positions a..b of every row
+        for r, (start, length) in enumerate(zip(self.starts, self.lengths)):
+            piece = self.tokens[start + a : start + min(b + 1, length)] if a < length else ()
+            block[r, : len(piece)] = piece
+        block = torch.from_numpy(block)
+        x, y = block[:, :-1], block[:, 1:].clone()
+        y[torch.arange(a + 1, b + 1)[None, :] >= torch.tensor(self.lengths)[:, None]] = IGNORE
         return x, y
+
+
+@dataclass
+class Corpus:
+    """A source ready to encode: the training vocabulary, the characters of each split, and
+    ``pieces()``, which yields the text of train, val and test in order, in any number of pieces."""
+
+    vocab: Vocabulary
+    sizes: dict[str, int]
+    pieces: Callable[[], Iterable[str]]
+
+
+def train_vocabulary(pieces: Iterable[str], n_train: int) -> Vocabulary:
+    """The vocabulary of the first ``n_train`` characters of the text in ``pieces``."""
+    codepoints, seen = set(), 0
+    for piece in pieces:
+        codepoints.update(distinct_codepoints(piece[: n_train - seen]).tolist())
+        seen += len(piece)
+        if seen >= n_train:
+            break
+    return Vocabulary.from_codepoints(codepoints)
 
 
 # ----------------------------------------------------------------------------- data module
@@ -295,30 +346,32 @@ class CharDataModule(L.LightningDataModule):
         files = sorted(self.path.glob("*.csv")) if self.path.is_dir() else [self.path]
         return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
-    def _read_local(self) -> dict[str, str]:
-        """The three splits of the local source as text."""
+    def _local_corpus(self) -> Corpus:
+        """The local source as a ``Corpus``; a text file is streamed, never read whole."""
         if self.corpus == "text":
             if self.path.is_dir():
                 raise UserError(f"data.path={self.path} is a folder; data=text needs one text file")
-            text = read_text_file(self.path)
-            if not text:
+            n = sum(len(piece) for piece in read_text_chunks(self.path))
+            if not n:
                 raise UserError(f"data.path={self.path} is empty; pass a file with text in it")
-            return dict(zip(SPLITS, split_tail(text, self.val_size, self.test_size)))
+            sizes = dict(zip(SPLITS, split_sizes(n, self.val_size, self.test_size)))
+            return Corpus(train_vocabulary(read_text_chunks(self.path), sizes["train"]), sizes,
+                          lambda: read_text_chunks(self.path))
         if not self.path.is_dir():
-            return self._ag_news_texts(*split_tail(read_ag_news_csv(self.path), self.val_size, self.test_size))
+            return self._ag_news_corpus(*split_tail(read_ag_news_csv(self.path), self.val_size, self.test_size))
         if not (self.path / "train.csv").exists() or not (self.path / "test.csv").exists():
             raise UserError(f"data.path={self.path} is a folder without train.csv and test.csv; "
                             "pass one CSV file or a folder with both")
         train = read_ag_news_csv(self.path / "train.csv")
-        return self._ag_news_texts(*split_off(train, self.val_size, "data.val_size"),
-                                   read_ag_news_csv(self.path / "test.csv"))
+        return self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"),
+                                    read_ag_news_csv(self.path / "test.csv"))
 
-    def _ag_news_texts(self, train: list[str], val: list[str], test: list[str]) -> dict[str, str]:
+    def _ag_news_corpus(self, train: list[str], val: list[str], test: list[str]) -> Corpus:
         if not test:
             raise UserError(f"AG News source {self.path} has no test articles; pass a file with some")
         # Held-out streams start with a separator, so their first article is scored from its start.
-        return {s: (SEPARATOR if s != "train" else "") + SEPARATOR.join(docs)
-                for s, docs in zip(SPLITS, (train, val, test))}
+        texts = [(SEPARATOR if s != "train" else "") + SEPARATOR.join(docs) for s, docs in zip(SPLITS, (train, val, test))]
+        return Corpus(Vocabulary.from_text(texts[0]), dict(zip(SPLITS, map(len, texts))), lambda: iter(texts))
 
     def _cache_dir_for(self, source_key: str) -> Path:
         spec = json.dumps([CACHE_VERSION, self.corpus, self.hub_dataset if self.path is None else "",
@@ -331,37 +384,50 @@ class CharDataModule(L.LightningDataModule):
             return
         if self.path is None:
             train, test, source_key = load_hub_ag_news(self.hub_dataset)
-            read = lambda: self._ag_news_texts(*split_off(train, self.val_size, "data.val_size"), test)  # noqa: E731
+            corpus = lambda: self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"), test)  # noqa: E731
         else:
-            source_key, read = self._local_key(), self._read_local
+            source_key, corpus = self._local_key(), self._local_corpus
         cache = self._cache_dir_for(source_key)
-        if not (cache / "meta.json").exists():
-            self._write_cache(cache, read())
+        writable_dir(self.cache_root, "data.cache_dir")
+        # One builder at a time: ranks and sweep jobs that start together wait for the first
+        # and then read its cache instead of each encoding the corpus again.
+        with FileLock(cache.with_name(cache.name + ".lock")):
+            if not (cache / "meta.json").exists():
+                self._write_cache(cache, corpus())
         self.cache_path = cache
 
-    def _write_cache(self, cache: Path, texts: dict[str, str]) -> None:
-        if len(texts["train"]) < self.nchars + 1:
-            raise UserError(f"the training text of {self.path or self.hub_dataset} has {len(texts['train'])} characters, "
-                            f"fewer than one window (data.nchars + 1 = {self.nchars + 1}); lower data.nchars or use "
-                            "a longer corpus")
-        vocab = Vocabulary.from_text(texts["train"])
-        writable_dir(self.cache_root, "data.cache_dir")
+    def _write_cache(self, cache: Path, corpus: Corpus) -> None:
+        if corpus.sizes["train"] < self.nchars + 1:
+            raise UserError(f"the training text of {self.path or self.hub_dataset} has {corpus.sizes['train']} "
+                            f"characters, fewer than one window (data.nchars + 1 = {self.nchars + 1}); lower "
+                            "data.nchars or use a longer corpus")
+        vocab = corpus.vocab
         tmp = Path(tempfile.mkdtemp(dir=self.cache_root, prefix=".tmp-"))
         try:
+            ends = dict(zip(SPLITS, np.cumsum([corpus.sizes[s] for s in SPLITS]).tolist()))
+            arrays = {s: np.lib.format.open_memmap(tmp / f"{s}.npy", mode="w+", dtype=vocab.dtype,
+                                                   shape=(corpus.sizes[s],)) for s in SPLITS}
+            unknown = dict.fromkeys(SPLITS, 0)
+            position = 0  # of the piece's first character in the whole stream
+            for piece in corpus.pieces():
+                ids = vocab.encode(piece)
+                for split in SPLITS:
+                    start = ends[split] - corpus.sizes[split]
+                    a, b = max(position, start), min(position + len(ids), ends[split])
+                    if a < b:
+                        arrays[split][a - start : b - start] = ids[a - position : b - position]
+                        unknown[split] += int(np.count_nonzero(ids[a - position : b - position] == 0))
+                position += len(ids)
+            for array in arrays.values():
+                array.flush()
+            del arrays
             meta = {"vocab": vocab.chars, "source": str(self.path or self.hub_dataset), "corpus": self.corpus,
-                    "separator": SEPARATOR if self.corpus == "ag_news" else None, "characters": {}}
-            for split, text in texts.items():
-                tokens = vocab.encode(text)
-                np.save(tmp / f"{split}.npy", tokens)
-                meta["characters"][split] = len(tokens)
-                meta.setdefault("unknown", {})[split] = int((tokens == 0).sum())
+                    "separator": SEPARATOR if self.corpus == "ag_news" else None, "characters": corpus.sizes,
+                    "unknown": unknown}
             (tmp / "meta.json").write_text(json.dumps(meta))
-            os.rename(tmp, cache)  # atomic: a concurrent job either sees the whole cache or none
+            os.rename(tmp, cache)  # atomic: a reader (under no lock) sees the whole cache or none
             log.info("encoded %s into %s: %s characters, vocabulary of %d", meta["source"], cache,
                      meta["characters"], len(vocab))
-        except OSError:
-            if not (cache / "meta.json").exists():
-                raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -377,17 +443,13 @@ class CharDataModule(L.LightningDataModule):
         self.separator_id = self.vocab.chars.index(meta["separator"]) if meta["separator"] in self.vocab.chars else None
         self.train_set = WindowDataset(self.cache_path / "train.npy", self.nchars, self.stride)
         for split in ("val", "test"):
-            tokens = np.load(self.cache_path / f"{split}.npy", mmap_mode="r")
-            if len(tokens) < 2:
-                raise UserError(f"the {split} split has {len(tokens)} characters; raise data.{split}_size")
-            setattr(self, f"{split}_set", EvalStream(tokens, self.eval_rows, self.eval_chunk, self.separator_id))
+            if meta["characters"][split] < 2:
+                raise UserError(f"the {split} split has {meta['characters'][split]} characters; raise data.{split}_size")
         if meta["unknown"]["val"] or meta["unknown"]["test"]:
             log.info("characters outside the vocabulary (scored as id 0): %s", meta["unknown"])
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = ShuffledBatches(len(self.train_set), self.batch_size, self.seed, rank, world_size)
+        batches = ShuffledBatches(len(self.train_set), self.batch_size, self.seed, *self._rank())
         if len(batches) == 0:
             raise UserError(f"data.batch_size={self.batch_size} is more than the {len(self.train_set)} training "
                             f"windows (per device); lower it or data.stride")
@@ -408,12 +470,21 @@ class CharDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state)
 
-    def _eval_loader(self, dataset: EvalStream) -> DataLoader:
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def eval_stream(self, split: str) -> EvalStream:
+        """The held-out ``split`` (val or test) as this rank's share of an ``EvalStream``."""
+        tokens = np.load(self.cache_path / f"{split}.npy", mmap_mode="r")
+        return EvalStream(tokens, self.eval_rows, self.eval_chunk, self.separator_id, *self._rank())
+
+    def _eval_loader(self, split: str) -> DataLoader:
         # its own generator, as for training: validating must not move the global random state
-        return DataLoader(dataset, batch_size=None, shuffle=False, generator=torch.Generator())
+        return DataLoader(self.eval_stream(split), batch_size=None, shuffle=False, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)
+        return self._eval_loader("test")

@@ -72,10 +72,12 @@ class CharLM(L.LightningModule):
             metric.update(loss_sum / scored, weight=scored)
 
     def _log_eval(self, stage: str, metric: MeanMetric):
+        # Under DDP each rank scored its own rows; compute() sums the weighted losses and the
+        # character counts of all ranks, so every rank holds the loss of the whole stream.
         loss = metric.compute()
         metric.reset()
         self.log_dict({f"{stage}/loss": loss, f"{stage}/bpc": loss / math.log(2), f"{stage}/ppl": loss.exp()},
-                      prog_bar=stage == "val")
+                      prog_bar=stage == "val", sync_dist=True)  # equal on all ranks already: the mean is exact
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, self.val_loss)

@@ -10,14 +10,21 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from charlm.callbacks import GracefulStop
 from charlm.data import CharDataModule
-from charlm.errors import UserError
+from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
 from charlm.module import CharLM, read_checkpoint
 
@@ -40,22 +47,61 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     lr = cfg.optimizer.get("lr", 1)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a number > 0")
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # the vocabulary sizes the model
     model = CharLM(vocab=datamodule.vocab.chars, model=model_args,
                    optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     # charlm.data.CharDataModule saves and restores the position in the data itself (its
     # state_dict), which Lightning's check for a resumable DataLoader does not see.
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     return datamodule, model, trainer
 
 
+def check_launch_mode(trainer: L.Trainer, multirun: bool) -> None:
+    """Refuse a Hydra multirun whose DDP strategy would start the other ranks by re-running the
+    command line: each child would run the whole sweep again. Processes started by SLURM,
+    torchrun or ``ddp_spawn`` are fine, as is a single run with ``ddp``."""
+    launcher = trainer.strategy.launcher
+    relaunches = (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+                  and not launcher.cluster_environment.creates_processes_externally)
+    if multirun and relaunches:
+        raise UserError(f"{type(trainer.strategy).__name__} on {launcher.num_processes} devices would "
+                        "re-run the whole sweep in every rank under -m; use trainer.strategy=ddp_spawn for multirun "
+                        "sweeps, one run per command, or a SLURM launcher (hydra/launcher=slurm)")
+
+
+class MultirunLaunchCheck(Callback):
+    """Hydra callback: ``check_launch_mode`` on the trainer settings of a multirun, before any
+    folder is created or job started (each job checks its own settings again)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        with exit_on_user_error():
+            check_multirun_launch_mode(config.trainer)
+
+
+def check_multirun_launch_mode(trainer_cfg: DictConfig) -> None:
+    """``check_launch_mode`` for the trainer settings of a whole multirun."""
+    keys = ("accelerator", "strategy", "devices", "num_nodes")
+    settings = {key: trainer_cfg[key] for key in keys if key in trainer_cfg}
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # this trainer is only looked at: no "GPU available" lines for it
+    try:
+        trainer = instantiate({"_target_": "lightning.pytorch.Trainer", **settings}, logger=False,
+                              enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    finally:
+        lightning_log.setLevel(level)
+    check_launch_mode(trainer, multirun=True)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit, test the best checkpoint, and return the final metrics."""
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:  # other DDP ranks run this too, in the same folder
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed!r} must be a whole number")
     if cfg.ckpt_path is not None:
@@ -69,9 +115,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, steps=trainer.global_step)
-    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
-        metrics["best/val_bpc"] = float(trainer.checkpoint_callback.best_model_score)
+    metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, **fit_outcome(trainer))
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
     if stop is not None:
         log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
@@ -83,9 +127,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
                  metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])
-    log_hparams(trainer, cfg, metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if trainer.is_global_zero:
+        log_hparams(trainer, cfg, metrics)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
+    """The steps trained and the best validation score of a finished fit.
+
+    Under ``ddp_spawn`` the fit ran in worker processes, and Lightning brings back only the
+    best checkpoint's path (its launcher has a TODO to pass the score); then both figures
+    are read from that folder's checkpoints, which are plain data (``weights_only=True``)."""
+    callback = trainer.checkpoint_callback
+    outcome = {"steps": trainer.global_step}
+    if callback is None:
+        return outcome
+    if callback.best_model_score is not None:
+        return {**outcome, "best/val_bpc": float(callback.best_model_score)}
+    last = Path(callback.dirpath or "") / "last.ckpt"
+    if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) or not last.is_file():
+        return outcome
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    score = checkpoint["callbacks"].get(callback.state_key, {}).get("best_model_score")
+    outcome["steps"] = checkpoint["global_step"]
+    return outcome if score is None else {**outcome, "best/val_bpc": float(score)}
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:

@@ -24,16 +24,20 @@ class Vocabulary:
             raise UserError(f"not a charlm vocabulary: {chars[:5]!r}...; rebuild it with Vocabulary.from_text")
         self.chars = list(chars)
         codepoints = np.array([ord(c) for c in self.chars[1:]], dtype=np.int64)
-        order = np.argsort(codepoints)
-        self._sorted_codepoints = codepoints[order]
-        self._sorted_ids = (order + 1).astype(np.int64)
         self.dtype = np.uint8 if len(self.chars) <= 256 else np.uint16
+        # id of every code point up to the largest known one (0 = unknown): encoding is one gather
+        self._ids = np.zeros(int(codepoints.max(initial=0)) + 2, dtype=self.dtype)
+        self._ids[codepoints] = np.arange(1, len(self.chars), dtype=self.dtype)
 
     @classmethod
     def from_text(cls, text: str) -> "Vocabulary":
         """Build the vocabulary of every distinct character in ``text``, sorted by code point."""
-        codepoints = np.unique(_codepoints(text))
-        return cls([UNKNOWN] + [chr(c) for c in codepoints.tolist() if chr(c) != UNKNOWN])
+        return cls.from_codepoints(distinct_codepoints(text))
+
+    @classmethod
+    def from_codepoints(cls, codepoints) -> "Vocabulary":
+        """Build the vocabulary of the given distinct code points (see ``distinct_codepoints``)."""
+        return cls([UNKNOWN] + [chr(c) for c in sorted(set(int(c) for c in codepoints)) if chr(c) != UNKNOWN])
 
     def __len__(self) -> int:
         return len(self.chars)
@@ -42,21 +46,24 @@ class Vocabulary:
         """Encode ``text`` to ids (uint8 when the vocabulary fits). Unknown characters map to
         id 0, or raise ``UserError`` naming them when ``strict``."""
         codepoints = _codepoints(text)
-        pos = np.searchsorted(self._sorted_codepoints, codepoints)
-        pos = np.minimum(pos, len(self._sorted_codepoints) - 1)
-        known = self._sorted_codepoints[pos] == codepoints
-        if strict and not known.all():
-            unknown = sorted(set(np.asarray(list(text))[~known].tolist()))
+        ids = self._ids[np.minimum(codepoints, len(self._ids) - 1)]
+        if strict and not ids.all():
+            unknown = sorted(set(np.asarray(list(text))[ids == 0].tolist()))
             raise UserError(
                 f"characters not in the model's vocabulary: {''.join(unknown)!r}; "
                 f"use only these: {''.join(self.chars[1:])!r}"
             )
-        return np.where(known, self._sorted_ids[pos], 0).astype(self.dtype)
+        return ids
 
     def decode(self, ids) -> str:
         """Turn a sequence of ids back into text."""
         return "".join(self.chars[i] for i in np.asarray(ids).ravel().tolist())
 
 
+def distinct_codepoints(text: str) -> np.ndarray:
+    """The distinct code points of ``text``, sorted (one counting pass, no sort of the text)."""
+    return np.flatnonzero(np.bincount(_codepoints(text)))
+
+
 def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

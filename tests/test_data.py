@@ -1,4 +1,7 @@
 import csv
+import multiprocessing
+import os
+import time
 
 import numpy as np
 import pytest
@@ -84,19 +87,41 @@ def test_text_file_holds_out_its_tail_in_characters(tiny_text, tmp_path):
     assert dm.vocab.decode(np.load(dm.cache_path / "test.npy")) == text[-n_test:]
 
 
+def scored_rows(stream):
+    """The scored targets of each row of an EvalStream, in the order it serves them."""
+    rows = [[] for _ in stream.starts]
+    for x, y in stream:
+        assert x.shape == y.shape == (len(rows), x.shape[1])
+        for r, row in enumerate(rows):
+            row += [t for t in y[r].tolist() if t != IGNORE]
+    return rows
+
+
 def test_eval_stream_scores_every_held_out_character_once_in_order(tiny_csv, tmp_path):
     dm = make_dm(tiny_csv, tmp_path)
     tokens = np.load(dm.cache_path / "val.npy")
-    rows = {r: [] for r in range(dm.val_set.rows.shape[0])}
-    for x, y in dm.val_set:
-        assert x.shape == y.shape
-        for r in rows:
-            rows[r] += [t for t in y[r].tolist() if t != IGNORE]
-    scored = sum(rows.values(), [])
+    rows = scored_rows(dm.eval_stream("val"))
     # rows start at article separators; every other held-out token is a target, in stream order
-    starts = np.cumsum([0] + [len(v) + 1 for v in rows.values()])[:-1]
-    assert all(tokens[s] == dm.separator_id for s in starts)
-    assert scored == np.delete(tokens, starts).tolist()
+    starts = np.cumsum([0] + [len(r) + 1 for r in rows])[:-1]
+    assert len(rows) > 1 and all(tokens[s] == dm.separator_id for s in starts)
+    assert sum(rows, []) == np.delete(tokens, starts).tolist()
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5])
+def test_ranks_score_disjoint_rows_that_make_up_the_whole_stream(tiny_csv, tmp_path, world_size):
+    from charlm.data import EvalStream
+
+    dm = make_dm(tiny_csv, tmp_path)
+    tokens = np.load(dm.cache_path / "val.npy", mmap_mode="r")
+    whole = EvalStream(tokens, 4, 32, dm.separator_id)
+    shards = [EvalStream(tokens, 4, 32, dm.separator_id, rank, world_size) for rank in range(world_size)]
+    assert {len(s) for s in shards} == {len(whole)}  # every rank runs the same number of steps
+    assert sum(s.scored for s in shards) == whole.scored
+    rows = scored_rows(whole)
+    shard_rows = [scored_rows(s) for s in shards]
+    for i, row in enumerate(rows):  # row i is on rank i % world_size; padding rows score nothing
+        assert shard_rows[i % world_size][i // world_size] == row
+    assert sum(map(len, sum(shard_rows, []))) == whole.scored
 
 
 def test_cache_is_reused_by_later_runs(tiny_csv, tmp_path, monkeypatch):
@@ -180,3 +205,63 @@ def test_ag_news_folder_uses_its_test_csv_and_a_tail_of_train_for_val(tiny_csv, 
     assert decode("train") == SEPARATOR.join(articles[:45])
     assert decode("val") == SEPARATOR + SEPARATOR.join(articles[45:50])
     assert decode("test") == SEPARATOR + SEPARATOR.join(articles[50:])
+
+
+def test_text_is_read_in_pieces_and_decoded_across_piece_boundaries(tmp_path):
+    from charlm.data import read_text_chunks
+
+    text = "naïve café — 日本語 ✓\n" * 500
+    path = tmp_path / "utf8.txt"
+    path.write_text(text, encoding="utf-8")
+    pieces = list(read_text_chunks(path, chunk_bytes=7))  # cuts through multi-byte characters
+    assert len(pieces) > 1000 and "".join(pieces) == text
+
+
+def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(tmp_path, monkeypatch):
+    import charlm.data
+    from charlm.vocabulary import Vocabulary
+
+    text = "".join(f"{i}: ünïcode and ascii, row {i * 7919 % 1000}.\n" for i in range(2000))
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    original = charlm.data.read_text_chunks
+    monkeypatch.setattr(charlm.data, "read_text_chunks", lambda p: original(p, chunk_bytes=1000))
+    dm = make_dm(path, tmp_path, corpus="text", val_size=0.1, test_size=3000)
+    n_train = len(text) - round(0.1 * len(text)) - 3000
+    vocab = Vocabulary.from_text(text[:n_train])
+    assert dm.vocab.chars == vocab.chars
+    whole = vocab.encode(text)
+    for split, (a, b) in {"train": (0, n_train), "val": (n_train, len(text) - 3000), "test": (len(text) - 3000, None)}.items():
+        assert np.array_equal(np.load(dm.cache_path / f"{split}.npy"), whole[a:b]), split
+
+
+def _prepare_together(path, cache_dir, barrier, built_log):
+    import charlm.data
+
+    original = charlm.data.CharDataModule._write_cache
+
+    def slow_write(self, cache, corpus):
+        with open(built_log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # a build long enough that the other process arrives while it runs
+        original(self, cache, corpus)
+
+    charlm.data.CharDataModule._write_cache = slow_write
+    dm = CharDataModule(corpus="ag_news", path=str(path), val_size=5, test_size=5, nchars=16, cache_dir=str(cache_dir))
+    barrier.wait()
+    dm.prepare_data()
+
+
+def test_processes_starting_together_build_the_cache_once(tiny_csv, tmp_path):
+    context = multiprocessing.get_context("fork")
+    barrier, built_log = context.Barrier(3), tmp_path / "built.txt"
+    workers = [context.Process(target=_prepare_together, args=(tiny_csv, tmp_path / "cache", barrier, built_log))
+               for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert len(built_log.read_text().split()) == 1  # one encoded, the others waited and read its cache
+    dm = make_dm(tiny_csv, tmp_path)
+    assert dm.meta["characters"]["val"] > 0

@@ -1,0 +1,179 @@
+"""Data pipeline: preparing a corpus (read, vocabulary, encode, cache) and feeding training from it.
+
+For the shared AG News file and for synthetic plain-text corpora of the given sizes, each
+measured in a fresh process (so peak resident memory, VmHWM, is that step's own):
+
+- prepare: seconds per million characters and peak RSS of ``CharDataModule.prepare_data``
+  (the streaming path for text files), paired with the whole-text-in-memory way
+  (``read_text`` + ``Vocabulary.encode`` of the whole text) on the sizes where that fits;
+- train: ``train.py``'s own build (``charlm.training.build``) with the default model for a
+  fixed number of steps, timed by Lightning's SimpleProfiler: the share of the training loop
+  spent waiting for the next batch (``train_dataloader_next``), characters/s, peak RSS.
+
+    python benchmarks/data_pipeline.py --sizes-mb 100 1000 3000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import AG_NEWS_TEST, ROOT, median, print_table
+
+WORDS = ("the of and to a in that is was he for it with as his on be at by i this had not are but from or have an "
+         "they which one you were her all she there would their we him been has when who will more no if out so "
+         "said what up its about into than them can only other new some could time these two may then do first "
+         "any my now such like our over man me even most made after also did many before must through back years "
+         "where much your way well down should because each just those people how too little state good very "
+         "make world still own see men work long get here between both life being under never day same another "
+         "know while last might us great old year off come since against go came right used take three café naïve "
+         "Zürich — “quoted” 1914 2026 $5 50% News: AT&T").split()
+
+
+def make_corpus(path: Path, megabytes: int) -> None:
+    """Random lines of words (about 75 distinct characters, some of them multi-byte), written as
+    8 different random pieces of about 25 MB in a random order until the file has ``megabytes``."""
+    rng = np.random.default_rng(0)
+    words = np.array([w + " " for w in WORDS] + ["\n"] * 8)
+    pieces = ["".join(rng.choice(words, size=4_000_000)).encode("utf-8") for _ in range(8)]
+    with open(path, "wb") as f:
+        written = 0
+        while written < megabytes << 20:
+            piece = pieces[rng.integers(len(pieces))]
+            f.write(piece)
+            written += len(piece)
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ----------------------------------------------------------------------------- children (one per measurement)
+
+
+def child_prepare(corpus: str, path: str, cache: str) -> dict:
+    from charlm.data import CharDataModule
+
+    dm = CharDataModule(corpus=corpus, path=path, cache_dir=cache, val_size=0.05 if corpus == "ag_news" else 200_000,
+                        test_size=0.05 if corpus == "ag_news" else 200_000)
+    start = time.perf_counter()
+    dm.prepare_data()
+    seconds = time.perf_counter() - start
+    meta = json.loads((dm.cache_path / "meta.json").read_text())
+    return {"seconds": seconds, "chars": sum(meta["characters"].values()), "rss": peak_rss_mb()}
+
+
+def child_whole_text(path: str) -> dict:
+    """The way a text file was prepared before streaming: the whole text as one string, encoded at once."""
+    from charlm.vocabulary import Vocabulary
+
+    start = time.perf_counter()
+    text = Path(path).read_text(encoding="utf-8")
+    vocab = Vocabulary.from_text(text[:-400_000])
+    ids = vocab.encode(text)
+    np.save(Path(path).with_suffix(".whole.npy"), ids)
+    seconds = time.perf_counter() - start
+    Path(path).with_suffix(".whole.npy").unlink()
+    return {"seconds": seconds, "chars": len(text), "rss": peak_rss_mb()}
+
+
+def child_train(path: str, cache: str, steps: int, out: str) -> dict:
+    import lightning as L
+
+    from charlm.config import compose_config
+    from charlm.training import build
+
+    cfg = compose_config(["data=text", f"data.path={path}", f"data.cache_dir={cache}", "data.val_size=200000",
+                          "data.test_size=200000", f"trainer.max_steps={steps}", "trainer.max_epochs=-1",
+                          "trainer.limit_val_batches=0", "trainer.enable_checkpointing=false",
+                          "~callbacks.checkpoint", "~callbacks.last_checkpoint", "~callbacks.samples",
+                          "~callbacks.progress_bar", "~callbacks.validate_last_step", "logger={}",
+                          "+trainer.profiler=simple", "+trainer.enable_progress_bar=false",
+                          "+trainer.enable_model_summary=false"], Path(out))
+    L.seed_everything(0)
+    datamodule, model, trainer = build(cfg)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    durations = trainer.profiler.recorded_durations
+    waiting = sum(durations["[_TrainingEpochLoop].train_dataloader_next"])
+    stepping = sum(durations["run_training_batch"])
+    return {"wait_share": waiting / (waiting + stepping), "chars_per_sec": steps * cfg.data.batch_size *
+            cfg.data.nchars / (waiting + stepping), "seconds": seconds, "rss": peak_rss_mb()}
+
+
+def in_child(*args) -> dict:
+    """Run one measurement in a fresh Python process; its JSON result."""
+    result = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        sys.exit(f"error: measurement {args} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000, 3000], help="synthetic corpus sizes")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per cell (medians are shown)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per training measurement")
+    parser.add_argument("--whole-text-up-to-mb", type=int, default=1000,
+                        help="largest size also prepared the whole-text way (it needs ~6 bytes of RAM per byte)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        rest = [int(a) if a.isdigit() else a for a in rest]
+        print(json.dumps({"prepare": child_prepare, "whole": child_whole_text, "train": child_train}[kind](*rest)))
+        return
+
+    prepare_rows, train_rows = [], []
+    with tempfile.TemporaryDirectory(dir=ROOT / "outputs") as tmp:
+        tmp = Path(tmp)
+        sources = ([("ag_news", AG_NEWS_TEST, "AG News test.csv (shared)")] if AG_NEWS_TEST.exists() else [])
+        for mb in args.sizes_mb:
+            path = tmp / f"synthetic-{mb}mb.txt"
+            make_corpus(path, mb)
+            sources.append(("text", path, f"synthetic {path.stat().st_size / 2**20:,.0f} MiB"))
+        for corpus, path, label in sources:
+            runs = [in_child("prepare", corpus, path, tmp / f"cache-{i}") for i in range(args.repeats)]
+            mib = path.stat().st_size / 2**20
+            chars = runs[0]["chars"]
+            ways = [("streamed (charlm)", runs)]
+            if corpus == "text" and mib <= args.whole_text_up_to_mb:
+                ways.append(("whole text in memory", [in_child("whole", path) for _ in range(args.repeats)]))
+            for way, results in ways:
+                seconds = median(r["seconds"] for r in results)
+                prepare_rows.append([label, way, f"{chars / 1e6:,.1f}", f"{seconds:.2f}", f"{seconds / chars * 1e6:.3f}",
+                                     f"{median(r['rss'] for r in results):,.0f}", f"{median(r['rss'] for r in results) / mib:.2f}"])
+            if corpus == "text":
+                trains = [in_child("train", path, tmp / "cache-0", args.steps, tmp / f"run-{mb}") for _ in range(args.repeats)]
+                train_rows.append([label, f"{median(r['wait_share'] for r in trains):.2%}",
+                                   f"{median(r['chars_per_sec'] for r in trains):,.0f}",
+                                   f"{median(r['rss'] for r in trains):,.0f}"])
+            for cache in tmp.glob("cache-*"):
+                shutil.rmtree(cache)
+            if corpus == "text":
+                path.unlink()
+    print(f"\nPreparing a corpus (median of {args.repeats} fresh processes):\n")
+    print_table(["corpus", "way", "M characters", "seconds", "s per M chars", "peak RSS (MiB)", "RSS / corpus size"],
+                prepare_rows)
+    print(f"\nTraining the default model from the prepared cache, {args.steps} steps (median of {args.repeats}):\n")
+    print_table(["corpus", "time waiting for data", "characters/s", "peak RSS (MiB)"], train_rows)
+
+
+if __name__ == "__main__":
+    main()

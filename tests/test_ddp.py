@@ -1,0 +1,95 @@
+"""Data-parallel training on the CPU: two gloo processes started by train.py itself."""
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from charlm.data import CharDataModule
+from charlm.module import load_checkpoint
+from conftest import ROOT, run_script
+
+NCHARS, BATCH = 32, 8
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """A 2-rank DDP run of train.py on random text (so every window is unique), one epoch."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    rng = np.random.default_rng(0)
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz \n"), size=30_000)))
+    data = ["data=text", f"data.path={corpus}", f"data.cache_dir={tmp / 'cache'}", "data.val_size=3000",
+            "data.test_size=3000", f"data.nchars={NCHARS}", f"data.stride={NCHARS}", f"data.batch_size={BATCH}",
+            "data.eval_rows=5", "data.eval_chunk=64"]
+    result = run_script(ROOT / "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", *data,
+                        "trainer.max_epochs=1", "model.hidden_size=32", "model.embedding_dim=8",
+                        "trainer.log_every_n_steps=5", "callbacks.samples.length=20",
+                        "+callbacks.record._target_=tests.recorder.RecordTrainingWindows",
+                        f"+callbacks.record.out_dir={tmp / 'windows'}", cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp / "outputs" / "runs").iterdir())
+    assert len(runs) == 1  # the second rank works in the first one's folder
+    dm = CharDataModule(corpus="text", path=str(corpus), cache_dir=str(tmp / "cache"), val_size=3000,
+                        test_size=3000, nchars=NCHARS, stride=NCHARS, batch_size=BATCH, eval_rows=5, eval_chunk=64)
+    dm.setup("fit")
+    return tmp, runs[0], dm
+
+
+def test_ranks_train_on_disjoint_shards_that_cover_the_epoch(ddp_run):
+    tmp, run, dm = ddp_run
+    tokens = np.load(dm.cache_path / "train.npy")
+    index = {tokens[i * NCHARS : (i + 1) * NCHARS].tobytes(): i for i in range(len(dm.train_set))}
+    assert len(index) == len(dm.train_set)  # random text: every window is unique, so each is identified
+    seen = [[index[w.astype(np.uint8).tobytes()] for w in np.load(tmp / "windows" / f"rank{r}.npy")] for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) > 0
+    assert not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0]) | set(seen[1])) == len(seen[0]) * 2 == len(dm.train_set) // (2 * BATCH) * 2 * BATCH
+
+
+def test_metrics_reduced_across_ranks_equal_one_process_on_the_same_weights(ddp_run):
+    tmp, run, dm = ddp_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    for stage, ckpt, step in (("val", "last", trainer.validate), ("test", "best", trainer.test)):
+        module = load_checkpoint(run / "checkpoints" / f"{ckpt}.ckpt")
+        (single,) = step(module, datamodule=dm, verbose=False)
+        assert single[f"{stage}/bpc"] == pytest.approx(metrics[f"{stage}/bpc"], rel=1e-5), stage
+
+
+def test_checkpoints_logs_and_metrics_are_written_once(ddp_run):
+    tmp, run, dm = ddp_run
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert len(list(run.glob("events.out.tfevents.*"))) >= 1
+    assert "test (" in (run / "train.log").read_text()
+    config = (run / "config.yaml").read_text()
+    assert "strategy: ddp" in config and "devices: 2" in config
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == len(dm.train_set) // (2 * BATCH)  # a step = one batch on each rank
+
+
+def test_a_multirun_with_ddp_stops_before_training_with_one_line(tmp_path, tiny_text):
+    result = run_script(ROOT / "train.py", "-m", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                        "data=text", f"data.path={tiny_text}", "model.hidden_size=16,32", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "use trainer.strategy=ddp_spawn for multirun" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # stopped before any folder or job
+
+
+def test_a_multirun_with_ddp_spawn_runs_every_job_on_two_ranks(tmp_path, tiny_text):
+    result = run_script(ROOT / "train.py", "-m", "trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2",
+                        "trainer.accelerator=cpu", "data=text", f"data.path={tiny_text}", "data.val_size=2000",
+                        "data.test_size=2000", "data.nchars=32", "data.stride=32", "data.batch_size=8",
+                        "model.hidden_size=16,32", "trainer.max_steps=6", "callbacks.samples.length=10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "outputs" / "sweeps").glob("*/*/metrics.json"))
+    assert len(jobs) == 2 and not (tmp_path / "outputs" / "runs").exists()
+    for job in jobs:
+        metrics = json.loads(job.read_text())
+        assert metrics["steps"] == 6 and metrics["best/val_bpc"] > 0 and metrics["test/bpc"] > 0
+        checkpoint = torch.load(job.parent / "checkpoints" / "best.ckpt", weights_only=True)
+        assert checkpoint["hyper_parameters"]["model"]["hidden_size"] in (16, 32)
