@@ -1,7 +1,8 @@
 """Data pipeline: preparing a corpus (read, vocabulary, encode, cache) and feeding training from it.
 
 For the shared AG News file and for synthetic plain-text corpora of the given sizes, each
-measured in a fresh process (so peak resident memory, VmHWM, is that step's own):
+measured in a fresh process; memory is the peak resident set (VmHWM) minus the resident set
+just before the step (the imports of torch and Lightning alone take about 400 MiB):
 
 - prepare: seconds per million characters and peak RSS of ``CharDataModule.prepare_data``
   (the streaming path for text files), paired with the whole-text-in-memory way
@@ -52,11 +53,20 @@ def make_corpus(path: Path, megabytes: int) -> None:
             written += len(piece)
 
 
-def peak_rss_mb() -> float:
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident memory in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def measured(work) -> dict:
+    """Run ``work()`` (returning a dict) and add its seconds and the peak RSS it added to the process."""
+    before = rss_mb("VmRSS")
+    start = time.perf_counter()
+    result = work()
+    return {"seconds": time.perf_counter() - start, "rss": rss_mb() - before, **result}
 
 
 # ----------------------------------------------------------------------------- children (one per measurement)
@@ -65,27 +75,26 @@ def peak_rss_mb() -> float:
 def child_prepare(corpus: str, path: str, cache: str) -> dict:
     from charlm.data import CharDataModule
 
-    dm = CharDataModule(corpus=corpus, path=path, cache_dir=cache, val_size=0.05 if corpus == "ag_news" else 200_000,
-                        test_size=0.05 if corpus == "ag_news" else 200_000)
-    start = time.perf_counter()
-    dm.prepare_data()
-    seconds = time.perf_counter() - start
-    meta = json.loads((dm.cache_path / "meta.json").read_text())
-    return {"seconds": seconds, "chars": sum(meta["characters"].values()), "rss": peak_rss_mb()}
+    sizes = 0.05 if corpus == "ag_news" else 200_000
+    dm = CharDataModule(corpus=corpus, path=path, cache_dir=cache, val_size=sizes, test_size=sizes)
+    result = measured(lambda: dm.prepare_data() or {})
+    return {**result, "chars": sum(json.loads((dm.cache_path / "meta.json").read_text())["characters"].values())}
 
 
 def child_whole_text(path: str) -> dict:
     """The way a text file was prepared before streaming: the whole text as one string, encoded at once."""
     from charlm.vocabulary import Vocabulary
 
-    start = time.perf_counter()
-    text = Path(path).read_text(encoding="utf-8")
-    vocab = Vocabulary.from_text(text[:-400_000])
-    ids = vocab.encode(text)
-    np.save(Path(path).with_suffix(".whole.npy"), ids)
-    seconds = time.perf_counter() - start
-    Path(path).with_suffix(".whole.npy").unlink()
-    return {"seconds": seconds, "chars": len(text), "rss": peak_rss_mb()}
+    out = Path(path).with_suffix(".whole.npy")
+
+    def prepare():
+        text = Path(path).read_text(encoding="utf-8")
+        np.save(out, Vocabulary.from_text(text[:-400_000]).encode(text))
+        return {"chars": len(text)}
+
+    result = measured(prepare)
+    out.unlink()
+    return result
 
 
 def child_train(path: str, cache: str, steps: int, out: str) -> dict:
@@ -96,21 +105,24 @@ def child_train(path: str, cache: str, steps: int, out: str) -> dict:
 
     cfg = compose_config(["data=text", f"data.path={path}", f"data.cache_dir={cache}", "data.val_size=200000",
                           "data.test_size=200000", f"trainer.max_steps={steps}", "trainer.max_epochs=-1",
-                          "trainer.limit_val_batches=0", "trainer.enable_checkpointing=false",
+                          "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false",
                           "~callbacks.checkpoint", "~callbacks.last_checkpoint", "~callbacks.samples",
                           "~callbacks.progress_bar", "~callbacks.validate_last_step", "logger={}",
                           "+trainer.profiler=simple", "+trainer.enable_progress_bar=false",
                           "+trainer.enable_model_summary=false"], Path(out))
     L.seed_everything(0)
-    datamodule, model, trainer = build(cfg)
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    seconds = time.perf_counter() - start
-    durations = trainer.profiler.recorded_durations
-    waiting = sum(durations["[_TrainingEpochLoop].train_dataloader_next"])
-    stepping = sum(durations["run_training_batch"])
-    return {"wait_share": waiting / (waiting + stepping), "chars_per_sec": steps * cfg.data.batch_size *
-            cfg.data.nchars / (waiting + stepping), "seconds": seconds, "rss": peak_rss_mb()}
+
+    def fit():
+        datamodule, model, trainer = build(cfg)
+        trainer.fit(model, datamodule=datamodule)
+        durations = trainer.profiler.recorded_durations
+        # the first fetch also creates the epoch's iterator (a permutation of all windows): shown apart
+        first, *waits = durations["[_TrainingEpochLoop].train_dataloader_next"]
+        waiting, stepping = sum(waits), sum(durations["run_training_batch"][1:])
+        return {"wait_share": waiting / (waiting + stepping), "first_fetch_ms": first * 1000,
+                "chars_per_sec": (steps - 1) * cfg.data.batch_size * cfg.data.nchars / (waiting + stepping)}
+
+    return measured(fit)
 
 
 def in_child(*args) -> dict:
@@ -158,10 +170,11 @@ def main() -> None:
             for way, results in ways:
                 seconds = median(r["seconds"] for r in results)
                 prepare_rows.append([label, way, f"{chars / 1e6:,.1f}", f"{seconds:.2f}", f"{seconds / chars * 1e6:.3f}",
-                                     f"{median(r['rss'] for r in results):,.0f}", f"{median(r['rss'] for r in results) / mib:.2f}"])
+                                     f"{median(r['rss'] for r in results):,.0f}"])
             if corpus == "text":
                 trains = [in_child("train", path, tmp / "cache-0", args.steps, tmp / f"run-{mb}") for _ in range(args.repeats)]
                 train_rows.append([label, f"{median(r['wait_share'] for r in trains):.2%}",
+                                   f"{median(r['first_fetch_ms'] for r in trains):,.0f}",
                                    f"{median(r['chars_per_sec'] for r in trains):,.0f}",
                                    f"{median(r['rss'] for r in trains):,.0f}"])
             for cache in tmp.glob("cache-*"):
@@ -169,10 +182,11 @@ def main() -> None:
             if corpus == "text":
                 path.unlink()
     print(f"\nPreparing a corpus (median of {args.repeats} fresh processes):\n")
-    print_table(["corpus", "way", "M characters", "seconds", "s per M chars", "peak RSS (MiB)", "RSS / corpus size"],
+    print_table(["corpus", "way", "M characters", "seconds", "s per M chars", "peak RSS added (MiB)"],
                 prepare_rows)
     print(f"\nTraining the default model from the prepared cache, {args.steps} steps (median of {args.repeats}):\n")
-    print_table(["corpus", "time waiting for data", "characters/s", "peak RSS (MiB)"], train_rows)
+    print_table(["corpus", "time waiting for the next batch (steps 2+)", "first batch (ms)", "characters/s",
+                 "peak RSS added (MiB)"], train_rows)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,16 @@ def test_processes_starting_together_build_the_cache_once(tiny_csv, tmp_path):
     assert len(built_log.read_text().split()) == 1  # one encoded, the others waited and read its cache
     dm = make_dm(tiny_csv, tmp_path)
     assert dm.meta["characters"]["val"] > 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_index_permutation_is_a_shuffle_of_every_index(n):
+    from charlm.data import IndexPermutation
+
+    orders = [IndexPermutation(n, seed)(np.arange(n)) for seed in (0, 1)]
+    assert all(sorted(order.tolist()) == list(range(n)) for order in orders)
+    if n >= 64:
+        assert not np.array_equal(orders[0], orders[1])  # another seed (epoch), another order
+        # no trace of the original order: |correlation| with it as small as for random permutations
+        correlations = [np.corrcoef(np.arange(n), IndexPermutation(n, seed)(np.arange(n)))[0, 1] for seed in range(20)]
+        assert np.mean(np.abs(correlations)) < 1.5 * np.sqrt(2 / np.pi / (n - 1))
