@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from charlm.config import register_resolvers, route_lightning_logs
+from charlm.config import register_resolvers, route_lightning_logs, separate_rank_logs
 from charlm.errors import UserError, exit_on_user_error
 from charlm.training import train
 
@@ -22,6 +22,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     route_lightning_logs()
+    separate_rank_logs()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with exit_on_user_error(reraise=hydra_cfg.mode == RunMode.MULTIRUN):

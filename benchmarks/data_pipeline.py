@@ -1,8 +1,9 @@
 """Data pipeline: preparing a corpus (read, vocabulary, encode, cache) and feeding training from it.
 
 For the shared AG News file and for synthetic plain-text corpora of the given sizes, each
-measured in a fresh process; memory is the peak resident set (VmHWM) minus the resident set
-just before the step (the imports of torch and Lightning alone take about 400 MiB):
+measured in a fresh process; memory is what the step adds to the process's resident set (the
+imports of torch and Lightning alone take about 400 MiB), at its peak and, at its end, split into
+private memory and pages of mapped files:
 
 - prepare: seconds per million characters and peak RSS of ``CharDataModule.prepare_data``
   (the streaming path for text files), paired with the whole-text-in-memory way
@@ -53,20 +54,25 @@ def make_corpus(path: Path, megabytes: int) -> None:
             written += len(piece)
 
 
-def rss_mb(field: str = "VmHWM") -> float:
-    """This process's peak (VmHWM) or current (VmRSS) resident memory in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory in MiB: ``peak`` (VmHWM), ``private`` (RssAnon: the heap,
+    arrays) and ``mapped`` (RssFile: pages of mapped files, such as the token array, which the
+    kernel can drop and read again)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    kib = {key: int(fields[key].split()[0]) / 1024 for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+    return {"peak": kib["VmHWM"], "now": kib["VmRSS"], "private": kib["RssAnon"], "mapped": kib["RssFile"]}
 
 
 def measured(work) -> dict:
-    """Run ``work()`` (returning a dict) and add its seconds and the peak RSS it added to the process."""
-    before = rss_mb("VmRSS")
+    """Run ``work()`` (returning a dict); add its seconds, the peak resident memory it added to the
+    process, and the private and file-mapped memory it added by its end."""
+    before = memory_mb()
     start = time.perf_counter()
     result = work()
-    return {"seconds": time.perf_counter() - start, "rss": rss_mb() - before, **result}
+    seconds = time.perf_counter() - start
+    after = memory_mb()
+    return {"seconds": seconds, "rss": after["peak"] - before["now"], "private": after["private"] - before["private"],
+            "mapped": after["mapped"] - before["mapped"], **result}
 
 
 # ----------------------------------------------------------------------------- children (one per measurement)
@@ -176,7 +182,7 @@ def main() -> None:
                 train_rows.append([label, f"{median(r['wait_share'] for r in trains):.2%}",
                                    f"{median(r['first_fetch_ms'] for r in trains):,.0f}",
                                    f"{median(r['chars_per_sec'] for r in trains):,.0f}",
-                                   f"{median(r['rss'] for r in trains):,.0f}"])
+                                   *(f"{median(r[k] for r in trains):,.0f}" for k in ("rss", "private", "mapped"))])
             for cache in tmp.glob("cache-*"):
                 shutil.rmtree(cache)
             if corpus == "text":
@@ -186,7 +192,7 @@ def main() -> None:
                 prepare_rows)
     print(f"\nTraining the default model from the prepared cache, {args.steps} steps (median of {args.repeats}):\n")
     print_table(["corpus", "time waiting for the next batch (steps 2+)", "first batch (ms)", "characters/s",
-                 "peak RSS added (MiB)"], train_rows)
+                 "peak RSS added (MiB)", "private memory added", "file pages mapped"], train_rows)
 
 
 if __name__ == "__main__":

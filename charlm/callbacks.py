@@ -11,6 +11,7 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from charlm.errors import UserError
 from charlm.sampling import generate_text
@@ -125,10 +126,15 @@ class GracefulStop(L.Callback):
     resume. A second Ctrl-C stops at once.
 
     Lightning's own handling raises ``KeyboardInterrupt`` wherever the process is, possibly in
-    the middle of an optimizer step, so a checkpoint written then would not resume exactly."""
+    the middle of an optimizer step, so a checkpoint written then would not resume exactly.
 
-    def __init__(self):
+    Under DDP the ranks may receive the signal at different steps, or only one of them may (a
+    ``kill`` of one process): every ``sync_every_n_steps`` steps they agree on it with one
+    all-reduce, so all stop after the same step and none waits forever for the others."""
+
+    def __init__(self, sync_every_n_steps: int = 10):
         self.signal: int | None = None
+        self.sync_every_n_steps = sync_every_n_steps
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
@@ -142,6 +148,11 @@ class GracefulStop(L.Callback):
             self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.world_size > 1:
+            if trainer.global_step % self.sync_every_n_steps:
+                return
+            received = torch.tensor(self.signal or 0, device=pl_module.device)
+            self.signal = int(trainer.strategy.reduce(received, reduce_op="max")) or None
         if self.signal is not None:
             trainer.should_stop = True
 
@@ -168,3 +179,19 @@ class StopOnNonFiniteLoss(L.Callback):
             raise NonFiniteLoss(f"the training loss is {loss.item()} at step {trainer.global_step}; the checkpoints "
                                 f"keep the last good weights ({last or 'none saved yet'}); lower optimizer.lr or "
                                 "keep trainer.gradient_clip_val, then resume or retrain")
+
+
+class EndSpawnedProcessGroup(L.Callback):
+    """Under ``ddp_spawn``: ends the worker processes' process group in step (a barrier, then
+    ``destroy_process_group``) when a fit or test is over.
+
+    Lightning leaves that to an ``atexit`` hook, which the spawned workers may not run; a worker
+    that then exits while another still holds the group can abort ("terminate called without an
+    active exception"), failing the run after its work was done (seen here about one run in five
+    on the CPU with gloo)."""
+
+    def teardown(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+        if spawned and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()

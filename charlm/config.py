@@ -106,3 +106,21 @@ def route_lightning_logs() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+
+
+def separate_rank_logs() -> None:
+    """Under torchrun or srun every rank runs Hydra with the same job name, so all would append to
+    the run's ``train.log``; ranks other than 0 write ``train_rank<N>.log`` instead. (Ranks that
+    Lightning starts itself get their own job name, ``train_ddp_process_<N>``.)"""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if not rank_zero_only.rank:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).name == "train.log":
+            own = logging.FileHandler(Path(handler.baseFilename).with_name(f"train_rank{rank_zero_only.rank}.log"))
+            own.setFormatter(handler.formatter)
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(own)

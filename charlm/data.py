@@ -19,6 +19,7 @@ import csv
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SEPARATOR = "\n"  # joins AG News articles into one stream; AG News text has no real newlines
 CACHE_VERSION = 1
+ORDER_VERSION = 2  # of the training window order (2: IndexPermutation), saved in checkpoints
 IGNORE = -100  # target id of padding, skipped by the loss
 SPLITS = ("train", "val", "test")
 
@@ -78,10 +80,11 @@ def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23):
             raw = f.read(chunk_bytes)
             if offset == 0 and b"\x00" in raw[: 1 << 20]:
                 raise UserError(f"data.path={path} looks binary (it has NUL bytes); pass a UTF-8 text file")
+            pending = len(decoder.getstate()[0])  # bytes of a character cut at the end of the last piece
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as err:
-                raise UserError(f"data.path={path} is not UTF-8 (byte {offset + err.start}); convert it, "
+                raise UserError(f"data.path={path} is not UTF-8 (byte {offset - pending + err.start}); convert it, "
                                 "e.g. iconv -t utf-8") from None
             if not raw:
                 return
@@ -139,6 +142,22 @@ def split_tail(items, val_size, test_size):
 # ----------------------------------------------------------------------------- datasets
 
 
+def map_tokens(path: Path, random_access: bool = False) -> np.ndarray:
+    """The token array of a cache ``.npy`` file, memory-mapped read-only.
+
+    ``random_access`` tells the kernel not to read ahead around each page fault (MADV_RANDOM):
+    training reads its windows at random places, and read-ahead (8 MiB per fault on the disk
+    of the development machine) would read and map much of the file within a few hundred steps."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if random_access and hasattr(mapping, "madvise"):
+            mapping.madvise(mmap.MADV_RANDOM)
+        return np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
+
+
 class WindowDataset(Dataset):
     """Every ``stride``-th window of ``nchars + 1`` tokens: input = first ``nchars``, target = last ``nchars``.
 
@@ -155,7 +174,7 @@ class WindowDataset(Dataset):
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = np.load(self.path, mmap_mode="r")
+            self._tokens = map_tokens(self.path, random_access=True)
         return self._tokens
 
     def __getstate__(self):
@@ -220,7 +239,7 @@ class ShuffledBatches(Sampler[list[int]]):
     last incomplete round. (torch's ``RandomSampler`` can do neither, and Lightning's
     ``DistributedSampler`` replaces the sampler without resumable state.)"""
 
-    ROUNDS_PER_CALL = 256  # batches of every rank shuffled per call of the permutation
+    BATCH_ROUNDS_PER_CALL = 256  # rounds (one batch for every rank) drawn per call of the permutation
 
     def __init__(self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
@@ -235,12 +254,13 @@ class ShuffledBatches(Sampler[list[int]]):
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        permutation = IndexPermutation(self.num_windows, self.seed * 100_003 + self.epoch)
+        permutation = IndexPermutation(self.num_windows, (self.seed * 100_003 + self.epoch) % 2**64)
         per_round = self.batch_size * self.world_size
-        mine = self.rank * self.batch_size + np.arange(self.batch_size)  # this rank's slots in a round
-        for first in range(skip, len(self), self.ROUNDS_PER_CALL):
-            rounds = np.arange(first, min(first + self.ROUNDS_PER_CALL, len(self)))
-            yield from permutation((rounds[:, None] * per_round + mine).ravel()).reshape(-1, self.batch_size).tolist()
+        own_slots = self.rank * self.batch_size + np.arange(self.batch_size)  # this rank's places in a round
+        for first in range(skip, len(self), self.BATCH_ROUNDS_PER_CALL):
+            rounds = np.arange(first, min(first + self.BATCH_ROUNDS_PER_CALL, len(self)))
+            positions = (rounds[:, None] * per_round + own_slots).ravel()
+            yield from permutation(positions).reshape(-1, self.batch_size).tolist()
 
 
 def as_batch(batch):
@@ -276,7 +296,6 @@ class EvalStream(Dataset):
         self.starts += [0] * (per_rank - len(self.starts))
         self.lengths += [0] * (per_rank - len(self.lengths))
         self.tokens, self.chunk = tokens, chunk
-        self.scored = sum(max(0, length - 1) for length in self.lengths)
 
     def __len__(self) -> int:
         return (self.width - 1 + self.chunk - 1) // self.chunk
@@ -427,12 +446,13 @@ class CharDataModule(L.LightningDataModule):
         else:
             source_key, corpus = self._local_key(), self._local_corpus
         cache = self._cache_dir_for(source_key)
-        writable_dir(self.cache_root, "data.cache_dir")
-        # One builder at a time: ranks and sweep jobs that start together wait for the first
-        # and then read its cache instead of each encoding the corpus again.
-        with FileLock(cache.with_name(cache.name + ".lock")):
-            if not (cache / "meta.json").exists():
-                self._write_cache(cache, corpus())
+        if not (cache / "meta.json").exists():  # a finished cache is only read: it may be read-only
+            writable_dir(self.cache_root, "data.cache_dir")
+            # One builder at a time: ranks and sweep jobs that start together wait for the first
+            # and then read its cache instead of each encoding the corpus again.
+            with FileLock(cache.with_name(cache.name + ".lock")):
+                if not (cache / "meta.json").exists():
+                    self._write_cache(cache, corpus())
         self.cache_path = cache
 
     def _write_cache(self, cache: Path, corpus: Corpus) -> None:
@@ -469,7 +489,11 @@ class CharDataModule(L.LightningDataModule):
                     "separator": SEPARATOR if self.corpus == "ag_news" else None, "characters": corpus.sizes,
                     "unknown": unknown}
             (tmp / "meta.json").write_text(json.dumps(meta))
-            os.rename(tmp, cache)  # atomic: a reader (under no lock) sees the whole cache or none
+            try:
+                os.rename(tmp, cache)  # atomic: a reader (under no lock) sees the whole cache or none
+            except OSError:
+                if not (cache / "meta.json").exists():  # else another builder won (a lock that does not lock: NFS)
+                    raise
             log.info("encoded %s into %s: %s characters, vocabulary of %d", meta["source"], cache,
                      meta["characters"], len(vocab))
         finally:
@@ -509,9 +533,14 @@ class CharDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         """Where training stands in the data: the epoch and the batches of it already trained on."""
         loop = self.trainer.fit_loop
-        return {"epoch": loop.epoch_progress.current.processed, "batches": loop.epoch_loop.batch_progress.current.processed}
+        return {"epoch": loop.epoch_progress.current.processed, "batches": loop.epoch_loop.batch_progress.current.processed,
+                "order": ORDER_VERSION}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("order") != ORDER_VERSION and state.get("batches"):
+            log.warning("this checkpoint was written by a charlm with another window order; the rest of epoch %d "
+                        "will not be exactly the windows the run had left; later epochs are whole shuffles as usual",
+                        state["epoch"])
         self._resume = dict(state)
 
     def _rank(self) -> tuple[int, int]:

@@ -79,8 +79,11 @@ class MultirunLaunchCheck(Callback):
     folder is created or job started (each job checks its own settings again)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        with exit_on_user_error():
-            check_multirun_launch_mode(config.trainer)
+        # Only Hydra's basic launcher runs the jobs in this process; cluster launchers (SLURM)
+        # start every rank themselves, on other machines than this one.
+        if config.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher":
+            with exit_on_user_error():
+                check_multirun_launch_mode(config.trainer)
 
 
 def check_multirun_launch_mode(trainer_cfg: DictConfig) -> None:
@@ -93,6 +96,8 @@ def check_multirun_launch_mode(trainer_cfg: DictConfig) -> None:
     try:
         trainer = instantiate({"_target_": "lightning.pytorch.Trainer", **settings}, logger=False,
                               enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    except Exception:
+        return  # settings Lightning rejects (e.g. more GPUs than here): each job reports them itself
     finally:
         lightning_log.setLevel(level)
     check_launch_mode(trainer, multirun=True)

@@ -116,12 +116,11 @@ def test_ranks_score_disjoint_rows_that_make_up_the_whole_stream(tiny_csv, tmp_p
     whole = EvalStream(tokens, 4, 32, dm.separator_id)
     shards = [EvalStream(tokens, 4, 32, dm.separator_id, rank, world_size) for rank in range(world_size)]
     assert {len(s) for s in shards} == {len(whole)}  # every rank runs the same number of steps
-    assert sum(s.scored for s in shards) == whole.scored
     rows = scored_rows(whole)
     shard_rows = [scored_rows(s) for s in shards]
     for i, row in enumerate(rows):  # row i is on rank i % world_size; padding rows score nothing
         assert shard_rows[i % world_size][i // world_size] == row
-    assert sum(map(len, sum(shard_rows, []))) == whole.scored
+    assert sum(map(len, sum(shard_rows, []))) == sum(map(len, rows)) == len(tokens) - len(rows)
 
 
 def test_cache_is_reused_by_later_runs(tiny_csv, tmp_path, monkeypatch):
@@ -217,7 +216,8 @@ def test_text_is_read_in_pieces_and_decoded_across_piece_boundaries(tmp_path):
     assert len(pieces) > 1000 and "".join(pieces) == text
 
 
-def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunk_bytes, val_size, test_size", [(1000, 0.1, 3000), (1 << 23, 10, 10)])
+def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(tmp_path, monkeypatch, chunk_bytes, val_size, test_size):
     import charlm.data
     from charlm.vocabulary import Vocabulary
 
@@ -225,13 +225,14 @@ def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(tmp_path, monkey
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
     original = charlm.data.read_text_chunks
-    monkeypatch.setattr(charlm.data, "read_text_chunks", lambda p: original(p, chunk_bytes=1000))
-    dm = make_dm(path, tmp_path, corpus="text", val_size=0.1, test_size=3000)
-    n_train = len(text) - round(0.1 * len(text)) - 3000
+    monkeypatch.setattr(charlm.data, "read_text_chunks", lambda p: original(p, chunk_bytes=chunk_bytes))
+    dm = make_dm(path, tmp_path, corpus="text", val_size=val_size, test_size=test_size)
+    n_val = val_size if isinstance(val_size, int) else round(val_size * len(text))
+    n_train = len(text) - n_val - test_size
     vocab = Vocabulary.from_text(text[:n_train])
     assert dm.vocab.chars == vocab.chars
     whole = vocab.encode(text)
-    for split, (a, b) in {"train": (0, n_train), "val": (n_train, len(text) - 3000), "test": (len(text) - 3000, None)}.items():
+    for split, (a, b) in {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, None)}.items():
         assert np.array_equal(np.load(dm.cache_path / f"{split}.npy"), whole[a:b]), split
 
 
@@ -278,3 +279,21 @@ def test_index_permutation_is_a_shuffle_of_every_index(n):
         # no trace of the original order: |correlation| with it as small as for random permutations
         correlations = [np.corrcoef(np.arange(n), IndexPermutation(n, seed)(np.arange(n)))[0, 1] for seed in range(20)]
         assert np.mean(np.abs(correlations)) < 1.5 * np.sqrt(2 / np.pi / (n - 1))
+
+
+def test_a_bad_byte_is_reported_at_its_offset_in_the_file(tmp_path):
+    from charlm.data import read_text_chunks
+
+    path = tmp_path / "bad.txt"
+    path.write_bytes("é".encode() * 10 + b"\xff" + b"x" * 10)  # the bad byte is byte 20
+    for chunk_bytes in (3, 7, 1 << 20):  # pieces that cut "é" in two before it, and one piece
+        with pytest.raises(UserError, match=r"not UTF-8 \(byte 20\)"):
+            list(read_text_chunks(path, chunk_bytes=chunk_bytes))
+
+
+def test_a_finished_cache_is_read_without_writing_or_locking(tiny_csv, tmp_path, monkeypatch):
+    """So a cache built once and shared read-only (e.g. on a cluster) works."""
+    first = make_dm(tiny_csv, tmp_path)
+    monkeypatch.setattr("charlm.data.writable_dir", lambda *a: pytest.fail("checked a finished cache for writing"))
+    monkeypatch.setattr("charlm.data.FileLock", lambda *a: pytest.fail("locked a finished cache"))
+    assert make_dm(tiny_csv, tmp_path).cache_path == first.cache_path

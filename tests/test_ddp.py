@@ -1,6 +1,12 @@
 """Data-parallel training on the CPU: two gloo processes started by train.py itself."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -14,13 +20,17 @@ from conftest import ROOT, run_script
 NCHARS, BATCH = 32, 8
 
 
+def random_text(path):
+    """30,000 random letters, spaces and newlines: every training window is unique."""
+    path.write_text("".join(np.random.default_rng(0).choice(list("abcdefghijklmnopqrstuvwxyz \n"), size=30_000)))
+    return path
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """A 2-rank DDP run of train.py on random text (so every window is unique), one epoch."""
     tmp = tmp_path_factory.mktemp("ddp")
-    rng = np.random.default_rng(0)
-    corpus = tmp / "corpus.txt"
-    corpus.write_text("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz \n"), size=30_000)))
+    corpus = random_text(tmp / "corpus.txt")
     data = ["data=text", f"data.path={corpus}", f"data.cache_dir={tmp / 'cache'}", "data.val_size=3000",
             "data.test_size=3000", f"data.nchars={NCHARS}", f"data.stride={NCHARS}", f"data.batch_size={BATCH}",
             "data.eval_rows=5", "data.eval_chunk=64"]
@@ -63,7 +73,8 @@ def test_metrics_reduced_across_ranks_equal_one_process_on_the_same_weights(ddp_
 def test_checkpoints_logs_and_metrics_are_written_once(ddp_run):
     tmp, run, dm = ddp_run
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert len(list(run.glob("events.out.tfevents.*"))) >= 1
+    writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}  # ...<host>.<pid>.<n>
+    assert len(writers) == 1  # one process wrote TensorBoard events: rank 0
     assert "test (" in (run / "train.log").read_text()
     config = (run / "config.yaml").read_text()
     assert "strategy: ddp" in config and "devices: 2" in config
@@ -93,3 +104,29 @@ def test_a_multirun_with_ddp_spawn_runs_every_job_on_two_ranks(tmp_path, tiny_te
         assert metrics["steps"] == 6 and metrics["best/val_bpc"] > 0 and metrics["test/bpc"] > 0
         checkpoint = torch.load(job.parent / "checkpoints" / "best.ckpt", weights_only=True)
         assert checkpoint["hyper_parameters"]["model"]["hidden_size"] in (16, 32)
+
+
+def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 only: the ranks agree to stop, save, and exit; no rank waits forever."""
+    log = open(tmp_path / "stderr.txt", "w")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.devices=2",
+                             "trainer.accelerator=cpu", "data=text", f"data.path={random_text(tmp_path / 'c.txt')}",
+                             "data.val_size=3000", "data.test_size=3000", "data.nchars=32", "data.stride=32",
+                             "data.batch_size=8", "model.hidden_size=32", "trainer.max_epochs=1000",
+                             "callbacks.last_checkpoint.every_n_train_steps=10", "callbacks.samples.length=10",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.ckpt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()[-2000:]
+            time.sleep(0.2)
+        (child,) = map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        os.kill(child, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert stopped % 10 == 0  # the step at which the ranks compared notes
+    assert f"stopped by SIGTERM at step {stopped}" in (run / "train.log").read_text()

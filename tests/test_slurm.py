@@ -47,6 +47,17 @@ def test_launcher_preset_submits_one_array_job_with_a_task_per_device(tmp_path, 
     assert re.search(r"^srun .*submitit\.core\._submit", script, re.M)  # each task runs the job through srun
 
 
+def test_a_slurm_sweep_of_ddp_jobs_is_not_refused_on_the_submitting_machine(tmp_path, monkeypatch):
+    from charlm.training import MultirunLaunchCheck
+
+    for key in SLURM_TASK:
+        monkeypatch.delenv(key, raising=False)  # a login node: no SLURM task here
+    overrides = ["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu"]
+    MultirunLaunchCheck().on_multirun_start(compose_config(["hydra/launcher=slurm", *overrides], tmp_path))
+    with pytest.raises(SystemExit):  # the same sweep with Hydra's basic launcher runs here: refused
+        MultirunLaunchCheck().on_multirun_start(compose_config(overrides, tmp_path))
+
+
 def test_ranks_started_by_slurm_are_not_refused_under_multirun(monkeypatch):
     cfg = compose_config(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "trainer.accelerator=cpu"],
                          ROOT / "outputs")
