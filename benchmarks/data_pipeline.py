@@ -131,6 +131,34 @@ def child_train(path: str, cache: str, steps: int, out: str) -> dict:
     return measured(fit)
 
 
+def child_cold_reads(tokens_path: str, mapping: str, batches: int) -> dict:
+    """Random training windows (16 of 101 tokens a batch) from a token file just dropped from the
+    page cache, through ``np.load``'s mapping (the kernel reads ahead around each fault) or through
+    ``charlm.data.map_tokens`` (MADV_RANDOM: no read-ahead)."""
+    from charlm.data import map_tokens
+
+    tokens = np.load(tokens_path, mmap_mode="r") if mapping == "default" else map_tokens(Path(tokens_path), True)
+    io = lambda: int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["read_bytes"])  # noqa: E731
+    rng, offsets, read_before, times = np.random.default_rng(1), np.arange(101), io(), []
+    for _ in range(batches):
+        start = time.perf_counter()
+        starts = rng.integers(0, (len(tokens) - 101) // 100, size=16) * 100
+        tokens[starts[:, None] + offsets].astype(np.int64)
+        times.append(time.perf_counter() - start)
+    return {"ms_per_batch": 1000 * sum(times) / len(times), "read_mib": (io() - read_before) / 2**20,
+            "mapped": memory_mb()["mapped"]}
+
+
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (needs root); False where that is not allowed."""
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
 def in_child(*args) -> dict:
     """Run one measurement in a fresh Python process; its JSON result."""
     result = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], cwd=ROOT, capture_output=True,
@@ -150,49 +178,74 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps per training measurement")
     parser.add_argument("--whole-text-up-to-mb", type=int, default=1000,
                         help="largest size also prepared the whole-text way (it needs ~6 bytes of RAM per byte)")
+    parser.add_argument("--sections", nargs="+", choices=["prepare", "train", "cold"], default=["prepare", "train", "cold"],
+                        help="prepare: time and memory; train: feeding training; cold: reading windows from a "
+                             "token file not in the page cache (needs root, the largest size only)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
         rest = [int(a) if a.isdigit() else a for a in rest]
-        print(json.dumps({"prepare": child_prepare, "whole": child_whole_text, "train": child_train}[kind](*rest)))
+        children = {"prepare": child_prepare, "whole": child_whole_text, "train": child_train, "cold": child_cold_reads}
+        print(json.dumps(children[kind](*rest)))
         return
 
-    prepare_rows, train_rows = [], []
+    prepare_rows, train_rows, cold_rows = [], [], []
     with tempfile.TemporaryDirectory(dir=ROOT / "outputs") as tmp:
         tmp = Path(tmp)
-        sources = ([("ag_news", AG_NEWS_TEST, "AG News test.csv (shared)")] if AG_NEWS_TEST.exists() else [])
+        sources = [("ag_news", AG_NEWS_TEST, "AG News test.csv (shared)")] if AG_NEWS_TEST.exists() else []
         for mb in args.sizes_mb:
             path = tmp / f"synthetic-{mb}mb.txt"
             make_corpus(path, mb)
             sources.append(("text", path, f"synthetic {path.stat().st_size / 2**20:,.0f} MiB"))
         for corpus, path, label in sources:
-            runs = [in_child("prepare", corpus, path, tmp / f"cache-{i}") for i in range(args.repeats)]
-            mib = path.stat().st_size / 2**20
-            chars = runs[0]["chars"]
-            ways = [("streamed (charlm)", runs)]
-            if corpus == "text" and mib <= args.whole_text_up_to_mb:
-                ways.append(("whole text in memory", [in_child("whole", path) for _ in range(args.repeats)]))
-            for way, results in ways:
-                seconds = median(r["seconds"] for r in results)
-                prepare_rows.append([label, way, f"{chars / 1e6:,.1f}", f"{seconds:.2f}", f"{seconds / chars * 1e6:.3f}",
-                                     f"{median(r['rss'] for r in results):,.0f}"])
-            if corpus == "text":
-                trains = [in_child("train", path, tmp / "cache-0", args.steps, tmp / f"run-{mb}") for _ in range(args.repeats)]
+            if corpus == "ag_news" and "prepare" not in args.sections:
+                continue
+            repeats = args.repeats if "prepare" in args.sections else 1  # else only to have a cache
+            runs = [in_child("prepare", corpus, path, tmp / f"cache-{i}") for i in range(repeats)]
+            mib, chars = path.stat().st_size / 2**20, runs[0]["chars"]
+            if "prepare" in args.sections:
+                ways = [("streamed (charlm)", runs)]
+                if corpus == "text" and mib <= args.whole_text_up_to_mb:
+                    ways.append(("whole text in memory", [in_child("whole", path) for _ in range(args.repeats)]))
+                for way, results in ways:
+                    seconds = median(r["seconds"] for r in results)
+                    prepare_rows.append([label, way, f"{chars / 1e6:,.1f}", f"{seconds:.2f}",
+                                         f"{seconds / chars * 1e6:.3f}", f"{median(r['rss'] for r in results):,.0f}"])
+            if corpus == "text" and "train" in args.sections:
+                trains = [in_child("train", path, tmp / "cache-0", args.steps, tmp / "run") for _ in range(args.repeats)]
                 train_rows.append([label, f"{median(r['wait_share'] for r in trains):.2%}",
                                    f"{median(r['first_fetch_ms'] for r in trains):,.0f}",
                                    f"{median(r['chars_per_sec'] for r in trains):,.0f}",
                                    *(f"{median(r[k] for r in trains):,.0f}" for k in ("rss", "private", "mapped"))])
+            if corpus == "text" and "cold" in args.sections and path == sources[-1][1]:  # the largest
+                tokens = next((tmp / "cache-0").glob("*/train.npy"))
+                for mapping, way in (("default", "np.load(mmap_mode='r')"), ("random", "charlm.data.map_tokens (MADV_RANDOM)")):
+                    results = [in_child("cold", tokens, mapping, args.steps) for _ in range(args.repeats)
+                               if drop_page_cache()]
+                    if results:
+                        cold_rows.append([label, way, f"{median(r['ms_per_batch'] for r in results):.2f}",
+                                          f"{median(r['read_mib'] for r in results):,.0f}",
+                                          f"{median(r['mapped'] for r in results):,.0f}"])
             for cache in tmp.glob("cache-*"):
                 shutil.rmtree(cache)
             if corpus == "text":
                 path.unlink()
-    print(f"\nPreparing a corpus (median of {args.repeats} fresh processes):\n")
-    print_table(["corpus", "way", "M characters", "seconds", "s per M chars", "peak RSS added (MiB)"],
-                prepare_rows)
-    print(f"\nTraining the default model from the prepared cache, {args.steps} steps (median of {args.repeats}):\n")
-    print_table(["corpus", "time waiting for the next batch (steps 2+)", "first batch (ms)", "characters/s",
-                 "peak RSS added (MiB)", "private memory added", "file pages mapped"], train_rows)
+    if prepare_rows:
+        print(f"\nPreparing a corpus (median of {args.repeats} fresh processes):\n")
+        print_table(["corpus", "way", "M characters", "seconds", "s per M chars", "peak RSS added (MiB)"], prepare_rows)
+    if train_rows:
+        print(f"\nTraining the default model from the prepared cache, {args.steps} steps (median of {args.repeats}):\n")
+        print_table(["corpus", "time waiting for the next batch (steps 2+)", "first batch (ms)", "characters/s",
+                     "peak RSS added (MiB)", "private memory added", "file pages mapped"], train_rows)
+    if "cold" in args.sections:
+        print(f"\nReading {args.steps} batches of random windows from a training token file dropped from the page "
+              f"cache (median of {args.repeats}):\n")
+        if cold_rows:
+            print_table(["corpus", "mapping", "ms per batch (mean)", "MiB read from disk", "file pages mapped (MiB)"],
+                        cold_rows)
+        else:
+            print("(skipped: emptying the page cache needs root)")
 
 
 if __name__ == "__main__":
