@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (medians are shown)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per training measurement")
     parser.add_argument("--whole-text-up-to-mb", type=int, default=1000,
-                        help="largest size also prepared the whole-text way (it needs ~6 bytes of RAM per byte)")
+                        help="largest size also prepared the whole-text way (it needs ~16 bytes of RAM per character)")
     parser.add_argument("--sections", nargs="+", choices=["prepare", "train", "cold"], default=["prepare", "train", "cold"],
                         help="prepare: time and memory; train: feeding training; cold: reading windows from a "
                              "token file not in the page cache (needs root, the largest size only)")
@@ -191,6 +191,9 @@ def main() -> None:
         return
 
     prepare_rows, train_rows, cold_rows = [], [], []
+    if not AG_NEWS_TEST.exists():
+        print(f"(no AG News row: {AG_NEWS_TEST} is absent)", file=sys.stderr)
+    (ROOT / "outputs").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "outputs") as tmp:
         tmp = Path(tmp)
         sources = [("ag_news", AG_NEWS_TEST, "AG News test.csv (shared)")] if AG_NEWS_TEST.exists() else []

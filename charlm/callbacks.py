@@ -121,16 +121,20 @@ class ValidateLastStep(L.Callback):
 
 
 class GracefulStop(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, validate and save the checkpoints
-    (as at the end of a run), then stop; ``train.py`` exits with status 130 and prints how to
-    resume. A second Ctrl-C stops at once.
+    """Ctrl-C (SIGINT), SIGTERM or SIGUSR2 (submitit's warning before a SLURM time limit): finish
+    the current step, validate and save the checkpoints (as at the end of a run), then stop;
+    ``train.py`` exits with status 128 + the signal (130 for Ctrl-C) and prints how to resume. A
+    second Ctrl-C stops at once.
 
     Lightning's own handling raises ``KeyboardInterrupt`` wherever the process is, possibly in
     the middle of an optimizer step, so a checkpoint written then would not resume exactly.
 
     Under DDP the ranks may receive the signal at different steps, or only one of them may (a
     ``kill`` of one process): every ``sync_every_n_steps`` steps they agree on it with one
-    all-reduce, so all stop after the same step and none waits forever for the others."""
+    all-reduce, so all stop after the same step and none waits forever for the others; they
+    agree once more when training ends, for a signal that came after the last comparison."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self, sync_every_n_steps: int = 10):
         self.signal: int | None = None
@@ -145,18 +149,24 @@ class GracefulStop(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _agree(self, trainer: L.Trainer, pl_module) -> None:
+        """Every rank takes the signal any rank received (one all-reduce)."""
+        received = torch.tensor(self.signal or 0, device=pl_module.device)
+        self.signal = int(trainer.strategy.reduce(received, reduce_op="max")) or None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.world_size > 1:
             if trainer.global_step % self.sync_every_n_steps:
                 return
-            received = torch.tensor(self.signal or 0, device=pl_module.device)
-            self.signal = int(trainer.strategy.reduce(received, reduce_op="max")) or None
+            self._agree(trainer, pl_module)
         if self.signal is not None:
             trainer.should_stop = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._agree(trainer, pl_module)  # all ranks then stop here, or all go on to the test
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}

@@ -69,7 +69,7 @@ def test_sigkilled_run_resumes_mid_epoch_to_the_same_weights_and_metrics(tiny_te
     assert_same_run(straight_run, killed)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2])
 def test_interrupted_run_saves_exits_and_resumes_to_the_same_weights(tiny_text, tmp_path, straight_run, signum):
     overrides, stopped = settings(tiny_text, tmp_path), tmp_path / "stopped"
     assert interrupt(overrides, stopped, signum, after_step=60) == 128 + signum

@@ -1,6 +1,5 @@
 """SLURM without a cluster: the launcher preset's sbatch script, the sbatch recipe, and ranks from SLURM."""
 
-import os
 import re
 import shlex
 import subprocess
@@ -73,10 +72,11 @@ def test_sbatch_recipe_is_valid_bash_and_its_overrides_compose(tmp_path):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
     flags = dict(re.findall(r"#SBATCH --([\w-]+)=(\S+)", text))
-    command = re.search(r"^srun python train.py (.*?)\"\$@\"", text.replace("\\\n", " "), re.M | re.S)[1]
-    overrides = [os.path.expandvars(arg) for arg in shlex.split(command.replace("${SLURM_JOB_ID}", "77"))]
-    cfg = compose_config(overrides, tmp_path)
+    command = re.search(r"^srun python train.py (.*?)\"\$where\" \"\$@\"", text, re.M)[1]
+    run = re.search(r'^RUN="\$\{RUN:-(.*)\}"', text, re.M)[1].replace("${SLURM_JOB_ID}", "77")
+    cfg = compose_config([*shlex.split(command), f"hydra.run.dir={run}"], tmp_path)
     assert cfg.trainer.strategy == "ddp"
     assert cfg.trainer.num_nodes == int(flags["nodes"])
     assert cfg.trainer.devices == int(flags["ntasks-per-node"]) == int(flags["gpus-per-node"])
     assert cfg.hydra.run.dir == "outputs/runs/slurm-77"
+    assert flags["signal"] == "TERM@90"  # charlm's graceful stop (SIGTERM), not Lightning's SIGUSR1 re-queue
