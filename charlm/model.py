@@ -11,8 +11,12 @@ from charlm.errors import UserError
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
-def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, embedding_dim: int) -> None:
-    """Refuse ``CharRNN`` settings that build no sensible network, naming the bad value (``model.<key>``)."""
+def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, embedding_dim: int, **unknown) -> None:
+    """Refuse ``CharRNN`` settings that build no sensible network, or that it does not have,
+    naming the bad value (``model.<key>``)."""
+    if unknown:
+        raise UserError(f"model.{next(iter(unknown))} is not a model setting; the settings are cell, hidden_size, "
+                        "layers, dropout, embedding_dim")
     if not isinstance(cell, str) or cell not in CELLS:
         raise UserError(f"model.cell={cell!r} is not known; use one of {', '.join(CELLS)}")
     for key, value, low in (("hidden_size", hidden_size, 1), ("layers", layers, 1), ("embedding_dim", embedding_dim, 0)):

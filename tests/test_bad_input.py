@@ -53,6 +53,8 @@ ROWS = [
     ("train.py", "model.layers=abc", BOTH, "model.layers='abc' must be a whole number >= 1"),
     ("train.py", "model.hidden_size=0", HERE, "model.hidden_size=0 must be a whole number >= 1"),
     ("train.py", "model.cell=transformer", HERE, "model.cell='transformer' is not known; use one of lstm, gru, rnn"),
+    ("train.py", "+model.foo=1", HERE,
+     "model.foo is not a model setting; the settings are cell, hidden_size, layers, dropout, embedding_dim"),
     ("train.py", "model.dropout=1.0", HERE, "model.dropout=1.0 must be a number in [0, 1)"),
     ("train.py", "model.dropout=-0.1", HERE, "model.dropout=-0.1 must be a number in [0, 1)"),
     ("train.py", "optimizer.lr=0", HERE, "optimizer.lr=0 must be a number > 0"),
