@@ -479,8 +479,9 @@ class CharDataModule(L.LightningDataModule):
                         start = ends[split] - corpus.sizes[split]
                         a, b = max(position, start), min(position + len(ids), ends[split])
                         if a < b:
-                            files[split].write(ids[a - position : b - position].tobytes())
-                            unknown[split] += int(np.count_nonzero(ids[a - position : b - position] == 0))
+                            part = ids[a - position : b - position]
+                            files[split].write(part.tobytes())
+                            unknown[split] += int(np.count_nonzero(part == 0))
                     position += len(ids)
             if position != ends["test"]:
                 raise UserError(f"data.path={self.path} changed while it was read ({position} characters, not "
@@ -549,7 +550,7 @@ class CharDataModule(L.LightningDataModule):
 
     def eval_stream(self, split: str) -> EvalStream:
         """The held-out ``split`` (val or test) as this rank's share of an ``EvalStream``."""
-        tokens = np.load(self.cache_path / f"{split}.npy", mmap_mode="r")
+        tokens = map_tokens(self.cache_path / f"{split}.npy")  # read in order: the kernel's read-ahead helps
         return EvalStream(tokens, self.eval_rows, self.eval_chunk, self.separator_id, *self._rank())
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -143,7 +142,7 @@ def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
 
     Under ``ddp_spawn`` the fit ran in worker processes, and Lightning brings back only the
     best checkpoint's path (its launcher has a TODO to pass the score); then both figures
-    are read from that folder's checkpoints, which are plain data (``weights_only=True``)."""
+    are read from that folder's ``last.ckpt`` (with ``read_checkpoint``)."""
     callback = trainer.checkpoint_callback
     outcome = {"steps": trainer.global_step}
     if callback is None:
@@ -153,7 +152,7 @@ def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
     last = Path(callback.dirpath or "") / "last.ckpt"
     if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) or not last.is_file():
         return outcome
-    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(last)
     score = checkpoint["callbacks"].get(callback.state_key, {}).get("best_model_score")
     outcome["steps"] = checkpoint["global_step"]
     return outcome if score is None else {**outcome, "best/val_bpc": float(score)}
