@@ -134,8 +134,8 @@ def child_train(path: str, cache: str, steps: int, out: str) -> dict:
 def child_cold_reads(tokens_path: str, mapping: str, batches: int) -> dict:
     """Random training windows (16 of 101 tokens a batch) from a token file just dropped from the
     page cache, through ``np.load``'s mapping (the kernel reads ahead around each fault) or through
-    ``charlm.data.map_tokens`` (MADV_RANDOM: no read-ahead)."""
-    from charlm.data import map_tokens
+    ``charlm.cache.map_tokens`` (MADV_RANDOM: no read-ahead)."""
+    from charlm.cache import map_tokens
 
     tokens = np.load(tokens_path, mmap_mode="r") if mapping == "default" else map_tokens(Path(tokens_path), True)
     io = lambda: int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["read_bytes"])  # noqa: E731
@@ -223,7 +223,7 @@ def main() -> None:
                                    *(f"{median(r[k] for r in trains):,.0f}" for k in ("rss", "private", "mapped"))])
             if corpus == "text" and "cold" in args.sections and path == sources[-1][1]:  # the largest
                 tokens = next((tmp / "cache-0").glob("*/train.npy"))
-                for mapping, way in (("default", "np.load(mmap_mode='r')"), ("random", "charlm.data.map_tokens (MADV_RANDOM)")):
+                for mapping, way in (("default", "np.load(mmap_mode='r')"), ("random", "charlm.cache.map_tokens (MADV_RANDOM)")):
                     results = [in_child("cold", tokens, mapping, args.steps) for _ in range(args.repeats)
                                if drop_page_cache()]
                     if results:

@@ -26,7 +26,7 @@ import torch.utils.mkldnn
 from common import AG_NEWS_TEST, median, print_table, require
 
 from charlm.config import compose_config
-from charlm.data import read_ag_news_csv
+from charlm.sources import read_ag_news_csv
 from charlm.model import CharRNN
 from charlm.training import build
 

@@ -1,341 +1,33 @@
-"""Corpus -> cached token arrays -> shuffled, equal-size batches of character windows.
+"""The LightningDataModule: a corpus (AG News from the Hub or a local CSV, or a UTF-8 text file)
+-> the token cache (``charlm.cache``) -> shuffled, equal-size window batches for training and
+carried-state streams for validation and test (``charlm.windows``).
 
-Sources: AG News from the Hugging Face Hub (default), a local AG News copy in the
-authors' CSV format (one file, or a folder with train.csv and test.csv), or any UTF-8
-plain-text file. Each split is encoded once into a ``.npy`` token array (uint8 when the
-vocabulary fits) under ``cache_dir``, keyed by the source and the split sizes, and
-memory-mapped by every later run and sweep job.
-
-Training windows are index arithmetic on the shared token array; validation and test
-run over the held-out stream in a fixed order with the recurrent state carried, so every
-held-out character is scored with its full left context (see ``EvalStream``).
+Sources are read by ``charlm.sources``. Each split is encoded once into a token array under
+``cache_dir``, keyed by the source and the split sizes, and memory-mapped by every later run and
+sweep job.
 """
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import csv
 import hashlib
 import json
 import logging
-import mmap
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from filelock import FileLock
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
+from charlm.cache import CACHE_VERSION, map_tokens, write_cache
 from charlm.config import writable_dir
 from charlm.errors import UserError
-from charlm.vocabulary import Vocabulary, distinct_codepoints
+from charlm.sources import (SEPARATOR, SPLITS, Corpus, load_hub_ag_news, read_ag_news_csv, read_text_chunks,
+                            split_off, split_sizes, split_tail, train_vocabulary)
+from charlm.vocabulary import Vocabulary
+from charlm.windows import ORDER_VERSION, EvalStream, ShuffledBatches, WindowDataset, as_batch
 
 log = logging.getLogger(__name__)
-
-SEPARATOR = "\n"  # joins AG News articles into one stream; AG News text has no real newlines
-CACHE_VERSION = 1
-ORDER_VERSION = 2  # of the training window order (2: IndexPermutation), saved in checkpoints
-IGNORE = -100  # target id of padding, skipped by the loss
-SPLITS = ("train", "val", "test")
-
-
-# ----------------------------------------------------------------------------- reading sources
-
-
-def read_ag_news_csv(path: Path) -> list[str]:
-    """Articles (title + " " + description) of an AG News CSV in the dataset authors' format.
-
-    The text is kept exactly as the Hub's ``text`` column has it (backslash escapes
-    included), so a local copy and the Hub give the same vocabulary."""
-    articles = []
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = csv.reader(f, quotechar='"', delimiter=",", quoting=csv.QUOTE_ALL, skipinitialspace=True)
-            for row in rows:
-                if len(row) != 3 or row[0] not in ("1", "2", "3", "4"):
-                    raise UserError(
-                        f"data.path={path}: line {rows.line_num} is not AG News CSV (class index 1-4, title, "
-                        f"description), got {str(row)[:60]}; for plain text use data=text"
-                    )
-                articles.append(row[1] + " " + row[2])
-    except UnicodeDecodeError as err:
-        raise UserError(f"data.path={path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t utf-8") from None
-    return articles
-
-
-def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23):
-    """The UTF-8 file as successive pieces of text of about ``chunk_bytes`` bytes each, never the
-    whole text at once; refuses binary (NUL bytes in the first MiB) and non-UTF-8 files."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(chunk_bytes)
-            if offset == 0 and b"\x00" in raw[: 1 << 20]:
-                raise UserError(f"data.path={path} looks binary (it has NUL bytes); pass a UTF-8 text file")
-            pending = len(decoder.getstate()[0])  # bytes of a character cut at the end of the last piece
-            try:
-                text = decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as err:
-                raise UserError(f"data.path={path} is not UTF-8 (byte {offset - pending + err.start}); convert it, "
-                                "e.g. iconv -t utf-8") from None
-            if not raw:
-                return
-            offset += len(raw)
-            yield text
-
-
-def load_hub_ag_news(name: str):
-    """AG News train and test articles from the Hugging Face Hub (cached by ``datasets``)."""
-    import datasets
-
-    for library in ("datasets", "huggingface_hub"):  # their console handlers print retries to stderr:
-        logging.getLogger(library).handlers.clear()   # send them through the root logger to the run's log
-    try:
-        ds = datasets.load_dataset(name)
-    except Exception as err:  # offline, unknown name, Hub down: all fixed the same way
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(
-            f"could not load {name} from the Hugging Face Hub ({reason}); offline? use a local copy: "
-            "data.path=/path/to/ag_news (a folder with train.csv and test.csv, or one CSV file)"
-        ) from None
-    fingerprint = ds["train"]._fingerprint + ds["test"]._fingerprint
-    return list(ds["train"]["text"]), list(ds["test"]["text"]), fingerprint
-
-
-def count(size: int | float, total: int, key: str) -> int:
-    """An absolute count from ``size``: an int as is, a float in (0, 1) as a fraction of ``total``."""
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0 or (isinstance(size, float) and size >= 1):
-        raise UserError(f"{key}={size!r} must be a count >= 1 or a fraction in (0, 1)")
-    return int(size) if isinstance(size, int) else max(1, round(size * total))
-
-
-def split_off(items, size, key: str):
-    """Split a sequence into (head, tail) with ``size`` items (count or fraction) in the tail."""
-    n = count(size, len(items), key)
-    if n >= len(items):
-        raise UserError(f"{key}={size!r} leaves nothing of {len(items)} to train on; lower it")
-    return items[:-n], items[-n:]
-
-
-def split_sizes(n: int, val_size, test_size) -> tuple[int, int, int]:
-    """Sizes (train, val, test) of a sequence of ``n`` items whose tail is test and the part before it val."""
-    n_val, n_test = count(val_size, n, "data.val_size"), count(test_size, n, "data.test_size")
-    if n_val + n_test >= n:
-        raise UserError(f"data.val_size + data.test_size = {n_val + n_test} leaves nothing of {n} to train on; lower them")
-    return n - n_val - n_test, n_val, n_test
-
-
-def split_tail(items, val_size, test_size):
-    """Split a sequence into (train, val, test): test is its tail, val the part before it."""
-    n_train, n_val, _ = split_sizes(len(items), val_size, test_size)
-    return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
-
-
-# ----------------------------------------------------------------------------- datasets
-
-
-def map_tokens(path: Path, random_access: bool = False) -> np.ndarray:
-    """The token array of a cache ``.npy`` file, memory-mapped read-only.
-
-    ``random_access`` tells the kernel not to read ahead around each page fault (MADV_RANDOM):
-    training reads its windows at random places, and read-ahead (8 MiB per fault on the disk
-    of the development machine) would read and map much of the file within a few hundred steps."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(f)
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if random_access and hasattr(mapping, "madvise"):
-            mapping.madvise(mmap.MADV_RANDOM)
-        return np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
-
-
-class WindowDataset(Dataset):
-    """Every ``stride``-th window of ``nchars + 1`` tokens: input = first ``nchars``, target = last ``nchars``.
-
-    ``__getitems__`` cuts a whole batch with one fancy index into the memory-mapped array,
-    so no Python code runs per window or per character. The array is opened lazily, so
-    DataLoader workers share the page cache instead of each receiving a pickled copy."""
-
-    def __init__(self, path: Path, nchars: int, stride: int):
-        self.path, self.nchars, self.stride = Path(path), nchars, stride
-        self._tokens = None
-        self._offsets = np.arange(nchars + 1)
-        self._len = (len(self.tokens) - nchars - 1) // stride + 1
-
-    @property
-    def tokens(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = map_tokens(self.path, random_access=True)
-        return self._tokens
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tokens": None}
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitems__(self, indices):
-        starts = np.asarray(indices, dtype=np.int64) * self.stride
-        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
-        return windows[:, :-1], windows[:, 1:]
-
-    def __getitem__(self, index):
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
-
-
-class IndexPermutation:
-    """A pseudo-random permutation of ``range(n)`` evaluated index by index: a 4-round Feistel
-    network on the smallest even number of bits that holds ``n``, with cycle-walking back into
-    range. Shuffling an epoch this way takes constant memory, where ``torch.randperm`` would
-    hold 8 bytes per window (240 MB for the windows of a 3 GB corpus)."""
-
-    ROUNDS = 4
-
-    def __init__(self, n: int, seed: int):
-        self.n = n
-        self.half_bits = np.uint64(max(1, ((n - 1).bit_length() + 1) // 2))
-        self.mask = np.uint64((1 << int(self.half_bits)) - 1)
-        self.keys = np.random.default_rng(seed).integers(0, 2**63, size=self.ROUNDS, dtype=np.uint64)
-
-    def _mix(self, x: np.ndarray, key: np.uint64) -> np.ndarray:
-        x = (x ^ key) * np.uint64(0x9E3779B97F4A7C15)  # splitmix64's finalizer: every bit affects every bit
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        return (x ^ (x >> np.uint64(31))) & self.mask
-
-    def _encrypt(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> self.half_bits, x & self.mask
-        for key in self.keys:
-            left, right = right, left ^ self._mix(right, key)
-        return (left << self.half_bits) | right
-
-    def __call__(self, positions: np.ndarray) -> np.ndarray:
-        """The windows at ``positions`` (each in ``range(n)``) of the shuffled order."""
-        x = self._encrypt(np.asarray(positions, dtype=np.uint64))
-        outside = x >= self.n
-        while outside.any():  # the bijection of the wider range, walked until back in range(n)
-            x[outside] = self._encrypt(x[outside])
-            outside = x >= self.n
-        return x.astype(np.int64)
-
-
-class ShuffledBatches(Sampler[list[int]]):
-    """Batches of ``batch_size`` window indices in a new random order each epoch.
-
-    The order (an ``IndexPermutation``) depends only on ``seed`` and the epoch (set by
-    Lightning through ``set_epoch``), not on the global random state, and ``skip`` batches of
-    the epoch can be passed over, so a run resumed mid-epoch continues with exactly the batches
-    it would have seen. Under data parallelism rank ``rank`` of ``world_size`` takes every
-    ``world_size``-th batch: the ranks' batches are disjoint and cover the epoch except the
-    last incomplete round. (torch's ``RandomSampler`` can do neither, and Lightning's
-    ``DistributedSampler`` replaces the sampler without resumable state.)"""
-
-    BATCH_ROUNDS_PER_CALL = 256  # rounds (one batch for every rank) drawn per call of the permutation
-
-    def __init__(self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_windows // (self.batch_size * self.world_size)
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        permutation = IndexPermutation(self.num_windows, (self.seed * 100_003 + self.epoch) % 2**64)
-        per_round = self.batch_size * self.world_size
-        own_slots = self.rank * self.batch_size + np.arange(self.batch_size)  # this rank's places in a round
-        for first in range(skip, len(self), self.BATCH_ROUNDS_PER_CALL):
-            rounds = np.arange(first, min(first + self.BATCH_ROUNDS_PER_CALL, len(self)))
-            positions = (rounds[:, None] * per_round + own_slots).ravel()
-            yield from permutation(positions).reshape(-1, self.batch_size).tolist()
-
-
-def as_batch(batch):
-    """Collate function for ``__getitems__`` datasets: the batch is already built."""
-    return batch
-
-
-class EvalStream(Dataset):
-    """A held-out token stream laid out as ``rows`` parallel rows, served in order as chunks
-    of ``chunk`` characters. The model carries its recurrent state from one chunk to the
-    next (``CharLM.validation_step``), so each character is scored with all the text before
-    it in its row. Rows are cut at separators (article starts) when ``separator_id`` is
-    given, so no article is split; padding carries the target ``IGNORE``.
-
-    Under data parallelism rank ``rank`` of ``world_size`` takes every ``world_size``-th row
-    (padded with empty rows to the same count), and every rank serves the same number of
-    chunks, so the ranks score disjoint rows that together are the whole stream. Each chunk
-    is sliced from the (memory-mapped) ``tokens`` when asked for: nothing is copied ahead."""
-
-    def __init__(self, tokens: np.ndarray, rows: int, chunk: int, separator_id: int | None,
-                 rank: int = 0, world_size: int = 1):
-        n = len(tokens)
-        cuts = np.linspace(0, n, min(rows, max(1, n // 2)) + 1).astype(np.int64)
-        if separator_id is not None:
-            starts = np.flatnonzero(np.asarray(tokens) == separator_id)
-            if len(starts):
-                inner = starts[np.minimum(np.searchsorted(starts, cuts[1:-1]), len(starts) - 1)]
-                cuts = np.unique(np.concatenate([[0], inner, [n]]))
-        self.width = int(np.diff(cuts).max())  # the longest row sets the number of chunks on every rank
-        per_rank = -(-(len(cuts) - 1) // world_size)
-        self.starts = cuts[:-1][rank::world_size].tolist()
-        self.lengths = np.diff(cuts)[rank::world_size].tolist()
-        self.starts += [0] * (per_rank - len(self.starts))
-        self.lengths += [0] * (per_rank - len(self.lengths))
-        self.tokens, self.chunk = tokens, chunk
-
-    def __len__(self) -> int:
-        return (self.width - 1 + self.chunk - 1) // self.chunk
-
-    def __getitem__(self, i):
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        a, b = i * self.chunk, min((i + 1) * self.chunk, self.width - 1)
-        block = np.zeros((len(self.starts), b - a + 1), dtype=np.int64)  # positions a..b of every row
-        for r, (start, length) in enumerate(zip(self.starts, self.lengths)):
-            piece = self.tokens[start + a : start + min(b + 1, length)] if a < length else ()
-            block[r, : len(piece)] = piece
-        block = torch.from_numpy(block)
-        x, y = block[:, :-1], block[:, 1:].clone()
-        y[torch.arange(a + 1, b + 1)[None, :] >= torch.tensor(self.lengths)[:, None]] = IGNORE
-        return x, y
-
-
-@dataclass
-class Corpus:
-    """A source ready to encode: the training vocabulary, the characters of each split, and
-    ``pieces()``, which yields the text of train, val and test in order, in any number of pieces."""
-
-    vocab: Vocabulary
-    sizes: dict[str, int]
-    pieces: Callable[[], Iterable[str]]
-
-
-def train_vocabulary(pieces: Iterable[str], n_train: int) -> Vocabulary:
-    """The vocabulary of the first ``n_train`` characters of the text in ``pieces``."""
-    codepoints, seen = set(), 0
-    for piece in pieces:
-        codepoints.update(distinct_codepoints(piece[: n_train - seen]).tolist())
-        seen += len(piece)
-        if seen >= n_train:
-            break
-    return Vocabulary.from_codepoints(codepoints)
-
-
-# ----------------------------------------------------------------------------- data module
 
 
 class CharDataModule(L.LightningDataModule):
@@ -456,50 +148,7 @@ class CharDataModule(L.LightningDataModule):
         self.cache_path = cache
 
     def _write_cache(self, cache: Path, corpus: Corpus) -> None:
-        if corpus.sizes["train"] < self.nchars + 1:
-            raise UserError(f"the training text of {self.path or self.hub_dataset} has {corpus.sizes['train']} "
-                            f"characters, fewer than one window (data.nchars + 1 = {self.nchars + 1}); lower "
-                            "data.nchars or use a longer corpus")
-        vocab = corpus.vocab
-        tmp = Path(tempfile.mkdtemp(dir=self.cache_root, prefix=".tmp-"))
-        try:
-            ends = dict(zip(SPLITS, np.cumsum([corpus.sizes[s] for s in SPLITS]).tolist()))
-            unknown = dict.fromkeys(SPLITS, 0)
-            # Plain appends, not a memory map: written pages of a mapping would count in this
-            # process's resident memory, which then grows with the corpus.
-            with contextlib.ExitStack() as stack:
-                files = {s: stack.enter_context(open(tmp / f"{s}.npy", "wb")) for s in SPLITS}
-                for split, f in files.items():
-                    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(vocab.dtype)),
-                                                             "fortran_order": False, "shape": (corpus.sizes[split],)})
-                position = 0  # of the piece's first character in the whole stream
-                for piece in corpus.pieces():
-                    ids = vocab.encode(piece)
-                    for split in SPLITS:
-                        start = ends[split] - corpus.sizes[split]
-                        a, b = max(position, start), min(position + len(ids), ends[split])
-                        if a < b:
-                            part = ids[a - position : b - position]
-                            files[split].write(part.tobytes())
-                            unknown[split] += int(np.count_nonzero(part == 0))
-                    position += len(ids)
-            if position != ends["test"]:
-                raise UserError(f"data.path={self.path} changed while it was read ({position} characters, not "
-                                f"{ends['test']}); run again once it is complete")
-            meta = {"vocab": vocab.chars, "source": str(self.path or self.hub_dataset), "corpus": self.corpus,
-                    "separator": SEPARATOR if self.corpus == "ag_news" else None, "characters": corpus.sizes,
-                    "unknown": unknown}
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            try:
-                os.rename(tmp, cache)  # atomic: a reader (under no lock) sees the whole cache or none
-            except OSError:
-                if not (cache / "meta.json").exists():  # else another builder won (a lock that does not lock: NFS)
-                    raise
-            log.info("encoded %s into %s: %s characters, vocabulary of %d", meta["source"], cache,
-                     meta["characters"], len(vocab))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
+        write_cache(cache, corpus, self.cache_root, self.nchars, str(self.path or self.hub_dataset), self.corpus)
     # --- loading
 
     def setup(self, stage: str | None = None) -> None:
@@ -562,3 +211,4 @@ class CharDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+

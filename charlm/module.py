@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from torchmetrics import MeanMetric
 
-from charlm.data import IGNORE
+from charlm.windows import IGNORE
 from charlm.errors import UserError
 from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.data import IGNORE, SEPARATOR, CharDataModule, read_ag_news_csv
+from charlm.data import CharDataModule
+from charlm.sources import SEPARATOR, read_ag_news_csv
+from charlm.windows import IGNORE
 from charlm.errors import UserError
 
 
@@ -60,7 +62,7 @@ def test_resumed_loader_continues_with_the_batches_not_yet_seen(tiny_csv, tmp_pa
 
 
 def test_ranks_get_disjoint_batches_that_cover_the_epoch(tiny_csv, tmp_path):
-    from charlm.data import ShuffledBatches
+    from charlm.windows import ShuffledBatches
 
     n, size, world = 203, 8, 3
     per_rank = [list(ShuffledBatches(n, size, seed=1, rank=r, world_size=world)) for r in range(world)]
@@ -109,7 +111,7 @@ def test_eval_stream_scores_every_held_out_character_once_in_order(tiny_csv, tmp
 
 @pytest.mark.parametrize("world_size", [2, 3, 5])
 def test_ranks_score_disjoint_rows_that_make_up_the_whole_stream(tiny_csv, tmp_path, world_size):
-    from charlm.data import EvalStream
+    from charlm.windows import EvalStream
 
     dm = make_dm(tiny_csv, tmp_path)
     tokens = np.load(dm.cache_path / "val.npy", mmap_mode="r")
@@ -207,7 +209,7 @@ def test_ag_news_folder_uses_its_test_csv_and_a_tail_of_train_for_val(tiny_csv, 
 
 
 def test_text_is_read_in_pieces_and_decoded_across_piece_boundaries(tmp_path):
-    from charlm.data import read_text_chunks
+    from charlm.sources import read_text_chunks
 
     text = "naïve café — 日本語 ✓\n" * 500
     path = tmp_path / "utf8.txt"
@@ -270,7 +272,7 @@ def test_processes_starting_together_build_the_cache_once(tiny_csv, tmp_path):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
 def test_index_permutation_is_a_shuffle_of_every_index(n):
-    from charlm.data import IndexPermutation
+    from charlm.windows import IndexPermutation
 
     orders = [IndexPermutation(n, seed)(np.arange(n)) for seed in (0, 1)]
     assert all(sorted(order.tolist()) == list(range(n)) for order in orders)
@@ -282,7 +284,7 @@ def test_index_permutation_is_a_shuffle_of_every_index(n):
 
 
 def test_a_bad_byte_is_reported_at_its_offset_in_the_file(tmp_path):
-    from charlm.data import read_text_chunks
+    from charlm.sources import read_text_chunks
 
     path = tmp_path / "bad.txt"
     path.write_bytes("é".encode() * 10 + b"\xff" + b"x" * 10)  # the bad byte is byte 20

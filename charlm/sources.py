@@ -1,0 +1,129 @@
+"""Reading corpora: AG News (Hub or the authors' CSV format) and UTF-8 text files streamed in
+pieces, and cutting them into train / val / test by counts or fractions."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from charlm.errors import UserError
+from charlm.vocabulary import Vocabulary, distinct_codepoints
+
+SEPARATOR = "\n"  # joins AG News articles into one stream; AG News text has no real newlines
+SPLITS = ("train", "val", "test")
+
+
+def read_ag_news_csv(path: Path) -> list[str]:
+    """Articles (title + " " + description) of an AG News CSV in the dataset authors' format.
+
+    The text is kept exactly as the Hub's ``text`` column has it (backslash escapes
+    included), so a local copy and the Hub give the same vocabulary."""
+    articles = []
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = csv.reader(f, quotechar='"', delimiter=",", quoting=csv.QUOTE_ALL, skipinitialspace=True)
+            for row in rows:
+                if len(row) != 3 or row[0] not in ("1", "2", "3", "4"):
+                    raise UserError(
+                        f"data.path={path}: line {rows.line_num} is not AG News CSV (class index 1-4, title, "
+                        f"description), got {str(row)[:60]}; for plain text use data=text"
+                    )
+                articles.append(row[1] + " " + row[2])
+    except UnicodeDecodeError as err:
+        raise UserError(f"data.path={path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t utf-8") from None
+    return articles
+
+
+def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23):
+    """The UTF-8 file as successive pieces of text of about ``chunk_bytes`` bytes each, never the
+    whole text at once; refuses binary (NUL bytes in the first MiB) and non-UTF-8 files."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(chunk_bytes)
+            if offset == 0 and b"\x00" in raw[: 1 << 20]:
+                raise UserError(f"data.path={path} looks binary (it has NUL bytes); pass a UTF-8 text file")
+            pending = len(decoder.getstate()[0])  # bytes of a character cut at the end of the last piece
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as err:
+                raise UserError(f"data.path={path} is not UTF-8 (byte {offset - pending + err.start}); convert it, "
+                                "e.g. iconv -t utf-8") from None
+            if not raw:
+                return
+            offset += len(raw)
+            yield text
+
+
+def load_hub_ag_news(name: str):
+    """AG News train and test articles from the Hugging Face Hub (cached by ``datasets``)."""
+    import datasets
+
+    for library in ("datasets", "huggingface_hub"):  # their console handlers print retries to stderr:
+        logging.getLogger(library).handlers.clear()   # send them through the root logger to the run's log
+    try:
+        ds = datasets.load_dataset(name)
+    except Exception as err:  # offline, unknown name, Hub down: all fixed the same way
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"could not load {name} from the Hugging Face Hub ({reason}); offline? use a local copy: "
+            "data.path=/path/to/ag_news (a folder with train.csv and test.csv, or one CSV file)"
+        ) from None
+    fingerprint = ds["train"]._fingerprint + ds["test"]._fingerprint
+    return list(ds["train"]["text"]), list(ds["test"]["text"]), fingerprint
+
+
+def count(size: int | float, total: int, key: str) -> int:
+    """An absolute count from ``size``: an int as is, a float in (0, 1) as a fraction of ``total``."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0 or (isinstance(size, float) and size >= 1):
+        raise UserError(f"{key}={size!r} must be a count >= 1 or a fraction in (0, 1)")
+    return int(size) if isinstance(size, int) else max(1, round(size * total))
+
+
+def split_off(items, size, key: str):
+    """Split a sequence into (head, tail) with ``size`` items (count or fraction) in the tail."""
+    n = count(size, len(items), key)
+    if n >= len(items):
+        raise UserError(f"{key}={size!r} leaves nothing of {len(items)} to train on; lower it")
+    return items[:-n], items[-n:]
+
+
+def split_sizes(n: int, val_size, test_size) -> tuple[int, int, int]:
+    """Sizes (train, val, test) of a sequence of ``n`` items whose tail is test and the part before it val."""
+    n_val, n_test = count(val_size, n, "data.val_size"), count(test_size, n, "data.test_size")
+    if n_val + n_test >= n:
+        raise UserError(f"data.val_size + data.test_size = {n_val + n_test} leaves nothing of {n} to train on; lower them")
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_tail(items, val_size, test_size):
+    """Split a sequence into (train, val, test): test is its tail, val the part before it."""
+    n_train, n_val, _ = split_sizes(len(items), val_size, test_size)
+    return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
+
+
+@dataclass
+class Corpus:
+    """A source ready to encode: the training vocabulary, the characters of each split, and
+    ``pieces()``, which yields the text of train, val and test in order, in any number of pieces."""
+
+    vocab: Vocabulary
+    sizes: dict[str, int]
+    pieces: Callable[[], Iterable[str]]
+
+
+def train_vocabulary(pieces: Iterable[str], n_train: int) -> Vocabulary:
+    """The vocabulary of the first ``n_train`` characters of the text in ``pieces``."""
+    codepoints, seen = set(), 0
+    for piece in pieces:
+        codepoints.update(distinct_codepoints(piece[: n_train - seen]).tolist())
+        seen += len(piece)
+        if seen >= n_train:
+            break
+    return Vocabulary.from_codepoints(codepoints)
+

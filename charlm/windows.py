@@ -1,0 +1,178 @@
+"""The order of the data: training windows cut by index arithmetic from one token array, in a
+shuffled, resumable, rank-sharded batch order; and the held-out streams scored in order with the
+recurrent state carried.
+
+    token array  t0 t1 t2 ... (one stream of text)
+    window i     t[i*stride : i*stride + nchars + 1]  -> input = first nchars, target = last nchars
+    batch        batch_size windows at positions drawn from an IndexPermutation of all windows
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from charlm.cache import map_tokens
+
+ORDER_VERSION = 2  # of the training window order (2: IndexPermutation), saved in checkpoints
+IGNORE = -100  # target id of padding, skipped by the loss
+
+
+class WindowDataset(Dataset):
+    """Every ``stride``-th window of ``nchars + 1`` tokens: input = first ``nchars``, target = last ``nchars``.
+
+    ``__getitems__`` cuts a whole batch with one fancy index into the memory-mapped array,
+    so no Python code runs per window or per character. The array is opened lazily, so
+    DataLoader workers share the page cache instead of each receiving a pickled copy."""
+
+    def __init__(self, path: Path, nchars: int, stride: int):
+        self.path, self.nchars, self.stride = Path(path), nchars, stride
+        self._tokens = None
+        self._offsets = np.arange(nchars + 1)
+        self._len = (len(self.tokens) - nchars - 1) // stride + 1
+
+    @property
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = map_tokens(self.path, random_access=True)
+        return self._tokens
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokens": None}
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitems__(self, indices):
+        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+    def __getitem__(self, index):
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+class IndexPermutation:
+    """A pseudo-random permutation of ``range(n)`` evaluated index by index: a 4-round Feistel
+    network on the smallest even number of bits that holds ``n``, with cycle-walking back into
+    range. Shuffling an epoch this way takes constant memory, where ``torch.randperm`` would
+    hold 8 bytes per window (240 MB for the windows of a 3 GB corpus)."""
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.half_bits = np.uint64(max(1, ((n - 1).bit_length() + 1) // 2))
+        self.mask = np.uint64((1 << int(self.half_bits)) - 1)
+        self.keys = np.random.default_rng(seed).integers(0, 2**63, size=self.ROUNDS, dtype=np.uint64)
+
+    def _mix(self, x: np.ndarray, key: np.uint64) -> np.ndarray:
+        x = (x ^ key) * np.uint64(0x9E3779B97F4A7C15)  # splitmix64's finalizer: every bit affects every bit
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        return (x ^ (x >> np.uint64(31))) & self.mask
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half_bits, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ self._mix(right, key)
+        return (left << self.half_bits) | right
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """The windows at ``positions`` (each in ``range(n)``) of the shuffled order."""
+        x = self._encrypt(np.asarray(positions, dtype=np.uint64))
+        outside = x >= self.n
+        while outside.any():  # the bijection of the wider range, walked until back in range(n)
+            x[outside] = self._encrypt(x[outside])
+            outside = x >= self.n
+        return x.astype(np.int64)
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    """Batches of ``batch_size`` window indices in a new random order each epoch.
+
+    The order (an ``IndexPermutation``) depends only on ``seed`` and the epoch (set by
+    Lightning through ``set_epoch``), not on the global random state, and ``skip`` batches of
+    the epoch can be passed over, so a run resumed mid-epoch continues with exactly the batches
+    it would have seen. Under data parallelism rank ``rank`` of ``world_size`` takes every
+    ``world_size``-th batch: the ranks' batches are disjoint and cover the epoch except the
+    last incomplete round. (torch's ``RandomSampler`` can do neither, and Lightning's
+    ``DistributedSampler`` replaces the sampler without resumable state.)"""
+
+    BATCH_ROUNDS_PER_CALL = 256  # rounds (one batch for every rank) drawn per call of the permutation
+
+    def __init__(self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_windows // (self.batch_size * self.world_size)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        permutation = IndexPermutation(self.num_windows, (self.seed * 100_003 + self.epoch) % 2**64)
+        per_round = self.batch_size * self.world_size
+        own_slots = self.rank * self.batch_size + np.arange(self.batch_size)  # this rank's places in a round
+        for first in range(skip, len(self), self.BATCH_ROUNDS_PER_CALL):
+            rounds = np.arange(first, min(first + self.BATCH_ROUNDS_PER_CALL, len(self)))
+            positions = (rounds[:, None] * per_round + own_slots).ravel()
+            yield from permutation(positions).reshape(-1, self.batch_size).tolist()
+
+
+def as_batch(batch):
+    """Collate function for ``__getitems__`` datasets: the batch is already built."""
+    return batch
+
+
+class EvalStream(Dataset):
+    """A held-out token stream laid out as ``rows`` parallel rows, served in order as chunks
+    of ``chunk`` characters. The model carries its recurrent state from one chunk to the
+    next (``CharLM.validation_step``), so each character is scored with all the text before
+    it in its row. Rows are cut at separators (article starts) when ``separator_id`` is
+    given, so no article is split; padding carries the target ``IGNORE``.
+
+    Under data parallelism rank ``rank`` of ``world_size`` takes every ``world_size``-th row
+    (padded with empty rows to the same count), and every rank serves the same number of
+    chunks, so the ranks score disjoint rows that together are the whole stream. Each chunk
+    is sliced from the (memory-mapped) ``tokens`` when asked for: nothing is copied ahead."""
+
+    def __init__(self, tokens: np.ndarray, rows: int, chunk: int, separator_id: int | None,
+                 rank: int = 0, world_size: int = 1):
+        n = len(tokens)
+        cuts = np.linspace(0, n, min(rows, max(1, n // 2)) + 1).astype(np.int64)
+        if separator_id is not None:
+            starts = np.flatnonzero(np.asarray(tokens) == separator_id)
+            if len(starts):
+                inner = starts[np.minimum(np.searchsorted(starts, cuts[1:-1]), len(starts) - 1)]
+                cuts = np.unique(np.concatenate([[0], inner, [n]]))
+        self.width = int(np.diff(cuts).max())  # the longest row sets the number of chunks on every rank
+        per_rank = -(-(len(cuts) - 1) // world_size)
+        self.starts = cuts[:-1][rank::world_size].tolist()
+        self.lengths = np.diff(cuts)[rank::world_size].tolist()
+        self.starts += [0] * (per_rank - len(self.starts))
+        self.lengths += [0] * (per_rank - len(self.lengths))
+        self.tokens, self.chunk = tokens, chunk
+
+    def __len__(self) -> int:
+        return (self.width - 1 + self.chunk - 1) // self.chunk
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        a, b = i * self.chunk, min((i + 1) * self.chunk, self.width - 1)
+        block = np.zeros((len(self.starts), b - a + 1), dtype=np.int64)  # positions a..b of every row
+        for r, (start, length) in enumerate(zip(self.starts, self.lengths)):
+            piece = self.tokens[start + a : start + min(b + 1, length)] if a < length else ()
+            block[r, : len(piece)] = piece
+        block = torch.from_numpy(block)
+        x, y = block[:, :-1], block[:, 1:].clone()
+        y[torch.arange(a + 1, b + 1)[None, :] >= torch.tensor(self.lengths)[:, None]] = IGNORE
+        return x, y
+
