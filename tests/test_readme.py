@@ -1,0 +1,234 @@
+"""The documentation as a newcomer uses it.
+
+- Every ``python sample.py ...`` command of a fenced bash block in README.md and docs/sampling.md runs
+  as written, through bash, against one tiny model, and prints the prompt bash and Hydra make of it:
+  ``'prompt="Today "'`` must print ``Today `` with its trailing space. The one substitution is the
+  placeholder ``<run>`` (a run folder's name), which bash would read as a redirection.
+- The quoting table of docs/sampling.md: each typed form goes through bash and Hydra's override parser.
+- Every relative link of README.md and docs/ points to an existing file (and heading)."""
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from conftest import ROOT, run_script
+
+README = ROOT / "README.md"
+SAMPLING = ROOT / "docs" / "sampling.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+RUN = "tiny"  # replaces the placeholder <run> in the commands
+# Has every character of the documented prompts: "Today ", the default "today ", and Hangul.
+TEXT = "".join(f"Today {i:03d}: today the recurrent network reads the news. 순환 신경망은 글자를 읽는다.\n"
+               for i in range(200))
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a tiny model gains nothing from more; two processes share 2 cores
+TINY = ["model.hidden_size=32", "model.embedding_dim=8", "data.nchars=32", "data.stride=32", "data.batch_size=16",
+        "data.val_size=400", "data.test_size=400", "trainer.max_steps=20", "trainer.val_check_interval=10",
+        "trainer.log_every_n_steps=4", "callbacks.samples.length=20"]
+
+
+def bash_commands(path: Path, program: str = "python sample.py") -> list[str]:
+    """The commands of ``path``'s ```bash blocks that start with ``program``, continuation lines joined."""
+    commands, in_bash, pending = [], False, ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_bash = line.strip() == "```bash"
+            continue
+        if not in_bash:
+            continue
+        pending += line
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        if pending.startswith(program + " "):
+            commands.append(pending)
+        pending = ""
+    return commands
+
+
+DOC_COMMANDS = [(path.relative_to(ROOT).as_posix(), cmd) for path in (README, SAMPLING) for cmd in bash_commands(path)]
+
+
+def substitute(cmd: str) -> str:
+    cmd = cmd.replace("<run>", RUN)
+    assert "<" not in cmd.split("#")[0] and ">" not in cmd.split("#")[0], f"a placeholder bash would redirect: {cmd}"
+    return cmd
+
+
+def bash_argv(cmd: str) -> list[str]:
+    """The arguments bash passes to ``python`` for ``cmd``: bash runs it with ``python`` a stub."""
+    stub = 'python() { printf "%s\\0" "$@"; }\n'
+    out = subprocess.run(["/bin/bash", "-c", stub + cmd], capture_output=True, check=True).stdout
+    return out.decode("utf-8").split("\0")[:-1]
+
+
+def hydra_values(args: list[str]) -> dict:
+    """What Hydra's override parser makes of the arguments: key -> value."""
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(args)}
+
+
+def expected_output(cmd: str) -> tuple[str, int]:
+    """The prompt the command asks for, as bash and Hydra pass it, and the number of samples."""
+    argv = bash_argv(substitute(cmd))
+    assert argv[0] == "sample.py", argv
+    values = {**OmegaConf.load(ROOT / "conf" / "sample.yaml"), **hydra_values(argv[1:])}
+    return values["prompt"], values["num_samples"]
+
+
+def meant_prompt(cmd: str) -> str | None:
+    """The prompt as a reader takes it: the text inside the quotes after ``prompt=`` (None: no prompt)."""
+    found = re.search(r"""prompt=(?:"([^"]*)"|'([^']*)'|([^\s'"]+))""", cmd)
+    return None if found is None else next(group for group in found.groups() if group is not None)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A folder laid out as the docs assume: sample.py, conf/ and outputs/runs/<run>/ of one tiny model,
+    and a ``python`` on PATH that is this interpreter."""
+    work = tmp_path_factory.mktemp("readme")
+    corpus = work / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    result = run_script(ROOT / "train.py", "data=text", f"data.path={corpus}", f"data.cache_dir={work / 'cache'}",
+                        f"hydra.run.dir={work / 'outputs' / 'runs' / RUN}", *TINY, cwd=work, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (work / "outputs" / "runs" / RUN / "checkpoints" / "best.ckpt").exists()
+    (work / "sample.py").symlink_to(ROOT / "sample.py")
+    (work / "conf").symlink_to(ROOT / "conf")
+    (work / "bin").mkdir()
+    (work / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (work / "bin" / "python").chmod(0o755)
+    return work
+
+
+@pytest.fixture(scope="module")
+def ran(workdir) -> dict[str, subprocess.CompletedProcess]:
+    """Every documented sampling command through bash, two at a time; a command documented twice (the
+    same arguments after bash) runs once."""
+    env = {**os.environ, "PATH": f"{workdir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **ONE_THREAD}
+
+    def run(cmd):
+        return subprocess.run(substitute(cmd), shell=True, executable="/bin/bash", cwd=workdir, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    unique = {tuple(bash_argv(substitute(cmd))): cmd for _, cmd in DOC_COMMANDS}
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(unique, pool.map(run, unique.values())))
+    return {cmd: results[tuple(bash_argv(substitute(cmd)))] for _, cmd in DOC_COMMANDS}
+
+
+def test_the_docs_have_sampling_commands():
+    readme = [cmd for page, cmd in DOC_COMMANDS if page == "README.md"]
+    assert len(readme) >= 2 and any("<run>" in cmd for cmd in readme)
+    assert any("'prompt=\"Today \"'" in cmd for cmd in readme)
+    assert any("'prompt=\"순환\"'" in cmd for page, cmd in DOC_COMMANDS if page == "docs/sampling.md")
+
+
+@pytest.mark.parametrize("page, cmd", DOC_COMMANDS, ids=[f"{p}:{c[:60]}" for p, c in DOC_COMMANDS])
+def test_sampling_command_runs_as_written(ran, page, cmd):
+    result = ran[cmd]
+    assert result.returncode == 0, f"{page}: {cmd}\n{result.stderr[-2000:]}"
+    prompt, num_samples = expected_output(cmd)
+    assert isinstance(prompt, str) and prompt
+    assert meant_prompt(cmd) in (None, prompt), f"{page}: the shell and Hydra turn the prompt into {prompt!r}"
+    if num_samples == 1:
+        texts = [result.stdout]
+    else:
+        texts = re.split(r"--- sample \d+\n", result.stdout)[1:]
+        assert len(texts) == num_samples, result.stdout
+    for text in texts:
+        assert text.startswith(prompt) and len(text.rstrip("\n")) > len(prompt), (prompt, text)
+
+
+def test_a_lost_trailing_space_is_caught():
+    cmd = 'python sample.py prompt="Today " length=5'  # what the README used to say
+    assert meant_prompt(cmd) == "Today " and expected_output(cmd)[0] == "Today"
+    assert meant_prompt("python sample.py 'prompt=\"Today \"' length=5") == "Today "
+
+
+SYNTAX_ERROR, SWEEP = "syntax error", "sweep"
+# docs/sampling.md's quoting table: typed in bash -> what Hydra receives -> the prompt
+QUOTING = [
+    ('prompt="Today "', "prompt=Today ", "Today"),
+    ("'prompt=\"Today \"'", 'prompt="Today "', "Today "),
+    ("\"prompt='Today '\"", "prompt='Today '", "Today "),
+    ("prompt=순환", "prompt=순환", SYNTAX_ERROR),
+    ("prompt=café", "prompt=café", SYNTAX_ERROR),
+    ("'prompt=\"순환\"'", 'prompt="순환"', "순환"),
+    ("prompt=today,Today", "prompt=today,Today", SWEEP),
+    ("'prompt=\"today, Today \"'", 'prompt="today, Today "', "today, Today "),
+    ("prompt=1", "prompt=1", 1),
+    ('"prompt=\\"It\'s \\""', 'prompt="It\'s "', "It's "),
+    ("'prompt=\"say \\\"hi\\\" \"'", 'prompt="say \\"hi\\" "', 'say "hi" '),
+    ("'prompt=\"a\\nb\"'", 'prompt="a\\nb"', "a\\nb"),
+    ("$'prompt=\"\\nToday \"'", 'prompt="\nToday "', "\nToday "),
+]
+
+
+@pytest.mark.parametrize("typed, received, prompt", QUOTING, ids=[q[0] for q in QUOTING])
+def test_quoting_table(typed, received, prompt):
+    assert f"| `{typed}` |" in SAMPLING.read_text(encoding="utf-8")  # the row is in the table
+    assert bash_argv(f"python sample.py {typed}") == ["sample.py", received]
+    parser = OverridesParser.create()
+    if prompt == SYNTAX_ERROR:
+        with pytest.raises(Exception, match="LexerNoViableAltException"):
+            parser.parse_overrides([received])
+        return
+    (override,) = parser.parse_overrides([received])
+    if prompt == SWEEP:
+        assert override.is_sweep_override()
+        return
+    assert override.value() == prompt and type(override.value()) is type(prompt)
+
+
+def test_interpolation_is_escaped_with_a_backslash():
+    (override,) = OverridesParser.create().parse_overrides(bash_argv("python sample.py 'prompt=\"\\${x}\"'")[1:])
+    assert OmegaConf.create({"prompt": override.value()}).prompt == "${x}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    found, seen, in_code = set(), {}, False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            base = slug(line.lstrip("#"))
+            found.add(base if base not in seen else f"{base}-{seen[base]}")
+            seen[base] = seen.get(base, 0) + 1
+    return found
+
+
+LINKED = [*PAGES, *sorted((ROOT / "docs" / "results").glob("*/*.md"))]
+
+
+@pytest.mark.parametrize("page", LINKED, ids=[p.relative_to(ROOT).as_posix() for p in LINKED])
+def test_relative_links_point_to_existing_files(page):
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links or page.parent.parent.name == "results"
+    for link in links:
+        if re.match(r"[a-z]+:", link):  # http:, https:, mailto:
+            continue
+        target, _, anchor = link.partition("#")
+        file = (page.parent / target).resolve() if target else page
+        assert file.exists(), f"{page.relative_to(ROOT)}: {link} -> no such file"
+        if anchor:
+            assert file.suffix == ".md" and anchor in anchors(file), f"{page.relative_to(ROOT)}: {link} -> no such heading"
+
+
+@pytest.mark.parametrize("page", PAGES[1:], ids=[p.name for p in PAGES[1:]])
+def test_each_page_starts_with_a_title_a_summary_and_a_back_link(page):
+    title, blank, *rest = page.read_text(encoding="utf-8").splitlines()
+    assert title.startswith("# ") and blank == "" and rest[0]
+    assert "](../README.md)" in "\n".join(rest[:4])
