@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -99,13 +100,45 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+# Lightning's console lines that tell a charlm user nothing: its advertisements, and accelerator
+# lines that charlm's own "run folder" line replaces (it names the device actually used).
+NOISE_LINES = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:")
+# Warnings about Lightning's internals, or that do not apply to charlm.
+NOISE_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own use of a torch API, once per rank
+    # charlm logs by global step (across epochs), so a corpus with fewer batches than
+    # log_every_n_steps still gets its points; Lightning's advice to lower it does not apply.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # charlm.data.CharDataModule saves and restores the position in the data itself (its
+    # state_dict), which Lightning's check for a resumable DataLoader does not see.
+    r".*your dataloader is not resumable",
+)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(NOISE_LINES)
+
+
+def quiet_known_noise() -> None:
+    """Drop ``NOISE_LINES`` and ``NOISE_WARNINGS``: what a person reads on the console and in
+    train.log is charlm's and Lightning's informative lines only. Safe to call more than once."""
+    for message in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _not_noise not in logger.filters:
+            logger.addFilter(_not_noise)
+
+
 def route_lightning_logs() -> None:
     """Send Lightning's console messages through the root logger, so Hydra writes them to
-    ``<run>/train.log`` too (Lightning installs its own handler when imported first)."""
+    ``<run>/train.log`` too (Lightning installs its own handler when imported first), without
+    ``NOISE_LINES``."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    quiet_known_noise()
 
 
 def separate_rank_logs() -> None:
