@@ -119,6 +119,7 @@ class BudgetProgressBar(TQDMProgressBar):
         if trainer.state.fn == "fit" and not trainer.sanity_checking and bar is not None and not bar.disable \
                 and self._should_update(n, self.total_val_batches_current_dataloader):
             total = convert_inf(self.total_val_batches_current_dataloader)
+            bar.n, bar.total = self.budget(trainer)
             bar.set_postfix_str(f"validating {n}/{total or '?'}")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
