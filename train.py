@@ -12,11 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from charlm.config import register_resolvers, route_lightning_logs, separate_rank_logs
+from charlm.config import quiet_known_noise, register_resolvers, route_lightning_logs, separate_rank_logs
 from charlm.errors import UserError, exit_on_user_error
 from charlm.training import train
 
 register_resolvers()
+quiet_known_noise()  # here too: ddp_spawn's workers import this file, not run main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from charlm.errors import UserError, exit_on_user_error
 
@@ -26,17 +27,58 @@ def auto_precision(accelerator: str) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def job_dirname(overrides, exclude_keys) -> str:
-    """A sweep job's folder name: its overrides in command-line order, without ``exclude_keys``,
-    each key without its config group (``model.cell=gru`` -> ``cell=gru``) unless two keys would
-    then read the same, e.g. ``cell=gru,layers=2,hidden_size=256``.
+def job_dirname(overrides, exclude_keys, digits=None) -> str:
+    """A sweep job's folder name: its overrides in command-line order, without ``exclude_keys``
+    (``SweptKeys`` puts there every key that is the same in all the sweep's jobs), each key without
+    its config group (``model.cell=gru`` -> ``cell=gru``) unless two keys would then read the same,
+    e.g. ``cell=gru,layers=2``. With ``digits``, decimals are rounded to that many significant
+    digits (``lr=0.0012``), for Optuna's suggestions, whose folders are numbered anyway.
 
     Hydra's own ``${hydra:job.override_dirname}`` keeps the full keys and sorts them."""
     kept = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if o.key_or_group not in exclude_keys]
     short = [o.key_or_group.split(".", 1)[-1] for o in kept]
-    parts = [o.input_line.replace(o.key_or_group, key if short.count(key) == 1 else o.key_or_group, 1)
-             for o, key in zip(kept, short)]
+    parts = []
+    for o, key in zip(kept, short):
+        value = o.value()
+        if digits is not None and isinstance(value, float):
+            text = f"{o.key_or_group}={value:.{int(digits)}g}"
+        else:
+            text = o.input_line
+        parts.append(text.replace(o.key_or_group, key if short.count(key) == 1 else o.key_or_group, 1))
     return ",".join(parts) or "defaults"
+
+
+EXCLUDE_KEYS_OVERRIDE = "hydra.job.config.override_dirname.exclude_keys="
+
+
+def swept_keys(task_overrides, sweeper_params) -> tuple[set[str], set[str]]:
+    """The keys a multirun sweeps (a ``,`` list or a sweep function such as ``choice(...)`` or
+    ``interval(...)``, on the command line or in ``hydra.sweeper.params``) and the keys it sets
+    to one value. A command-line value replaces the key's ``hydra.sweeper.params`` entry."""
+    parser = OverridesParser.create()
+    sweeps = {key: parser.parse_override(f"{key}={value}").is_sweep_override()
+              for key, value in (sweeper_params or {}).items()}
+    sweeps.update({o.key_or_group: o.is_sweep_override() for o in parser.parse_overrides(list(task_overrides))})
+    return {key for key, swept in sweeps.items() if swept}, {key for key, swept in sweeps.items() if not swept}
+
+
+class SweptKeys(Callback):
+    """Names a multirun's job folders (and so TensorBoard's run names) by what differs between
+    its jobs: the keys it sets to one value join ``hydra.job.config.override_dirname.exclude_keys``,
+    which ``job_dirname`` leaves out.
+
+    A job's config only holds that job's values, so which keys are swept is known only here, at
+    the start of the multirun. Hydra composes each job's config from the multirun's
+    ``hydra.overrides.hydra`` again (also for a SLURM launcher), so the list travels as one more
+    override there; the same command (e.g. with ``resume=true``) gives the same folder names."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _, constant = swept_keys(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
+        exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
+        exclude += sorted(constant - set(exclude))
+        with read_write(config.hydra):
+            overrides = [o for o in config.hydra.overrides.hydra if not o.startswith(EXCLUDE_KEYS_OVERRIDE)]
+            config.hydra.overrides.hydra = [*overrides, EXCLUDE_KEYS_OVERRIDE + "[" + ",".join(exclude) + "]"]
 
 
 def run_dir(resume) -> str:
@@ -99,13 +141,45 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+# Lightning's console lines that tell a charlm user nothing: its advertisements, and accelerator
+# lines that charlm's own "run folder" line replaces (it names the device actually used).
+NOISE_LINES = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:")
+# Warnings about Lightning's internals, or that do not apply to charlm.
+NOISE_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own use of a torch API, once per rank
+    # charlm logs by global step (across epochs), so a corpus with fewer batches than
+    # log_every_n_steps still gets its points; Lightning's advice to lower it does not apply.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # charlm.data.CharDataModule saves and restores the position in the data itself (its
+    # state_dict), which Lightning's check for a resumable DataLoader does not see.
+    r".*your dataloader is not resumable",
+)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(NOISE_LINES)
+
+
+def quiet_known_noise() -> None:
+    """Drop ``NOISE_LINES`` and ``NOISE_WARNINGS``: what a person reads on the console and in
+    train.log is charlm's and Lightning's informative lines only. Safe to call more than once."""
+    for message in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _not_noise not in logger.filters:
+            logger.addFilter(_not_noise)
+
+
 def route_lightning_logs() -> None:
     """Send Lightning's console messages through the root logger, so Hydra writes them to
-    ``<run>/train.log`` too (Lightning installs its own handler when imported first)."""
+    ``<run>/train.log`` too (Lightning installs its own handler when imported first), without
+    ``NOISE_LINES``."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    quiet_known_noise()
 
 
 def separate_rank_logs() -> None:

@@ -60,6 +60,13 @@ class CharLM(L.LightningModule):
             self.log("train/loss", loss, on_step=True, prog_bar=True)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # Lightning writes a step's metrics at its batch index (0 after the first step) and adds an
+        # `epoch` scalar; a logged "step" replaces both (Lightning's documented way), so scalars,
+        # text samples and checkpoints all count optimizer steps, as max_steps does.
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("step", float(self.trainer.global_step))
+
     def _eval_step(self, batch, batch_idx, metric: MeanMetric):
         # The held-out stream arrives as consecutive chunks of the same rows: carry the state.
         x, y = batch
@@ -76,8 +83,9 @@ class CharLM(L.LightningModule):
         # character counts of all ranks, so every rank holds the loss of the whole stream.
         loss = metric.compute()
         metric.reset()
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/bpc": loss / math.log(2), f"{stage}/ppl": loss.exp()},
-                      prog_bar=stage == "val", sync_dist=True)  # equal on all ranks already: the mean is exact
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/bpc": loss / math.log(2), f"{stage}/ppl": loss.exp(),
+                       "step": float(self.trainer.global_step)},  # see on_train_batch_end
+                      sync_dist=True)  # equal on all ranks already: the mean is exact
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, self.val_loss)

@@ -124,7 +124,8 @@ def resume_command(sweep_dir: Path) -> tuple[str, str] | None:
         return None
     hydra = OmegaConf.load(multirun).hydra
     overrides = [o for o in [*hydra.overrides.hydra, *hydra.overrides.task]
-                 if not o.startswith(("hydra.sweep.dir=", "hydra.mode=", "resume="))]
+                 if not o.startswith(("hydra.sweep.dir=", "hydra.mode=", "resume=",
+                                      "hydra.job.config.override_dirname.exclude_keys="))]  # SweptKeys adds it again
     return hydra.runtime.cwd, " ".join(["python train.py -m", shlex.quote(f"hydra.sweep.dir={sweep_dir.resolve()}"),
                                         *map(shlex.quote, overrides), "resume=true"])
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -21,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from charlm.callbacks import GracefulStop
+from charlm.callbacks import BudgetValidation, GracefulStop
+from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
@@ -29,12 +32,10 @@ from charlm.module import CharLM, read_checkpoint
 
 log = logging.getLogger("charlm")
 
-# TensorBoard's HPARAMS tab: these config entries (groups flattened to group.key) against these final metrics
+# TensorBoard's HPARAMS tab: these config entries (groups flattened to group.key) and the parameter count,
+# against the last value of each scalar (val/bpc, test/bpc, train/chars_per_sec, ...)
 HPARAMS = ("model", "optimizer", "data.corpus", "data.nchars", "data.stride", "data.batch_size", "trainer.max_steps",
            "trainer.max_epochs", "trainer.max_time", "seed")
-HPARAM_METRICS = {"hparams/best_val_bpc": "best/val_bpc", "hparams/val_bpc": "val/bpc", "hparams/test_bpc": "test/bpc",
-                  "hparams/parameters": "parameters", "hparams/chars_per_sec": "train/chars_per_sec",
-                  "hparams/fit_seconds": "fit_seconds"}
 
 
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
@@ -47,6 +48,8 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a number > 0")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    if cfg.trainer.get("val_check_interval") is not None or cfg.trainer.get("check_val_every_n_epoch") is not None:
+        callbacks = [c for c in callbacks if not isinstance(c, BudgetValidation)]  # the user's schedule wins
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
@@ -54,9 +57,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     datamodule.setup("fit")  # the vocabulary sizes the model
     model = CharLM(vocab=datamodule.vocab.chars, model=model_args,
                    optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
-    # charlm.data.CharDataModule saves and restores the position in the data itself (its
-    # state_dict), which Lightning's check for a resumable DataLoader does not see.
-    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    quiet_known_noise()  # also for jobs built in-process (tests, benchmarks)
     return datamodule, model, trainer
 
 
@@ -113,12 +114,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     parameters = sum(p.numel() for p in model.parameters())
-    log.info("run folder: %s | %s, %d parameters, vocabulary %d", run_dir, dict(cfg.model), parameters,
-             len(datamodule.vocab))
+    device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+    log.info("run folder: %s | %s, %d parameters, vocabulary %d | %d %s device(s), precision %s", run_dir,
+             dict(cfg.model), parameters, len(datamodule.vocab), trainer.num_devices * trainer.num_nodes, device,
+             trainer.precision)
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"}
     metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, **fit_outcome(trainer))
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
     if stop is not None:
@@ -128,13 +131,48 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if cfg.test and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"})
         log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
                  metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])
     if trainer.is_global_zero:
         log_hparams(trainer, cfg, metrics)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        log.info("%s", end_summary(run_dir, metrics, best, cfg.callbacks.get("samples", {}).get("prompt")))
     return metrics
+
+
+def end_summary(run_dir: Path, metrics: dict[str, float], best: str, prompt: str | None) -> str:
+    """What a person needs when a run ends: where it is, how good it got, and the commands that
+    sample from its best checkpoint and show its curves (quoted for a POSIX shell and for Hydra)."""
+    scores = [f"best val bpc {metrics['best/val_bpc']:.4f}" if "best/val_bpc" in metrics else "no validation",
+              *([f"test bpc {metrics['test/bpc']:.4f}"] if "test/bpc" in metrics else [])]
+    ckpt = best or str(run_dir / "checkpoints" / "last.ckpt")
+    sample = ["python", "sample.py", override_arg("ckpt", ckpt)]
+    if prompt is not None:
+        sample.append(override_arg("prompt", prompt, quote=True))
+    return "\n".join([f"finished: {run_dir} | " + ", ".join(scores),
+                      f"  sample:      {' '.join(sample)}",
+                      f"  tensorboard: tensorboard --logdir {shlex.quote(str(run_dir))}"])
+
+
+def override_arg(key: str, value: str, quote: bool = False) -> str:
+    """``key=value`` as one shell word that Hydra reads back as the string ``value``. The value is
+    put in Hydra's double quotes (with ``\\``, ``"`` and ``${`` escaped) when ``quote`` is set or
+    Hydra would read it otherwise (as a number, a list, a sweep, an interpolation, ...)."""
+    def parsed(text: str):  # what the job would see: parsed by Hydra, then resolved by OmegaConf
+        try:
+            value = OverridesParser.create().parse_override(f"{key}={text}").value()
+            return OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"]
+        except Exception:
+            return None
+
+    if quote or parsed(value) != value:
+        # Hydra's quoted strings: a backslash escapes only a quote, an interpolation or the
+        # backslashes right before those; double the backslashes before a quote and at the end.
+        escaped = re.sub(r'(\\*)(["]|\$\{|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
+        value = f'"{escaped}"'
+    return shlex.quote(f"{key}={value}")
 
 
 def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
@@ -159,8 +197,10 @@ def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """Write the run's ``HPARAMS`` settings with its final metrics (``HPARAM_METRICS``, the same
-    names in every run) to its TensorBoard logger, for TensorBoard's HPARAMS tab."""
+    """Write the run's ``HPARAMS`` settings and parameter count to its TensorBoard logger, for
+    TensorBoard's HPARAMS tab. Its metric columns are the runs' scalars (their last values: the
+    final val/bpc, test/bpc of the best checkpoint, ...), so no one-point ``hparams/*`` scalar
+    cards are needed (they would come first in the SCALARS tab, before the learning curves)."""
     params = {}
     for key in HPARAMS:
         value = OmegaConf.select(cfg, key)
@@ -168,16 +208,15 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) 
             params.update({f"{key}.{k}": v for k, v in OmegaConf.to_container(value, resolve=True).items()})
         else:
             params[key] = value
+    params["parameters"] = metrics["parameters"]
     params = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
-    final = {name: metrics[key] for name, key in HPARAM_METRICS.items() if key in metrics}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             # Not logger.log_hyperparams(params, metrics): it also writes an experiment summary in every
-            # run, and TensorBoard then takes the hparam list of whichever run it reads first, with no
-            # hparam marked as differing (its HPARAMS tab shows 5 hparams, differing ones first). With
-            # session summaries only, TensorBoard builds that list from all the runs.
-            logger.log_metrics(final, step=trainer.global_step)
-            _, session_start, session_end = hparams_summaries(params, final)
+            # run, and TensorBoard then takes the hparam and metric lists of whichever run it reads first,
+            # with no hparam marked as differing (its HPARAMS tab shows 5 hparams, differing ones first).
+            # With session summaries only, TensorBoard builds both lists from all the runs.
+            _, session_start, session_end = hparams_summaries(params, {})
             writer = logger.experiment._get_file_writer()
             writer.add_summary(session_start)
             writer.add_summary(session_end)

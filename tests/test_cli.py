@@ -1,5 +1,7 @@
 """The real entry points, run as a user runs them, with tiny settings."""
 
+import shlex
+
 import torch
 
 from conftest import run_script
@@ -17,6 +19,18 @@ def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
     log = (run / "train.log").read_text()
     assert "test (" in log and "bpc" in log
     assert "`Trainer.fit` stopped: `max_steps=24` reached" in log  # Lightning's own messages reach the log
+    console = result.stdout + result.stderr
+    for noise in ("💡 Tip", "GPU available", "TPU available", "LeafSpec", "Total FLOPs", "smaller than the logging"):
+        assert noise not in console and noise not in log
+    # the run ends with what to do next, on the console and in train.log
+    summary = log[log.index("finished: "):].splitlines()
+    assert summary[0].startswith(f"finished: {run} | best val bpc ") and ", test bpc " in summary[0]
+    assert "\n".join(summary) in result.stdout
+    assert summary[2].split(":", 1)[1].strip() == f"tensorboard --logdir {run}"
+    command = shlex.split(summary[1].split(":", 1)[1])
+    assert command[:2] == ["python", "sample.py"] and command[-1] == 'prompt="today "'
+    suggested = run_script(*command[1:], "length=5", "seed=1")
+    assert suggested.returncode == 0 and suggested.stdout.startswith("today "), suggested.stderr
     assert (run / "config.yaml").exists() and list(run.glob("events.out.tfevents.*"))
     best = run / "checkpoints" / "best.ckpt"
     checkpoint = torch.load(best, weights_only=True)

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import shlex
 import shutil
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from charlm.config import job_dirname
+from charlm.config import job_dirname, swept_keys
 from conftest import ROOT, run_script
 
 # Smaller than test_cli.TINY: a sweep trains several models.
@@ -53,12 +54,26 @@ def test_job_dirname_drops_config_groups_unless_ambiguous():
     assert job_dirname([], []) == "defaults"
 
 
-def test_each_job_gets_a_folder_named_after_its_config(sweep):
+def test_job_dirname_rounds_decimals_when_asked():
+    overrides = ["model.hidden_size=256", "optimizer.lr=0.0012345678", "model.dropout=0.2134", "model.cell=gru"]
+    assert job_dirname(overrides, [], 2) == "hidden_size=256,lr=0.0012,dropout=0.21,cell=gru"
+    assert job_dirname(overrides, []) == "hidden_size=256,lr=0.0012345678,dropout=0.2134,cell=gru"
+
+
+def test_swept_keys_come_from_the_command_line_and_the_sweeper_params():
+    task = ["model.cell=lstm,gru", "model.hidden_size=choice(8,16)", "data.path=x.txt", "trainer.max_steps=150",
+            "model.layers=2", "resume=true", "optimizer.lr=0.1,0.2", "optimizer.lr=0.3"]  # the last value wins
+    params = {"model.layers": "1,2,3", "optimizer.lr": "tag(log, interval(0.0003, 0.01))", "model.dropout": "0.1"}
+    swept, constant = swept_keys(task, params)
+    assert swept == {"model.cell", "model.hidden_size"}  # the command line's layers=2 replaces the params' sweep
+    assert constant == {"data.path", "trainer.max_steps", "model.layers", "resume", "model.dropout", "optimizer.lr"}
+
+
+def test_each_job_gets_a_folder_named_after_what_differs(sweep):
     sweep_dir, _ = sweep
     names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert [n.split(",hidden_size=16,")[0] for n in names] == [
-        "cell=gru,layers=1", "cell=gru,layers=2", "cell=lstm,layers=1", "cell=lstm,layers=2"]
-    assert all("model." not in n and "data." not in n and "cache" not in n and "path=" not in n for n in names)
+    # the constants (TINY: hidden_size, nchars, max_steps, data.path, ...) are left out
+    assert names == ["cell=gru,layers=1", "cell=gru,layers=2", "cell=lstm,layers=1", "cell=lstm,layers=2"]
 
 
 def test_summary_rows_are_the_jobs_real_metrics(sweep):
@@ -112,10 +127,20 @@ def test_tensorboard_reads_scalars_samples_and_hparams_of_every_run(sweep):
         assert hparams["model.layers"].number_value == int(layers.removeprefix("layers="))
         config = OmegaConf.load(run / "config.yaml")
         assert hparams["optimizer.lr"].number_value == config.optimizer.lr and hparams["data.nchars"].number_value == 32
-        final = {tag: events.Scalars(tag)[-1].value for tag in scalars if tag.startswith("hparams/")}
-        assert math.isclose(final["hparams/best_val_bpc"], metrics["best/val_bpc"], rel_tol=1e-6)
-        assert math.isclose(final["hparams/test_bpc"], metrics["test/bpc"], rel_tol=1e-6)
-        assert final["hparams/parameters"] == metrics["parameters"]
+        assert hparams["parameters"].number_value == metrics["parameters"]
+        # HPARAMS' metric columns are the last values of the scalars; no one-point cards besides them
+        assert not [tag for tag in scalars if tag == "epoch" or tag.startswith("hparams/")]
+        assert math.isclose(events.Scalars("test/bpc")[-1].value, metrics["test/bpc"], rel_tol=1e-6)
+
+        # one step count everywhere: optimizer steps, as in max_steps and the checkpoints
+        # (TINY validates every 4 of its 8 steps)
+        assert [p.step for p in events.Scalars("val/bpc")] == [4, 8]
+        assert [e.step for e in events.Tensors("samples/T=0/text_summary")] == [4, 8]
+        assert [p.step for p in events.Scalars("test/bpc")] == [8]
+        assert all(p.step % 2 == 0 for p in events.Scalars("train/loss"))  # every log_every_n_steps=2 steps
+        best_step = int(read_csv(sweep_dir / "summary.csv")[run.name]["best_step"])
+        assert best_step in (4, 8) and any(math.isclose(p.value, metrics["best/val_bpc"], rel_tol=1e-6)
+                                           for p in events.Scalars("val/bpc") if p.step == best_step)
 
 
 def test_summary_command_rebuilds_the_same_table(sweep):
@@ -152,7 +177,7 @@ def test_a_failed_job_is_listed_with_its_error_and_the_others_finish(ag_news_tes
     assert "model.layers=0 must be a whole number >= 1" in result.stderr
     rows = read_csv(sweep_dir / "summary.csv")
     failed, finished = (rows[n] for n in sorted(rows))
-    assert failed["run"].startswith("layers=0,") and failed["status"] == "failed"
+    assert (failed["run"], finished["run"]) == ("layers=0", "layers=1") and failed["status"] == "failed"
     assert failed["error"] == "UserError: model.layers=0 must be a whole number >= 1"
     assert (sweep_dir / failed["run"] / "error.txt").read_text().strip() == failed["error"]
     assert finished["status"] == "ok"
@@ -191,10 +216,14 @@ def test_presets_compose():
 def test_optuna_search_runs_trials_with_its_storage_in_the_sweep_folder(ag_news_test_csv, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "optuna"
-    result = multirun(sweep_dir, ag_news_test_csv, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                      "model.hidden_size=choice(8,16)")
+    result = multirun(sweep_dir, ag_news_test_csv, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (sweep_dir / "optuna.db").exists() and (sweep_dir / "optimization_results.yaml").exists()
     rows = read_csv(sweep_dir / "summary.csv")
-    assert sorted(name[:2] for name in rows) == ["0-", "1-"] and all(r["status"] == "ok" for r in rows.values())
-    assert all(",lr=" in name and ",dropout=" in name for name in rows)
+    assert all(r["status"] == "ok" for r in rows.values())
+    # numbered (trials may repeat), then the suggested values only, decimals to 2 significant digits
+    pattern = r"[01]-layers=[123],lr=([0-9.e-]+),dropout=([0-9.e-]+)"  # TINY's model.hidden_size=16 replaces its search
+    assert sorted(name[:2] for name in rows) == ["0-", "1-"] and all(re.fullmatch(pattern, name) for name in rows), rows
+    for name, row in rows.items():
+        for text, value in zip(re.fullmatch(pattern, name).groups(), (row["lr"], row["dropout"])):
+            assert text == f"{float(value):.2g}"

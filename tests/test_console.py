@@ -1,0 +1,135 @@
+"""What a person sees: the progress line against the run's budget, the validation schedule, the end summary."""
+
+import re
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from charlm.callbacks import BudgetProgressBar
+from charlm.config import compose_config
+from charlm.training import build, end_summary, override_arg
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def tiny(tiny_text, tmp_path, *overrides):
+    """A built job on the tiny corpus (about 30 training batches per epoch), no text samples."""
+    cfg = compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
+                          "data.nchars=32", "data.stride=32", "data.batch_size=16", "data.val_size=0.05",
+                          "data.test_size=0.05", "model.hidden_size=8", "model.embedding_dim=4",
+                          "callbacks.progress_bar.refresh_rate=1", "~callbacks.samples", *overrides], tmp_path)
+    L.seed_everything(0)
+    return build(cfg)
+
+
+class Record(L.Callback):
+    """The progress bar's (position, total) after every step, and the steps validated at."""
+
+    def __init__(self):
+        self.bar, self.validated = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = trainer.progress_bar_callback.train_progress_bar
+        self.bar.append((trainer.global_step, bar.n, bar.total))
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validated.append(trainer.global_step)
+
+
+def fit(datamodule, model, trainer, ckpt_path=None):
+    record = Record()
+    trainer.callbacks.append(record)  # after the bar: it sees the bar as drawn for that step
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    return record
+
+
+def test_bar_counts_the_step_budget_and_validates_ten_times(tiny_text, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")  # tqdm's width where stdout is not a terminal
+    record = fit(*tiny(tiny_text, tmp_path, "trainer.max_steps=20"))
+    assert record.bar == [(step, step, 20) for step in range(1, 21)]
+    assert record.validated == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    lines = [ANSI.sub("", line) for line in re.split(r"[\r\n]", capsys.readouterr().out) if line.strip()]
+    assert any(line.startswith("step 20/20 100%|") and "val " in line and " bpc" in line for line in lines)
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+
+
+def test_bar_counts_the_epoch_budget(tiny_text, tmp_path):
+    datamodule, model, trainer = tiny(tiny_text, tmp_path, "trainer.max_epochs=2")
+    record = fit(datamodule, model, trainer)
+    total = 2 * trainer.num_training_batches
+    assert trainer.global_step == total > 20
+    assert record.bar == [(step, step, total) for step in range(1, total + 1)]
+    assert record.validated == [-(-k * total // 10) for k in range(1, 11)]  # ceil(k * total / 10)
+
+
+def test_bar_counts_the_time_budget(tiny_text, tmp_path):
+    datamodule, model, trainer = tiny(tiny_text, tmp_path, "trainer.max_time=00:00:00:02", "trainer.max_epochs=-1")
+    record = fit(datamodule, model, trainer)
+    steps = trainer.global_step
+    assert steps > 20 and record.bar[-1][1:] == (steps, steps)  # ends full: 100%
+    # the total is the steps that fit in the time at the pace so far, so it is never below the position
+    assert all(step == n <= total for step, n, total in record.bar)
+    assert 9 <= len(record.validated) <= 11 and record.validated[-1] == steps
+
+
+def test_explicit_val_check_interval_wins(tiny_text, tmp_path):
+    record = fit(*tiny(tiny_text, tmp_path, "trainer.max_steps=20", "trainer.val_check_interval=7"))
+    assert record.validated == [7, 14, 20]  # 20: ValidateLastStep
+
+
+def test_resumed_run_validates_at_the_same_steps(tiny_text, tmp_path):
+    straight = fit(*tiny(tiny_text, tmp_path / "straight", "trainer.max_steps=30"))
+
+    class StopAt(L.Callback):  # as Ctrl-C does: stop after a step, validate, save last.ckpt
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 10:
+                trainer.should_stop = True
+
+    datamodule, model, trainer = tiny(tiny_text, tmp_path / "cut", "trainer.max_steps=30")
+    trainer.callbacks.insert(0, StopAt())
+    first = fit(datamodule, model, trainer)
+    assert first.validated == [3, 6, 9, 10]
+    resumed = fit(*tiny(tiny_text, tmp_path / "cut", "trainer.max_steps=30"),
+                  ckpt_path=tmp_path / "cut" / "checkpoints" / "last.ckpt")
+    assert straight.validated == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    assert resumed.validated == [step for step in straight.validated if step > 10]
+    assert resumed.bar[0][1:] == (11, 30)
+
+
+def test_progress_line_fits_80_columns_with_everything_in_it():
+    trainer = SimpleNamespace(callback_metrics={"train/loss": 12.3456, "val/bpc": 10.98765,
+                                                "train/chars_per_sec": 1234567.0})
+    postfix = BudgetProgressBar().postfix(trainer)
+    assert postfix == ", loss 12.346, val 10.988 bpc, 1.23M chars/s"
+    line = BudgetProgressBar.BAR_FORMAT  # the longest: a six-digit budget, hours left
+    line = BudgetProgressBar().init_train_tqdm().format_meter(
+        n=99999, total=100000, elapsed=3600 * 99, ncols=80, prefix="step", bar_format=line, postfix=postfix[2:])
+    assert len(line) <= 80 and line.endswith(postfix) and "|" in line
+
+
+@pytest.mark.parametrize("prompt", ["today ", 'say "hi"', "a,b", "${x}", "back\\", "1.5", "it's"])
+def test_end_summary_commands_give_sample_py_the_prompt(prompt, tmp_path):
+    summary = end_summary(tmp_path / "my run", {"best/val_bpc": 2.5, "test/bpc": 2.6},
+                          str(tmp_path / "my run" / "checkpoints" / "best.ckpt"), prompt)
+    lines = summary.splitlines()
+    assert lines[0] == f"finished: {tmp_path / 'my run'} | best val bpc 2.5000, test bpc 2.6000"
+    sample = shlex.split(lines[1].split(":", 1)[1])
+    assert sample[:2] == ["python", "sample.py"]
+    parsed = dict((o.key_or_group, o.value()) for o in OverridesParser.create().parse_overrides(sample[2:]))
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.to_container(OmegaConf.create(parsed), resolve=True) == {
+        "ckpt": str(tmp_path / "my run" / "checkpoints" / "best.ckpt"), "prompt": prompt}
+    assert shlex.split(lines[2].split(":", 1)[1]) == ["tensorboard", "--logdir", str(tmp_path / "my run")]
+    if prompt == "today ":
+        assert "'prompt=\"today \"'" in lines[1]
+
+
+def test_override_arg_leaves_plain_values_bare():
+    assert override_arg("ckpt", "outputs/runs/x/checkpoints/best.ckpt") == "ckpt=outputs/runs/x/checkpoints/best.ckpt"
+    assert override_arg("prompt", "today ", quote=True) == "'prompt=\"today \"'"
