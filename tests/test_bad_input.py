@@ -70,7 +70,9 @@ ROWS = [
      "could not load fancyzhx/ag_news from the Hugging Face Hub (Couldn't reach 'fancyzhx/ag_news' on the Hub "
      "(OfflineModeIsEnabled)); offline? use a local copy: data.path=/path/to/ag_news (a folder with train.csv "
      "and test.csv, or one CSV file)"),
-    ("sample.py", "temperature=-1", BOTH, "temperature=-1 must be >= 0 (0 = greedy)"),
+    ("sample.py", "temperature=-1", BOTH, "temperature=-1 must be a number >= 0 (0 = greedy)"),
+    ("sample.py", "temperature=nan", HERE, "temperature=nan must be a number >= 0 (0 = greedy)"),
+    ("sample.py", "temperature=inf", CLI, "temperature=inf must be a number >= 0 (0 = greedy)"),
     ("sample.py", "top_k=0", HERE, "top_k=0 must be a whole number >= 1, or null for no limit"),
     ("sample.py", "top_p=0", HERE, "top_p=0 must be in (0, 1], or null for no limit"),
     ("sample.py", "top_p=1.5", HERE, "top_p=1.5 must be in (0, 1], or null for no limit"),
