@@ -12,6 +12,11 @@ from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
 
 
+def short_repr(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut after ``limit`` characters, so that an error line stays short."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} characters)"
+
+
 def check_sampling_args(length: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int,
                         seed: int | None = None):
     """Refuse sampling settings that mean nothing, naming the bad value."""
@@ -71,7 +76,7 @@ def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temper
     try:
         ids = torch.from_numpy(vocab.encode(prompt, strict=True).astype("int64"))
     except UserError as err:
-        raise UserError(f"prompt={prompt!r} has {err}") from None
+        raise UserError(f"prompt={short_repr(prompt)} has {err}") from None
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator)
 

@@ -79,7 +79,7 @@ ROWS = [
     ("sample.py", "length=-1", HERE, "length=-1 must be a whole number >= 0"),
     ("sample.py", "seed=abc", HERE, "seed='abc' must be a whole number, or null for a different text each time"),
     ("sample.py", "ckpt={d}/model.ckpt prompt=Today", HERE,
-     "prompt='Today' has characters not in the model's vocabulary: 'T'; use only these: "
+     "prompt='Today' has 1 character not in the model's vocabulary: 'T'; use only these: "
      "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
     ("sample.py", "ckpt={d}/missing.ckpt", HERE,
      "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),

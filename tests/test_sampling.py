@@ -52,7 +52,7 @@ def test_samples_advance_together_and_match_single_runs(model):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(prompt="hello WORLD"), "'DLORW'"),
+    (dict(prompt="hello WORLD"), "5 characters not in the model's vocabulary: 'WORLD'"),
     (dict(prompt=""), "prompt is empty"),
     (dict(temperature=-1), "temperature=-1"),
     (dict(length=-5), "length=-5"),
