@@ -12,6 +12,23 @@ from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
 
 
+DEFAULT_PROMPT = "today "  # how AG News articles often start
+
+
+def default_prompt(vocab: Vocabulary) -> tuple[str, str | None]:
+    """The prompt when none is given (``prompt: null``), and a note when it is not ``DEFAULT_PROMPT``.
+
+    ``DEFAULT_PROMPT`` when the model knows all its characters; else the start of a line (a
+    newline), else a space, else the first character the model knows: one character the model
+    saw often, so the text is the model's own from the start. A prompt the user gives is never
+    replaced: one with characters the model does not know is refused."""
+    if vocab.encode(DEFAULT_PROMPT).all():
+        return DEFAULT_PROMPT, None
+    prompt = next((c for c in ("\n", " ") if c in vocab.chars), vocab.chars[1])
+    return prompt, (f"the default prompt {DEFAULT_PROMPT!r} has characters the model does not know; "
+                    f"starting from {prompt!r} instead (choose one with prompt=...)")
+
+
 def short_repr(text: str, limit: int = 40) -> str:
     """``repr(text)``, cut after ``limit`` characters, so that an error line stays short."""
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} characters)"
@@ -71,6 +88,8 @@ def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temper
     then each step feeds the previous characters of all samples in one batched forward
     pass, carrying the recurrent state. Same ``seed``, same text."""
     check_sampling_args(length, temperature, top_k, top_p, num_samples, seed)
+    if not isinstance(prompt, str):
+        raise UserError(f"prompt={prompt!r} is not text; quote it: 'prompt=\"{prompt}\"'")
     if not prompt:
         raise UserError("prompt is empty; give at least one character, e.g. prompt='today '")
     try:

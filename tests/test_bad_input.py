@@ -20,7 +20,7 @@ from charlm.config import CONF_DIR, compose_config, writable_dir
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
-from charlm.sampling import check_sampling_args, generate
+from charlm.sampling import check_sampling_args, default_prompt, generate
 from charlm.training import train
 from charlm.vocabulary import Vocabulary
 from conftest import ROOT, run_script
@@ -81,6 +81,18 @@ ROWS = [
     ("sample.py", "ckpt={d}/model.ckpt prompt=Today", HERE,
      "prompt='Today' has 1 character not in the model's vocabulary: 'T'; use only these: "
      "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
+    ("sample.py", "ckpt={d}/model.ckpt prompt=순환", CLI,
+     "prompt='순환' has 2 characters not in the model's vocabulary: '순환'; use only these: "
+     "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
+    ("sample.py", "ckpt={d}/model.ckpt prompt=", HERE,
+     "prompt is empty; give at least one character, e.g. prompt='today '"),
+    ("sample.py", "ckpt={d}/model.ckpt temperature=1e-300 top_k=true", HERE,
+     "top_k=True must be a whole number >= 1, or null for no limit"),
+    ("sample.py", "ckpt={d}/model.ckpt device=meta", CLI,
+     "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),
+    ("sample.py", "ckpt={d}/model.ckpt num_samples=1000000000000", HERE,
+     "num_samples=1000000000000 with a 6-character prompt does not fit in the memory of cpu; lower num_samples or "
+     "shorten the prompt"),
     ("sample.py", "ckpt={d}/missing.ckpt", HERE,
      "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
     ("sample.py", "ckpt={d}/truncated.ckpt", HERE,
@@ -150,7 +162,8 @@ def run_here(script: str, args: list[str], d) -> None:
         cfg = compose("sample", overrides=args)
     check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples, cfg.seed)
     module = load_checkpoint(cfg.ckpt)
-    next(generate(module.net, module.vocab, cfg.prompt, cfg.length, temperature=cfg.temperature, top_k=cfg.top_k,
+    prompt = cfg.prompt if cfg.prompt is not None else default_prompt(module.vocab)[0]
+    next(generate(module.net, module.vocab, prompt, cfg.length, temperature=cfg.temperature, top_k=cfg.top_k,
                   top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed))
 
 

@@ -1,10 +1,15 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
+from charlm.callbacks import TextSamples
 from charlm.errors import UserError
 from charlm.model import CharRNN
-from charlm.sampling import generate, generate_text
+from charlm.module import CharLM
+from charlm.sampling import default_prompt, generate, generate_text
 from charlm.vocabulary import Vocabulary
+from conftest import ROOT, run_script
 
 VOCAB = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .")
 
@@ -104,3 +109,53 @@ def test_broken_weights_are_named_not_a_multinomial_error(model):
 def test_more_samples_than_memory_holds_are_refused(model):
     with pytest.raises(UserError, match=r"num_samples=1000000000000 with a 2-character prompt does not fit"):
         generate_text(model, VOCAB, "ab", 2, num_samples=10**12)
+
+
+def test_the_default_prompt_fits_the_vocabulary():
+    assert default_prompt(VOCAB) == ("today ", None)
+    for text, start in [("순환 신경망\n", "\n"), ("순환 신경망", " "), ("aaaa", "a")]:
+        prompt, note = default_prompt(Vocabulary.from_text(text))
+        assert prompt == start and f"starting from {start!r} instead" in note
+
+
+def test_text_samples_adapt_the_default_prompt_and_refuse_a_bad_one_before_training():
+    """A corpus of only 'a' has none of the characters of "today ": the samples start from 'a'."""
+    torch.manual_seed(0)
+    module = CharLM(vocab=Vocabulary.from_text("a").chars, model=dict(hidden_size=8, embedding_dim=4))
+    samples = TextSamples()
+    samples.on_fit_start(None, module)
+    assert samples._prompt == "a"
+    for bad, message in [(dict(prompt="today "), r"^callbacks.samples.prompt='today ' has 5 characters not in"),
+                         (dict(temperatures=[0.5, float("nan")]), r"^callbacks.samples.temperatures: nan must be"),
+                         (dict(prompt="a", length=-2), r"^callbacks.samples.length=-2 must be")]:
+        with pytest.raises(UserError, match=message):
+            TextSamples(**bad).on_fit_start(None, module)
+    assert TextSamples(temperatures=0.5).temperatures == [0.5]
+
+
+def test_sample_py_as_typed(tmp_path):
+    """The real sample.py: a prompt typed with a trailing space or in Hangul is taken as typed, a
+    temperature of 1e-300 is greedy, the default prompt adapts to a model without its letters,
+    and stderr says which checkpoint was taken and why greedy samples are all the same."""
+    text = "순환 신경망은 글자를 하나씩 읽는다. ab ab\n" * 20
+    torch.manual_seed(0)
+    module = CharLM(vocab=Vocabulary.from_text(text).chars, model=dict(hidden_size=16, embedding_dim=4))
+    run = tmp_path / "outputs" / "runs" / "r" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, run / "best.ckpt")
+    ckpt = f"ckpt={run / 'best.ckpt'}"
+    commands = [(ckpt, "prompt=순환", "length=12", "temperature=1e-300"),
+                (ckpt, "length=3", "temperature=0", "num_samples=2"),
+                ("prompt=ab ", "length=3", "temperature=0")]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        hangul, default, newest = pool.map(lambda args: run_script(ROOT / "sample.py", *args, cwd=tmp_path), commands)
+    assert hangul.returncode == 0 and hangul.stderr == "", hangul.stderr
+    assert hangul.stdout == generate_text(module.net, module.vocab, "순환", 12, temperature=0)[0] + "\n"
+    assert default.returncode == 0 and default.stdout.startswith("--- sample 1\n\n"), default.stderr
+    assert default.stderr.splitlines() == [
+        "note: the default prompt 'today ' has characters the model does not know; starting from '\\n' instead "
+        "(choose one with prompt=...)",
+        "note: temperature=0 is greedy decoding, which has one answer: the 2 samples are the same; use "
+        "temperature > 0 (and top_k > 1 or null) for different ones"]
+    assert newest.returncode == 0 and newest.stdout.startswith("ab ") and len(newest.stdout) == 7, newest.stderr
+    assert newest.stderr == f"note: no ckpt given: using the newest run's outputs/runs/r/checkpoints/best.ckpt\n"
