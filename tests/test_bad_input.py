@@ -45,6 +45,9 @@ ROWS = [
     ("train.py", "data=text data.path={d}/short.txt", BOTH,
      "the training text of {d}/short.txt has 45 characters, fewer than one window (data.nchars + 1 = 101); "
      "lower data.nchars or use a longer corpus"),
+    ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/cache callbacks.samples.prompt=순환", CLI,
+     "callbacks.samples.prompt='순환' has 2 characters not in the model's vocabulary: '순환'; use only these: "
+     "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
     ("train.py", "data.nchars=0", HERE, "data.nchars=0 must be a whole number >= 1"),
     ("train.py", "data.nchars=1.5", BOTH, "data.nchars=1.5 must be a whole number >= 1"),
     ("train.py", "data.stride=0", HERE, "data.stride=0 must be a whole number >= 1"),

@@ -159,3 +159,24 @@ def test_sample_py_as_typed(tmp_path):
         "temperature > 0 (and top_k > 1 or null) for different ones"]
     assert newest.returncode == 0 and newest.stdout.startswith("ab ") and len(newest.stdout) == 7, newest.stderr
     assert newest.stderr == f"note: no ckpt given: using the newest run's outputs/runs/r/checkpoints/best.ckpt\n"
+
+
+@pytest.mark.parametrize("typed, prompt", [
+    ("Today ", "Today "),            # prompt="Today " in a shell: Hydra would trim the space
+    ("순환", "순환"), ("café", "café"),  # Hydra's lexer refuses most non-ASCII letters
+    ("Hello, world", "Hello, world"),  # a comma: a sweep for Hydra
+    ("123", "123"), ("true", "true"),  # a number, a bool for Hydra
+    ("it's \\'", "it's \\'"), ("a\\", "a\\"), ("(x", "(x"),
+    ("'Today '", "Today "), ('"순환"', "순환"),  # quoted for Hydra, as the README shows: Hydra's reading
+    ("null", None),                  # the default prompt
+])
+def test_a_prompt_on_the_command_line_is_taken_as_typed(typed, prompt):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from charlm.config import literal_prompt_overrides
+
+    for key in ("prompt", "callbacks.samples.prompt"):
+        argv = ["sample.py", "length=5", f"{key}={typed}", f"other.{key}={typed}"]
+        literal_prompt_overrides(argv, key)
+        assert argv[:2] == ["sample.py", "length=5"] and argv[3] == f"other.{key}={typed}"  # others untouched
+        assert OverridesParser.create().parse_override(argv[2]).value() == prompt
