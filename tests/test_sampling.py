@@ -180,3 +180,22 @@ def test_a_prompt_on_the_command_line_is_taken_as_typed(typed, prompt):
         literal_prompt_overrides(argv, key)
         assert argv[:2] == ["sample.py", "length=5"] and argv[3] == f"other.{key}={typed}"  # others untouched
         assert OverridesParser.create().parse_override(argv[2]).value() == prompt
+
+
+def test_ctrl_c_ends_a_long_text_without_a_traceback(tmp_path):
+    """length=10**9 streams for hours: Ctrl-C ends the line and exits with 130, nothing else."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    module = CharLM(vocab=VOCAB.chars, model=dict(hidden_size=8, embedding_dim=4))
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "m.ckpt")
+    process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), f"ckpt={tmp_path / 'm.ckpt'}",
+                                "length=1000000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout.read(50)  # it is generating
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == b"" and out.endswith(b"\n")
