@@ -35,7 +35,8 @@ def usable_device(name) -> torch.device:
         raise UserError(f"device={name} is not a device name; use cpu, or cuda on a machine with a GPU") from None
     except (RuntimeError, AssertionError, NotImplementedError) as err:
         reason = str(err).splitlines()[0].split(". ")[0]
-        raise UserError(f"device={name} is not usable here ({reason}); use cpu, or cuda on a machine with a GPU") from None
+        raise UserError(f"device={name} is not usable here ({reason}); use cpu, "
+                        "or cuda on a machine with a GPU") from None
     return device
 
 

@@ -158,7 +158,7 @@ def test_sample_py_as_typed(tmp_path):
         "note: temperature=0 is greedy decoding, which has one answer: the 2 samples are the same; use "
         "temperature > 0 (and top_k > 1 or null) for different ones"]
     assert newest.returncode == 0 and newest.stdout.startswith("ab ") and len(newest.stdout) == 7, newest.stderr
-    assert newest.stderr == f"note: no ckpt given: using the newest run's outputs/runs/r/checkpoints/best.ckpt\n"
+    assert newest.stderr == "note: no ckpt given: using the newest run's outputs/runs/r/checkpoints/best.ckpt\n"
 
 
 @pytest.mark.parametrize("typed, prompt", [
