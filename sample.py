@@ -1,4 +1,4 @@
-"""Generate text from a trained checkpoint: python sample.py ckpt=PATH prompt="Today " length=300 temperature=0.8"""
+"""Generate text from a trained checkpoint: python sample.py ckpt=PATH 'prompt="Today "' length=300 temperature=0.8"""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
+from charlm.config import literal_prompt_overrides
 from charlm.errors import UserError, exit_on_user_error
 from charlm.module import load_checkpoint
-from charlm.sampling import check_sampling_args, generate
+from charlm.sampling import check_sampling_args, default_prompt, generate
 
 
 def newest_checkpoint(runs_dir: str) -> Path:
@@ -21,31 +23,71 @@ def newest_checkpoint(runs_dir: str) -> Path:
     return found[-1]
 
 
+def usable_device(name) -> torch.device:
+    """``torch.device(name)`` after a tensor was made and used on it, else a ``UserError``: not a
+    device name, no such device here, a backend this torch lacks, or ``meta`` (holds no data)."""
+    try:
+        device = torch.device(name)
+        if device.type == "meta":
+            raise RuntimeError("a meta tensor holds no data")
+        torch.ones(1, device=device).add_(1)
+    except TypeError:
+        raise UserError(f"device={name} is not a device name; use cpu, or cuda on a machine with a GPU") from None
+    except (RuntimeError, AssertionError, NotImplementedError) as err:
+        reason = str(err).splitlines()[0].split(". ")[0]
+        raise UserError(f"device={name} is not usable here ({reason}); use cpu, "
+                        "or cuda on a machine with a GPU") from None
+    return device
+
+
+def sample(cfg: DictConfig) -> None:
+    """Print the samples of ``cfg``; notes (the checkpoint chosen for the user, the prompt used
+    instead of the default) go to stderr once the settings are known to be good, just before
+    the text, so a refused command still prints one line."""
+    check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples, cfg.seed)
+    notes = []
+    ckpt = cfg.ckpt
+    if not ckpt:
+        ckpt = newest_checkpoint(cfg.runs_dir)
+        notes.append(f"no ckpt given: using the newest run's {ckpt}")
+    device = usable_device(cfg.device)
+    module = load_checkpoint(ckpt).to(device)
+    prompt = cfg.prompt
+    if prompt is None:
+        prompt, note = default_prompt(module.vocab)
+        notes += [note] if note else []
+    steps = generate(module.net, module.vocab, prompt, cfg.length, temperature=cfg.temperature,
+                     top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed)
+    if cfg.num_samples > 1 and (cfg.temperature == 0 or cfg.top_k == 1):
+        setting = "temperature=0" if cfg.temperature == 0 else "top_k=1"
+        notes.append(f"{setting} is greedy decoding, which has one answer: the {cfg.num_samples} samples are the "
+                     "same; use temperature > 0 (and top_k > 1 or null) for different ones")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if cfg.num_samples == 1:  # stream the characters as they are made
+        sys.stdout.write(prompt)
+        for (char,) in steps:
+            sys.stdout.write(char)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    samples = [prompt] * cfg.num_samples
+    for step in steps:
+        samples = [text + char for text, char in zip(samples, step)]
+    for i, text in enumerate(samples):
+        print(f"--- sample {i + 1}\n{text}")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples, cfg.seed)
-        module = load_checkpoint(cfg.ckpt or newest_checkpoint(cfg.runs_dir))
         try:
-            module = module.to(cfg.device)
-        except (RuntimeError, AssertionError) as err:  # not a device name, or no such device here
-            raise UserError(f"device={cfg.device} is not usable here ({str(err).splitlines()[0]}); use cpu, "
-                            "or cuda on a machine with a GPU") from None
-        steps = generate(module.net, module.vocab, cfg.prompt, cfg.length, temperature=cfg.temperature,
-                         top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed)
-        if cfg.num_samples == 1:  # stream the characters as they are made
-            sys.stdout.write(cfg.prompt)
-            for (char,) in steps:
-                sys.stdout.write(char)
-                sys.stdout.flush()
+            sample(cfg)
+        except KeyboardInterrupt:  # Ctrl-C stops a long text: end its line, no traceback
             sys.stdout.write("\n")
-            return
-        samples = [cfg.prompt] * cfg.num_samples
-        for step in steps:
-            samples = [text + char for text, char in zip(samples, step)]
-        for i, text in enumerate(samples):
-            print(f"--- sample {i + 1}\n{text}")
+            sys.exit(130)
 
 
 if __name__ == "__main__":
+    literal_prompt_overrides(sys.argv, "prompt")
     main()

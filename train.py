@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 import hydra
@@ -12,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from charlm.config import quiet_known_noise, register_resolvers, route_lightning_logs, separate_rank_logs
+from charlm.config import (literal_prompt_overrides, quiet_known_noise, register_resolvers, route_lightning_logs,
+                           separate_rank_logs)
 from charlm.errors import UserError, exit_on_user_error
 from charlm.training import train
 
@@ -41,4 +43,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    literal_prompt_overrides(sys.argv, "callbacks.samples.prompt")
     main()

@@ -19,7 +19,7 @@ from charlm.sources import SEPARATOR, SPLITS, Corpus
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: text files read without a leading BOM, with \r\n and \r as \n (charlm.sources)
 
 
 def map_tokens(path: Path, random_access: bool = False) -> np.ndarray:

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from charlm.errors import UserError
-from charlm.sampling import generate_text
+from charlm.sampling import check_sampling_args, default_prompt, generate, generate_text
 
 log = logging.getLogger(__name__)
 
@@ -210,23 +210,36 @@ class BudgetValidation(L.Callback):
 
 class TextSamples(L.Callback):
     """At every validation, generate text from ``prompt`` at each temperature (0 = greedy)
-    and write it to the logger as TensorBoard text (``samples/T=...``)."""
+    and write it to the logger as TensorBoard text (``samples/T=...``).
 
-    def __init__(self, prompt: str = "today ", length: int = 200, temperatures: tuple[float, ...] = (0.0, 0.5, 1.0),
-                 seed: int = 0):
+    ``prompt=None`` (the default) is ``charlm.sampling.default_prompt`` of the model's
+    vocabulary: "today ", or a newline for a corpus without those characters (said in the log);
+    a prompt given with characters outside the vocabulary is refused before training."""
+
+    def __init__(self, prompt: str | None = None, length: int = 200,
+                 temperatures: tuple[float, ...] = (0.0, 0.5, 1.0), seed: int = 0):
+        if isinstance(temperatures, (int, float)):  # callbacks.samples.temperatures=0.5: one temperature
+            temperatures = [temperatures]
         self.prompt, self.length, self.temperatures, self.seed = prompt, length, list(temperatures), seed
+        self._prompt = prompt  # the prompt used, known once the vocabulary is
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         try:  # fail before training, not at the first validation
-            pl_module.vocab.encode(self.prompt, strict=True)
+            for temperature in self.temperatures:
+                check_sampling_args(self.length, temperature, None, None, 1, self.seed)
+            if self.prompt is None:
+                self._prompt, note = default_prompt(pl_module.vocab)
+                if note:
+                    log.info("callbacks.samples.prompt: %s", note)
+            generate(pl_module.net, pl_module.vocab, self._prompt, self.length)
         except UserError as err:
-            raise UserError(f"callbacks.samples.prompt={self.prompt!r}: {err}") from None
+            raise UserError(f"callbacks.samples.{err}".replace(".temperature=", ".temperatures: ")) from None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
             return
         for temperature in self.temperatures:
-            text = generate_text(pl_module.net, pl_module.vocab, self.prompt, self.length,
+            text = generate_text(pl_module.net, pl_module.vocab, self._prompt, self.length,
                                  temperature=temperature, seed=self.seed)[0]
             # Markdown renders newlines only as hard breaks; keep the text literal in a code block.
             trainer.logger.experiment.add_text(f"samples/T={temperature:g}", f"    {text}".replace("\n", "\n    "),

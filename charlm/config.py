@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -198,3 +199,35 @@ def separate_rank_logs() -> None:
             root.removeHandler(handler)
             handler.close()
             root.addHandler(own)
+
+
+def literal_prompt_overrides(argv: list[str], key: str) -> None:
+    """Take the command line's ``key=VALUE`` (a prompt) as typed, editing ``argv`` in place
+    before Hydra reads it.
+
+    Hydra's override grammar trims the spaces around an unquoted value (``prompt="Today "`` in
+    a shell reaches Hydra as ``prompt=Today `` and becomes ``'Today'``), reads ``a,b`` as a sweep
+    and ``123`` as a number, and refuses most non-ASCII letters and quotes with a multi-line
+    lexer error. A prompt is text, so such a value is handed to Hydra quoted, meaning exactly
+    the characters typed. Left as they are: a value Hydra reads as that very text, one already
+    quoted for Hydra (``'prompt="Today "'``), ``null`` (the default prompt) and one holding an
+    interpolation ``${...}``."""
+    parser = OverridesParser.create()
+
+    def value_of(override: str):
+        try:
+            return parser.parse_override(override).value()
+        except Exception:  # noqa: BLE001 - Hydra's OverrideParseException: not in its grammar
+            return None
+
+    for i, arg in enumerate(argv[1:], start=1):
+        name, sep, value = arg.partition("=")
+        if not sep or name.lstrip("+") != key or value == "null" or "${" in value:
+            continue
+        read = value_of(arg)
+        if isinstance(read, str) and (read == value or value[:1] in ("'", '"')):
+            continue  # Hydra reads it as typed, or it is quoted for Hydra
+        # In a quoted value a backslash escapes only a quote or the backslashes before one.
+        escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+        if value_of(f"{name}='{escaped}'") == value:
+            argv[i] = f"{name}='{escaped}'"

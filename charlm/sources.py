@@ -1,10 +1,18 @@
 """Reading corpora: AG News (Hub or the authors' CSV format) and UTF-8 text files streamed in
-pieces, and cutting them into train / val / test by counts or fractions."""
+pieces, and cutting them into train / val / test by counts or fractions.
+
+A byte order mark (U+FEFF) at the start of a file is not text: it is dropped (Windows editors
+write one). A text file's line ends are read as Python's ``open()`` reads them: ``\r\n``
+(Windows) and a lone ``\r`` (old Mac) each become ``\n``, so a corpus with Windows line ends has
+the vocabulary and the models of the same text with Unix ones. CSV rows end wherever the
+``csv`` module sees a line end; the fields are kept as they are.
+"""
 
 from __future__ import annotations
 
 import codecs
 import csv
+import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +32,7 @@ def read_ag_news_csv(path: Path) -> list[str]:
     included), so a local copy and the Hub give the same vocabulary."""
     articles = []
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: without a leading BOM
             rows = csv.reader(f, quotechar='"', delimiter=",", quoting=csv.QUOTE_ALL, skipinitialspace=True)
             for row in rows:
                 if len(row) != 3 or row[0] not in ("1", "2", "3", "4"):
@@ -40,9 +48,14 @@ def read_ag_news_csv(path: Path) -> list[str]:
 
 def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23):
     """The UTF-8 file as successive pieces of text of about ``chunk_bytes`` bytes each, never the
-    whole text at once; refuses binary (NUL bytes in the first MiB) and non-UTF-8 files."""
+    whole text at once; refuses binary (NUL bytes in the first MiB) and non-UTF-8 files.
+
+    Without a leading BOM, with ``\r\n`` and ``\r`` as ``\n`` (see the module's docstring), also
+    where a piece ends between ``\r`` and ``\n``: every pass over the file (counting, the
+    vocabulary, encoding) sees the same characters."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    newlines = io.IncrementalNewlineDecoder(None, translate=True)  # holds back a "\r" that ends a piece
+    offset, started = 0, False
     with open(path, "rb") as f:
         while True:
             raw = f.read(chunk_bytes)
@@ -50,14 +63,17 @@ def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23):
                 raise UserError(f"data.path={path} looks binary (it has NUL bytes); pass a UTF-8 text file")
             pending = len(decoder.getstate()[0])  # bytes of a character cut at the end of the last piece
             try:
-                text = decoder.decode(raw, final=not raw)
+                text = newlines.decode(decoder.decode(raw, final=not raw), final=not raw)
             except UnicodeDecodeError as err:
                 raise UserError(f"data.path={path} is not UTF-8 (byte {offset - pending + err.start}); convert it, "
                                 "e.g. iconv -t utf-8") from None
+            if not started and text:
+                text, started = text.removeprefix("\ufeff"), True
+            if text:
+                yield text
             if not raw:
                 return
             offset += len(raw)
-            yield text
 
 
 def load_hub_ag_news(name: str):

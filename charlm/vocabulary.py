@@ -48,12 +48,20 @@ class Vocabulary:
         codepoints = _codepoints(text)
         ids = self._ids[np.minimum(codepoints, len(self._ids) - 1)]
         if strict and not ids.all():
-            unknown = sorted(set(np.asarray(list(text))[ids == 0].tolist()))
-            raise UserError(
-                f"characters not in the model's vocabulary: {''.join(unknown)!r}; "
-                f"use only these: {''.join(self.chars[1:])!r}"
-            )
+            raise UserError(self.unknown_message(text, ids))
         return ids
+
+    def unknown_message(self, text: str, ids: np.ndarray, shown: int = 8) -> str:
+        """A short line (under 200 characters) naming the characters of ``text`` that are not in
+        the vocabulary (the first ``shown`` of them, in order of appearance, and how many in all),
+        and the vocabulary itself when it is short, else its size (a Chinese or Korean model
+        knows thousands of characters: listing them would bury the message)."""
+        unknown = list(dict.fromkeys(np.asarray(list(text))[ids == 0].tolist()))
+        names = repr("".join(unknown[:shown])) + ("" if len(unknown) <= shown else f" and {len(unknown) - shown} more")
+        plural = "" if len(unknown) == 1 else "s"
+        known = repr("".join(self.chars[1:]))
+        known = f"use only these: {known}" if len(known) <= 60 else f"the model knows {len(self) - 1:,} characters"
+        return f"{len(unknown)} character{plural} not in the model's vocabulary: {names}; {known}"
 
     def decode(self, ids) -> str:
         """Turn a sequence of ids back into text."""

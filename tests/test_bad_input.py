@@ -20,7 +20,7 @@ from charlm.config import CONF_DIR, compose_config, writable_dir
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
-from charlm.sampling import check_sampling_args, generate
+from charlm.sampling import check_sampling_args, default_prompt, generate
 from charlm.training import train
 from charlm.vocabulary import Vocabulary
 from conftest import ROOT, run_script
@@ -45,6 +45,9 @@ ROWS = [
     ("train.py", "data=text data.path={d}/short.txt", BOTH,
      "the training text of {d}/short.txt has 45 characters, fewer than one window (data.nchars + 1 = 101); "
      "lower data.nchars or use a longer corpus"),
+    ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/cache callbacks.samples.prompt=순환", CLI,
+     "callbacks.samples.prompt='순환' has 2 characters not in the model's vocabulary: '순환'; use only these: "
+     "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
     ("train.py", "data.nchars=0", HERE, "data.nchars=0 must be a whole number >= 1"),
     ("train.py", "data.nchars=1.5", BOTH, "data.nchars=1.5 must be a whole number >= 1"),
     ("train.py", "data.stride=0", HERE, "data.stride=0 must be a whole number >= 1"),
@@ -70,15 +73,29 @@ ROWS = [
      "could not load fancyzhx/ag_news from the Hugging Face Hub (Couldn't reach 'fancyzhx/ag_news' on the Hub "
      "(OfflineModeIsEnabled)); offline? use a local copy: data.path=/path/to/ag_news (a folder with train.csv "
      "and test.csv, or one CSV file)"),
-    ("sample.py", "temperature=-1", BOTH, "temperature=-1 must be >= 0 (0 = greedy)"),
+    ("sample.py", "temperature=-1", BOTH, "temperature=-1 must be a number >= 0 (0 = greedy)"),
+    ("sample.py", "temperature=nan", HERE, "temperature=nan must be a number >= 0 (0 = greedy)"),
+    ("sample.py", "temperature=inf", CLI, "temperature=inf must be a number >= 0 (0 = greedy)"),
     ("sample.py", "top_k=0", HERE, "top_k=0 must be a whole number >= 1, or null for no limit"),
     ("sample.py", "top_p=0", HERE, "top_p=0 must be in (0, 1], or null for no limit"),
     ("sample.py", "top_p=1.5", HERE, "top_p=1.5 must be in (0, 1], or null for no limit"),
     ("sample.py", "length=-1", HERE, "length=-1 must be a whole number >= 0"),
     ("sample.py", "seed=abc", HERE, "seed='abc' must be a whole number, or null for a different text each time"),
     ("sample.py", "ckpt={d}/model.ckpt prompt=Today", HERE,
-     "prompt='Today' has characters not in the model's vocabulary: 'T'; use only these: "
+     "prompt='Today' has 1 character not in the model's vocabulary: 'T'; use only these: "
      "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
+    ("sample.py", "ckpt={d}/model.ckpt prompt=순환", CLI,
+     "prompt='순환' has 2 characters not in the model's vocabulary: '순환'; use only these: "
+     "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
+    ("sample.py", "ckpt={d}/model.ckpt prompt=", HERE,
+     "prompt is empty; give at least one character, e.g. prompt='today '"),
+    ("sample.py", "ckpt={d}/model.ckpt temperature=1e-300 top_k=true", HERE,
+     "top_k=True must be a whole number >= 1, or null for no limit"),
+    ("sample.py", "ckpt={d}/model.ckpt device=meta", CLI,
+     "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),
+    ("sample.py", "ckpt={d}/model.ckpt num_samples=1000000000000", HERE,
+     "num_samples=1000000000000 with a 6-character prompt does not fit in the memory of cpu; lower num_samples or "
+     "shorten the prompt"),
     ("sample.py", "ckpt={d}/missing.ckpt", HERE,
      "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
     ("sample.py", "ckpt={d}/truncated.ckpt", HERE,
@@ -148,7 +165,8 @@ def run_here(script: str, args: list[str], d) -> None:
         cfg = compose("sample", overrides=args)
     check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples, cfg.seed)
     module = load_checkpoint(cfg.ckpt)
-    next(generate(module.net, module.vocab, cfg.prompt, cfg.length, temperature=cfg.temperature, top_k=cfg.top_k,
+    prompt = cfg.prompt if cfg.prompt is not None else default_prompt(module.vocab)[0]
+    next(generate(module.net, module.vocab, prompt, cfg.length, temperature=cfg.temperature, top_k=cfg.top_k,
                   top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed))
 
 

@@ -299,3 +299,39 @@ def test_a_finished_cache_is_read_without_writing_or_locking(tiny_csv, tmp_path,
     monkeypatch.setattr("charlm.data.writable_dir", lambda *a: pytest.fail("checked a finished cache for writing"))
     monkeypatch.setattr("charlm.data.FileLock", lambda *a: pytest.fail("locked a finished cache"))
     assert make_dm(tiny_csv, tmp_path).cache_path == first.cache_path
+
+
+def test_a_leading_bom_is_dropped_and_line_ends_read_as_newlines_in_any_pieces(tmp_path):
+    """Windows editors save with a BOM and \\r\\n: the text read is that of the same file saved with
+    \\n, also when a piece ends inside the BOM or between \\r and \\n. A BOM inside the text is kept."""
+    from charlm.sources import read_text_chunks
+
+    path = tmp_path / "windows.txt"
+    path.write_bytes("\ufeffnaïve\r\ncafé\rend \ufeff\r\n\r\n".encode())
+    for chunk_bytes in (1, 2, 3, 4, 5, 8, 1 << 20):
+        pieces = list(read_text_chunks(path, chunk_bytes=chunk_bytes))
+        assert "".join(pieces) == "naïve\ncafé\nend \ufeff\n\n", chunk_bytes
+
+
+def test_a_windows_text_file_gives_the_corpus_of_its_unix_copy(tmp_path, monkeypatch):
+    """Same vocabulary (no BOM, no \\r), same split sizes and tokens, also read in small pieces
+    whose ends fall between \\r and \\n (sizes come from one pass, tokens from another)."""
+    import charlm.data
+
+    text = "".join(f"line {i}: héllo wörld\n" for i in range(400))
+    unix, windows = tmp_path / "unix.txt", tmp_path / "windows.txt"
+    unix.write_text(text, encoding="utf-8", newline="\n")
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    original = charlm.data.read_text_chunks
+    monkeypatch.setattr(charlm.data, "read_text_chunks", lambda p: original(p, chunk_bytes=97))
+    a, b = (make_dm(p, tmp_path, corpus="text", val_size=0.1, test_size=0.1) for p in (unix, windows))
+    assert b.vocab.chars == a.vocab.chars and "\r" not in b.vocab.chars and "\ufeff" not in b.vocab.chars
+    assert b.meta["characters"] == a.meta["characters"]
+    for split in ("train", "val", "test"):
+        assert np.array_equal(np.load(b.cache_path / f"{split}.npy"), np.load(a.cache_path / f"{split}.npy"))
+
+
+def test_an_ag_news_csv_with_a_bom_is_read(tiny_csv, tmp_path):
+    with_bom = tmp_path / "bom.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + tiny_csv.read_bytes())
+    assert read_ag_news_csv(with_bom) == read_ag_news_csv(tiny_csv)

@@ -30,3 +30,20 @@ def test_vocabulary_survives_a_plain_list():
 def test_large_vocabulary_uses_uint16():
     vocab = Vocabulary.from_text("".join(chr(0x4E00 + i) for i in range(400)))
     assert vocab.encode(chr(0x4E00)).dtype == np.uint16
+
+
+def test_unknown_characters_are_named_in_a_short_line_even_for_a_large_vocabulary():
+    """A Korean model knows thousands of characters: the line names the unknown ones (the first
+    few, in order, and their count) and the vocabulary's size, not the vocabulary."""
+    vocab = Vocabulary.from_text("".join(chr(0xAC00 + i) for i in range(1500)))
+    with pytest.raises(UserError) as refused:
+        vocab.encode(chr(0xAC00) + "Hello, wonderful world\r\n", strict=True)
+    message = str(refused.value)
+    assert message == ("14 characters not in the model's vocabulary: 'Helo, wn' and 6 more; "
+                       "the model knows 1,500 characters")
+    assert len(message) < 200
+
+
+def test_a_small_vocabulary_is_listed_with_the_unknown_character():
+    with pytest.raises(UserError, match=r"^1 character not in the model's vocabulary: 'x'; use only these: 'abc'$"):
+        Vocabulary.from_text("abc").encode("xaxa", strict=True)
