@@ -1,4 +1,4 @@
-"""The README's "Bad input" table, row by row: a non-zero exit, one line on stderr naming the bad
+"""The "Bad input" table of docs/reliability.md, row by row: a non-zero exit, one line on stderr naming the bad
 value and the fix, no traceback, and nothing half-written that breaks the next run.
 
 Every row runs in this process through the calls its entry point makes (fast): the composed config

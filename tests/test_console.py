@@ -2,7 +2,6 @@
 
 import re
 import shlex
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
