@@ -306,15 +306,18 @@ def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CH
                key: str = "text") -> Inspection:
     """Inspect ``text`` with a ``CharLM`` and write the page to ``out`` atomically (a temporary file, then a
     rename: a failed run leaves no half-written page)."""
-    inspection = inspect_text(module.net, module.vocab, text, max_chars, top_units, key)
-    page = page_html(inspection, module.vocab, title, dict(module.hparams["model"]))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
+        f = open(tmp, "w", encoding="utf-8")  # before the work: an unwritable out= is told at once
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can write to") from None
+    try:
+        with f:
+            inspection = inspect_text(module.net, module.vocab, text, max_chars, top_units, key)
+            f.write(page_html(inspection, module.vocab, title, dict(module.hparams["model"])))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return inspection
 
 
@@ -326,7 +329,7 @@ def read_text_file(path: str | Path, max_chars: int = MAX_CHARS) -> str:
         raise UserError(f"text_file={path} does not exist; pass a UTF-8 text file")
     if path.stat().st_size > 4 * max_chars:  # a character is at most 4 bytes in UTF-8
         raise UserError(f"text_file={path} has more than max_chars={max_chars} characters; inspect a part of it "
-                        "(e.g. head -c 20000 FILE > part.txt) or raise max_chars")
+                        "or raise max_chars (the page keeps every unit's activation at every character)")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
