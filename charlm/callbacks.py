@@ -399,3 +399,62 @@ class EndSpawnedProcessGroup(L.Callback):
         if spawned and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+class SurprisalImage(L.Callback):
+    """At every validation: the first ``chars`` characters of the validation split, each on a
+    background coloured by the model's surprisal in bits (``charlm.inspect.surprisal_image``), as
+    the TensorBoard image ``inspect/surprisal`` (IMAGES tab); its step slider shows which characters
+    become predictable as training goes on. Rank 0 only.
+
+    The paragraph is read from a zero state with one forward pass of ``chars`` characters; the
+    drawing needs matplotlib, and without it the image is skipped with one info line. TensorBoard
+    has images but no way to draw text coloured per character, hence this callback."""
+
+    def __init__(self, chars: int = 600, columns: int = 48):
+        self.chars, self.columns = chars, columns
+        self._ids, self._skip = None, False
+
+    def _paragraph(self, trainer: L.Trainer):
+        """The validation split's first ``chars`` tokens (after a leading separator), or ``None``."""
+        datamodule = trainer.datamodule
+        cache = getattr(datamodule, "cache_path", None)
+        if cache is None or not (cache / "val.npy").exists():
+            return None
+        import numpy as np
+
+        from charlm.cache import map_tokens
+
+        tokens = np.asarray(map_tokens(cache / "val.npy")[: self.chars + 1], dtype=np.int64)
+        start = 1 if len(tokens) and tokens[0] == getattr(datamodule, "separator_id", None) else 0
+        return torch.from_numpy(tokens[start : start + self.chars].copy())
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self._skip or trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        if not hasattr(trainer.logger.experiment, "add_image"):
+            return
+        if self._ids is None:
+            self._ids = self._paragraph(trainer)
+            if self._ids is None or len(self._ids) < 2:
+                log.info("no validation text to draw the surprisal image from; skipped")
+                self._skip = True
+                return
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            log.info("matplotlib is not installed: the TensorBoard surprisal image is skipped (pip install matplotlib)")
+            self._skip = True
+            return
+        import numpy as np
+
+        from charlm.inspect import surprisal, surprisal_image
+
+        started = time.perf_counter()
+        bits = surprisal(pl_module.net, self._ids.to(pl_module.device))
+        chars = [pl_module.vocab.chars[i] for i in self._ids.tolist()]
+        caption = (f"step {trainer.global_step}: mean {np.nanmean(bits):.3f} bits/char over the first "
+                   f"{len(chars)} characters of val")
+        image = surprisal_image(chars, bits, columns=self.columns, caption=caption)
+        trainer.logger.experiment.add_image("inspect/surprisal", image, trainer.global_step, dataformats="HWC")
+        log.debug("surprisal image: %.1f ms", (time.perf_counter() - started) * 1e3)

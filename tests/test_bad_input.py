@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from charlm.config import CONF_DIR, compose_config, writable_dir
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
+from charlm.inspect import run as inspect_run
 from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
 from charlm.sampling import check_sampling_args, default_prompt, generate
 from charlm.training import train
@@ -109,6 +110,26 @@ ROWS = [
      "reads; use it with the charlm version that wrote it, or retrain"),
     ("sample.py", "ckpt={d}/model.ckpt device=gpu0", CLI,
      "device=gpu0 is not usable here (Invalid device string: 'gpu0'); use cpu, or cuda on a machine with a GPU"),
+    ("charlm.inspect", "text=hello", HERE, "ckpt is not given; pass ckpt=outputs/runs/<run>/checkpoints/best.ckpt"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt", BOTH,
+     "give the text to inspect as text_file=FILE or 'text=\"...\"' (one of them)"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/missing.txt", HERE,
+     "text_file={d}/missing.txt does not exist; pass a UTF-8 text file"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/latin1.txt", HERE,
+     "text_file={d}/latin1.txt is not UTF-8 (byte 3); convert it, e.g. iconv -t utf-8"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=1000", BOTH,
+     "text_file={d}/tiny.txt has more than max_chars=1000 characters; inspect a part of it or raise max_chars "
+     "(the page keeps every unit's activation at every character)"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=10000", HERE,
+     "text_file={d}/tiny.txt has 16,800 characters, more than max_chars=10000; inspect a part of it or raise "
+     "max_chars (the page keeps every unit's activation at every character)"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text=a", HERE,
+     "text has 1 character; give at least 2 (the first has no context, so it is not scored)"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text=hello max_chars=1", HERE, "max_chars=1 must be a whole number >= 2"),
+    ("charlm.inspect", "ckpt={d}/missing.ckpt text=hello", HERE,
+     "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text=hello out={d}/notes.txt/page.html", HERE,
+     "out={d}/notes.txt/page.html cannot be written (Not a directory); pass a path in a folder you can write to"),
 ]
 HYDRA_ROWS = [  # Hydra's own multi-line message for a key that does not exist; its first line
     ("train.py", "model.hiden_size=3", "Could not override 'model.hiden_size'."),
@@ -161,6 +182,10 @@ def run_here(script: str, args: list[str], d) -> None:
         (d / "run").mkdir(exist_ok=True)
         train(cfg, d / "run")
         return
+    if script == "charlm.inspect":
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            inspect_run(compose("inspect", overrides=args))
+        return
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("sample", overrides=args)
     check_sampling_args(cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, cfg.num_samples, cfg.seed)
@@ -191,11 +216,17 @@ def cli(d):
     best.ckpt) after all those failed runs. ``HF_HOME`` is empty, so the Hub has no cached copy."""
     commands = [(s, a) for s, a, where, _ in ROWS if where != HERE] + [(s, a) for s, a, _ in HYDRA_ROWS]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = pool.map(lambda command: run_script(ROOT / command[0], *command[1].format(d=d).split(), cwd=d,
-                                                      env={"HF_HOME": str(d / "hf")}), commands)
+        results = pool.map(lambda command: run_script(*entry_point(command[0]), *command[1].format(d=d).split(), cwd=d,
+                                                      env={"HF_HOME": str(d / "hf"), "PYTHONPATH": str(ROOT)}),
+                           commands)
         results = dict(zip(commands, results))
     results["newest"] = run_script(ROOT / "sample.py", "prompt=the", "length=5", "temperature=0", cwd=d)
     return results
+
+
+def entry_point(script: str) -> list:
+    """How a user starts ``script``: a file of the checkout, or a module (``charlm.inspect``) with ``-m``."""
+    return ["-m", script] if script.startswith("charlm.") else [ROOT / script]
 
 
 def one_line(result) -> str:
