@@ -1,0 +1,225 @@
+"""The GPU path, tested on the CPU: precision chosen by trying it (failures simulated), no host-device
+sync per training step, data cut on the device, and a checkpoint written on a GPU loading on the CPU."""
+
+import collections
+import logging
+import sys
+import weakref
+
+import lightning as L
+import pytest
+import torch
+
+from charlm import precision
+from charlm.callbacks import NonFiniteLoss, StopOnNonFiniteLoss
+from charlm.config import compose_config
+from charlm.errors import UserError
+from charlm.training import build
+
+MODEL = dict(cell="lstm", hidden_size=8, layers=2, dropout=0.1, embedding_dim=0)
+
+
+def tiny_config(tiny_text, tmp_path, *overrides):
+    return compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
+                           "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=16",
+                           "callbacks.samples.length=5", *overrides], tmp_path / "run")
+
+
+# --- precision
+
+
+@pytest.fixture
+def no_half_rnn(monkeypatch):
+    """An RNN layer that raises, as a cuDNN without bfloat16 (or fp16) RNNs does, under ``dtypes`` autocast."""
+    def simulate(*dtypes):
+        real = torch.nn.LSTM.forward
+
+        def forward(self, *args, **kwargs):
+            if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in dtypes:
+                raise RuntimeError(f"\"_cudnn_rnn\" not implemented for '{str(torch.get_autocast_dtype('cpu'))[6:]}'")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.LSTM, "forward", forward)
+    return simulate
+
+
+def test_the_probe_runs_one_real_training_step_and_reports_a_failing_one(no_half_rnn):
+    cpu = torch.device("cpu")
+    assert precision.try_precision(MODEL, "bf16-mixed", cpu) is None
+    assert precision.try_precision(MODEL, "64-true", cpu) is None
+    no_half_rnn(torch.bfloat16)
+    assert precision.try_precision(MODEL, "bf16-mixed", cpu) == "\"_cudnn_rnn\" not implemented for 'bfloat16'"
+    assert precision.try_precision(MODEL, "32-true", cpu) is None
+
+
+@pytest.mark.parametrize("failing, expected", [((), "bf16-mixed"), (("bf16-mixed",), "16-mixed"),
+                                               (("bf16-mixed", "16-mixed"), "32-true")])
+def test_auto_takes_the_first_precision_that_runs_with_one_line_on_a_fallback(monkeypatch, caplog, failing, expected):
+    tried = []
+
+    def fake_try(model_args, name, device):
+        tried.append(name)
+        return "not implemented for 'BFloat16'" if name in failing else None
+
+    monkeypatch.setattr(precision, "try_precision", fake_try)
+    monkeypatch.setattr(precision, "training_device", lambda accelerator: torch.device("cuda", 0))
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    matmul = torch.get_float32_matmul_precision()
+    try:
+        with caplog.at_level(logging.WARNING, logger="charlm.precision"):
+            assert precision.choose_precision("auto", "auto", MODEL) == expected
+        assert tried == list(precision.AUTO_ORDER[: len(failing) + 1])
+        lines = [r.getMessage() for r in caplog.records]
+        if failing:
+            assert lines == [f"precision: {'; '.join(f'{n} failed (not implemented for {chr(39)}BFloat16{chr(39)})' for n in failing)}"
+                             f" on cuda:0; training with {expected}" + (" (TF32 matmuls)" if expected == "32-true" else "")]
+        else:
+            assert lines == []
+        assert torch.get_float32_matmul_precision() == ("high" if expected == "32-true" else matmul)
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+
+
+def test_auto_skips_bf16_on_a_gpu_without_native_bf16_and_is_32_true_on_the_cpu(monkeypatch):
+    tried = []
+    monkeypatch.setattr(precision, "try_precision", lambda m, name, d: tried.append(name))
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert precision.choose_precision("auto", "cpu", MODEL) == "32-true" and tried == []  # the CPU: nothing tried
+    monkeypatch.setattr(precision, "training_device", lambda accelerator: torch.device("cuda", 0))
+    assert precision.choose_precision("auto", "gpu", MODEL) == "16-mixed" and tried == ["16-mixed"]
+
+
+def test_a_simulated_gpu_without_half_rnns_trains_in_32_true_through_build(tiny_text, tmp_path, monkeypatch, no_half_rnn):
+    """The whole decision as train.py makes it: on a 'GPU' (the CPU, through the GPU code path)
+    whose RNN kernels refuse both half types, the Trainer is built with 32-true."""
+    no_half_rnn(torch.bfloat16, torch.float16)
+    monkeypatch.setattr(precision, "on_gpu", lambda device: True)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "precision_plugin",  # fp16 autocast as on a GPU (Lightning swaps it on the CPU)
+                        lambda name, device: L.pytorch.plugins.precision.MixedPrecision(name, "cpu")
+                        if name.endswith("mixed") else L.pytorch.plugins.precision.Precision())
+    matmul = torch.get_float32_matmul_precision()
+    try:
+        _, _, trainer = build(tiny_config(tiny_text, tmp_path, "trainer.max_steps=1"))
+        assert trainer.precision == "32-true"
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+
+
+def test_an_explicit_precision_the_device_cannot_run_is_one_line(tiny_text, tmp_path, no_half_rnn):
+    no_half_rnn(torch.bfloat16)
+    with pytest.raises(UserError, match=r"^trainer\.precision=bf16-mixed cannot train this model on cpu "
+                                        r"\(\"_cudnn_rnn\" not implemented for 'bfloat16'\); use trainer\.precision=auto"):
+        build(tiny_config(tiny_text, tmp_path, "trainer.precision=bf16-mixed"))
+    _, _, trainer = build(tiny_config(tiny_text, tmp_path, "trainer.precision=64-true"))  # honoured as asked
+    assert trainer.precision == "64-true"
+
+
+# --- no host-device sync per step
+
+SYNC_CALLS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__format__")
+# Calls that read tensors kept on the host also when training on a GPU, so they do not wait for it:
+HOST_READS = {
+    "torch/optim/optimizer.py:_get_value",  # Adam's step counter: a CPU tensor unless capturable=True
+}
+
+
+class SyncRecorder:
+    """Counts, per training step, the calls that make the host wait for the GPU (a read of a device
+    tensor's value, or a copy of it to the host), by the code that made them. On the CPU every
+    tensor is on the host; a tensor produced by ``.cpu()`` (and its copies) counts as a host copy,
+    as it would be on a GPU."""
+
+    def __init__(self, monkeypatch):
+        self.calls = collections.defaultdict(collections.Counter)
+        self.step, self.inside, self._host = None, False, {}  # id -> weakref (a WeakSet would compare tensors)
+        for name in SYNC_CALLS:
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, getattr(torch.Tensor, name)))
+        for name in ("clone", "detach", "squeeze"):  # what Lightning does to a logged value
+            monkeypatch.setattr(torch.Tensor, name, self._propagate(getattr(torch.Tensor, name)))
+
+    def is_host(self, tensor) -> bool:
+        ref = self._host.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def mark_host(self, tensor) -> None:
+        self._host[id(tensor)] = weakref.ref(tensor)
+
+    def _propagate(self, method):
+        def wrapper(tensor, *args, **kwargs):
+            out = method(tensor, *args, **kwargs)
+            if self.is_host(tensor):
+                self.mark_host(out)
+            return out
+        return wrapper
+
+    def _wrap(self, name, method):
+        def wrapper(tensor, *args, **kwargs):
+            if self.inside or self.step is None or self.is_host(tensor):
+                return method(tensor, *args, **kwargs)
+            self.inside = True
+            try:
+                frame = sys._getframe(1)
+                where = f"{frame.f_code.co_filename.split('site-packages/')[-1]}:{frame.f_code.co_name}"
+                if where not in HOST_READS:
+                    self.calls[self.step][f"{name} at {where}"] += 1
+                out = method(tensor, *args, **kwargs)
+                if name == "cpu":
+                    out = out.view_as(out)  # a new tensor on a GPU; here one to mark as the host copy
+                    self.mark_host(out)
+                return out
+            finally:
+                self.inside = False
+        return wrapper
+
+
+class StepTracker(L.Callback):
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.recorder.step = trainer.global_step + 1
+
+    def on_validation_start(self, trainer, pl_module):
+        self.recorder.step = None  # validation reads its metrics once; not a training step
+
+    def on_validation_end(self, trainer, pl_module):
+        self.recorder.step = trainer.global_step
+
+
+def test_training_steps_between_logging_steps_make_no_host_device_sync(tiny_text, tmp_path, monkeypatch):
+    """Only logging steps (every trainer.log_every_n_steps) and the last step (validation,
+    checkpoints) may read device values on the host; a per-step .item(), bool(tensor), .cpu() or
+    print of a device tensor in the step, a callback or Lightning's loop fails this test."""
+    log_every, steps = 10, 30
+    cfg = tiny_config(tiny_text, tmp_path, f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={log_every}",
+                      "callbacks.progress_bar.refresh_rate=3")  # the bar redraws between logging steps too
+    L.seed_everything(0)
+    datamodule, model, trainer = build(cfg)
+    recorder = SyncRecorder(monkeypatch)
+    trainer.callbacks.insert(0, StepTracker(recorder))
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == steps
+    syncing = {step: dict(calls) for step, calls in recorder.calls.items()
+               if step % log_every and step != steps}
+    assert syncing == {}
+    assert any(step % log_every == 0 for step in recorder.calls)  # the recorder does see the logging steps' reads
+
+
+def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_only(tiny_text, tmp_path):
+    """A NaN between logging steps is caught at the next check, naming its step; with no
+    checkpoint in between, none is written from the broken weights."""
+    cfg = tiny_config(tiny_text, tmp_path, "trainer.max_steps=40", "trainer.log_every_n_steps=20",
+                      "callbacks.last_checkpoint.every_n_train_steps=100")
+    L.seed_everything(0)
+    datamodule, model, trainer = build(cfg)
+    real_step = model.training_step
+    model.training_step = lambda batch, i: real_step(batch, i) * (torch.nan if trainer.global_step == 24 else 1)
+    check = next(c for c in trainer.callbacks if isinstance(c, StopOnNonFiniteLoss))
+    checked_at = []
+    real_check = check.check
+    check.check = lambda trainer, module: checked_at.append(trainer.global_step) or real_check(trainer, module)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 25; .*none saved yet"):
+        trainer.fit(model, datamodule=datamodule)
+    assert checked_at == [20, 40]
+    assert not (tmp_path / "run" / "checkpoints").exists()
