@@ -214,7 +214,7 @@ def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_o
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     real_step = model.training_step
-    model.training_step = lambda batch, i: real_step(batch, i) * (torch.nan if trainer.global_step == 24 else 1)
+    model.training_step = lambda batch, batch_idx: real_step(batch, batch_idx) * (torch.nan if trainer.global_step == 24 else 1)
     check = next(c for c in trainer.callbacks if isinstance(c, StopOnNonFiniteLoss))
     checked_at = []
     real_check = check.check
