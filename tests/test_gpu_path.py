@@ -223,3 +223,81 @@ def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_o
         trainer.fit(model, datamodule=datamodule)
     assert checked_at == [20, 40]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- the training windows on the device (simulated: the CPU through the on-device code path)
+
+
+def data_module(path, tmp_path, on_device, **kwargs):
+    from charlm.data import CharDataModule
+
+    dm = CharDataModule(corpus="ag_news", path=str(path), val_size=5, test_size=5, nchars=16, stride=4, batch_size=8,
+                        cache_dir=str(tmp_path / "cache"), on_device=on_device, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def as_rank(dm, rank, world_size):
+    from types import SimpleNamespace
+
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size,
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    return dm
+
+
+def batches_of(dm, epoch):
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(epoch)
+    return loader, list(loader)
+
+
+@pytest.mark.parametrize("rank, world_size", [(0, 1), (0, 2), (1, 2)])
+def test_windows_on_the_device_are_the_host_paths_batches_in_the_same_order(tiny_csv, tmp_path, rank, world_size):
+    from charlm.windows import DeviceWindows
+
+    host = as_rank(data_module(tiny_csv, tmp_path, False, num_workers=1, pin_memory=True), rank, world_size)
+    device = as_rank(data_module(tiny_csv, tmp_path, True, num_workers=1, pin_memory=True), rank, world_size)
+    for epoch in (0, 1):
+        host_loader, host_batches = batches_of(host, epoch)
+        device_loader, device_batches = batches_of(device, epoch)
+        assert isinstance(device_loader.dataset, DeviceWindows) and not isinstance(host_loader.dataset, DeviceWindows)
+        assert device_loader.num_workers == 0 and not device_loader.pin_memory  # nothing prepared on the host
+        assert len(device_batches) == len(host_batches) > 1
+        for (hx, hy), (dx, dy) in zip(host_batches, device_batches):
+            assert dx.dtype == hx.dtype == torch.int64 and torch.equal(dx, hx) and torch.equal(dy, hy)
+    assert data_module(tiny_csv, tmp_path, "auto").train_dataloader().dataset is not None  # auto on the CPU: host
+    assert not isinstance(data_module(tiny_csv, tmp_path, "auto").train_dataloader().dataset, DeviceWindows)
+
+
+class RecordInputs(L.Callback):
+    def __init__(self):
+        self.inputs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.inputs.append(batch[0].clone())
+
+
+def fit_and_resume(tiny_text, tmp_path, on_device):
+    """Batches of a run stopped after 5 steps and resumed to 9 from its last.ckpt (mid-epoch)."""
+    from charlm.windows import DeviceWindows
+
+    recorded = []
+    for steps, ckpt in ((5, None), (9, tmp_path / "run" / "checkpoints" / "last.ckpt")):
+        cfg = tiny_config(tiny_text, tmp_path, f"data.on_device={str(on_device).lower()}", f"trainer.max_steps={steps}",
+                          "~callbacks.progress_bar", "+trainer.enable_progress_bar=false")
+        L.seed_everything(0)
+        datamodule, model, trainer = build(cfg)
+        recorder = RecordInputs()
+        trainer.callbacks.append(recorder)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        recorded.append(recorder.inputs)
+        assert isinstance(trainer.train_dataloader.dataset, DeviceWindows) == on_device
+    assert len(recorded[0]) == 5 and len(recorded[1]) == 4 and trainer.num_training_batches > 9
+    return recorded
+
+
+def test_a_run_on_device_resumes_mid_epoch_with_the_host_paths_batches(tiny_text, tmp_path):
+    host = fit_and_resume(tiny_text, tmp_path / "host", False)
+    device = fit_and_resume(tiny_text, tmp_path / "device", True)
+    for host_part, device_part in zip(host, device):
+        assert all(torch.equal(h, d) for h, d in zip(host_part, device_part))
