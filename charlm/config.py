@@ -75,6 +75,23 @@ class OutputDirCheck(Callback):
             writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
+class ThreadsPerJob(Callback):
+    """Under a launcher that runs several jobs side by side on this machine (``hydra/launcher=parallel``,
+    joblib), each job gets its share of the CPU cores (``torch.set_num_threads``), so N jobs do not
+    each start one thread per core and slow each other down. joblib's loky workers get the same
+    limit through ``OMP_NUM_THREADS``; this makes it explicit and holds for any joblib backend."""
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher
+        if "joblib" not in str(launcher.get("_target_", "")).lower():
+            return
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        jobs = launcher.n_jobs if launcher.n_jobs and launcher.n_jobs > 0 else cores
+        torch.set_num_threads(max(1, cores // jobs))
+
+
 def register_resolvers() -> None:
     """``${pid:}`` (unique sweep folders), ``${run_dir:resume}`` (run folders),
     ``${job_dirname:overrides,exclude_keys}`` (sweep job folders) and ``${sqrt_scaled_lr:base_lr,base_batch,batch}`` (the GPU preset's learning rate)."""

@@ -2,6 +2,7 @@
 sync per training step, data cut on the device, and a checkpoint written on a GPU loading on the CPU."""
 
 import collections
+import json
 import logging
 import sys
 import weakref
@@ -301,3 +302,33 @@ def test_a_run_on_device_resumes_mid_epoch_with_the_host_paths_batches(tiny_text
     device = fit_and_resume(tiny_text, tmp_path / "device", True)
     for host_part, device_part in zip(host, device):
         assert all(torch.equal(h, d) for h, d in zip(host_part, device_part))
+
+
+# --- several sweep jobs side by side
+
+
+def test_two_jobs_side_by_side_give_the_results_of_the_same_jobs_one_after_another(ag_news_test_csv, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from conftest import run_script
+
+    tiny = ["model.hidden_size=16,24", "model.embedding_dim=8", "data.nchars=32", "data.stride=32",
+            "data.batch_size=16", "data.val_size=20", "data.test_size=20", "trainer.max_steps=8",
+            "trainer.val_check_interval=4", "callbacks.samples.length=10", f"data.path={ag_news_test_csv}",
+            f"data.cache_dir={tmp_path / 'cache'}", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
+    results = {}
+    for launcher in ("basic", "parallel"):
+        sweep = tmp_path / launcher
+        result = run_script("train.py", "-m", f"hydra/launcher={launcher}", *tiny, f"hydra.sweep.dir={sweep}",
+                            env={"OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
+        assert len(jobs) == 2
+        results[launcher] = {job.name: (json.loads((job / "metrics.json").read_text()),
+                                        torch.load(job / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"])
+                             for job in jobs}
+    assert results["basic"].keys() == results["parallel"].keys()
+    for name, (metrics, weights) in results["basic"].items():
+        parallel_metrics, parallel_weights = results["parallel"][name]
+        for key in ("best/val_bpc", "test/bpc", "steps"):
+            assert parallel_metrics[key] == metrics[key], (name, key)
+        assert all(torch.equal(parallel_weights[k], w) for k, w in weights.items())
