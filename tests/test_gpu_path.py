@@ -332,3 +332,43 @@ def test_two_jobs_side_by_side_give_the_results_of_the_same_jobs_one_after_anoth
         for key in ("best/val_bpc", "test/bpc", "steps"):
             assert parallel_metrics[key] == metrics[key], (name, key)
         assert all(torch.equal(parallel_weights[k], w) for k, w in weights.items())
+
+
+# --- a checkpoint written on a GPU, read on the CPU
+
+
+def test_a_checkpoint_written_on_a_gpu_samples_and_resumes_on_the_cpu(tiny_text, tmp_path, monkeypatch):
+    """Every tensor of the file tagged as CUDA memory (as torch.save writes it on a GPU), with the
+    CUDA random states a GPU run saves: read_checkpoint, sampling and resuming still work here."""
+    import torch.serialization
+
+    from charlm.module import load_checkpoint
+    from charlm.sampling import generate_text
+
+    quiet = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
+    L.seed_everything(0)
+    datamodule, model, trainer = build(tiny_config(tiny_text, tmp_path, "trainer.max_steps=3", *quiet))
+    trainer.fit(model, datamodule=datamodule)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["rng_states"]["cuda"] = [torch.cuda.default_generators[0].get_state() if torch.cuda.is_available()
+                                        else torch.get_rng_state()]
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(checkpoint, last)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(last, weights_only=True)  # the file really says cuda:0
+    sampled = load_checkpoint(last)
+    assert len(generate_text(sampled.net, sampled.vocab, "line", 20)[0]) == 24
+    L.seed_everything(0)
+    datamodule, model, trainer = build(tiny_config(tiny_text, tmp_path, "trainer.max_steps=5", *quiet))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=last, weights_only=True)
+    assert trainer.global_step == 5
+
+
+def test_the_gpu_preset_scales_the_learning_rate_with_the_square_root_of_the_batch(tmp_path):
+    for batch in (256, 1024):
+        cfg = compose_config(["experiment=gpu", f"data.batch_size={batch}"], tmp_path)
+        assert cfg.data.batch_size == batch and cfg.trainer.precision == "auto"
+        assert cfg.optimizer.lr == pytest.approx(0.006 * (batch / 16) ** 0.5)
