@@ -372,3 +372,13 @@ def test_the_gpu_preset_scales_the_learning_rate_with_the_square_root_of_the_bat
         cfg = compose_config(["experiment=gpu", f"data.batch_size={batch}"], tmp_path)
         assert cfg.data.batch_size == batch and cfg.trainer.precision == "auto"
         assert cfg.optimizer.lr == pytest.approx(0.006 * (batch / 16) ** 0.5)
+
+
+def test_the_gpu_benchmark_says_in_one_line_that_it_needs_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run benchmarks/gpu.py itself")
+    from conftest import run_script
+
+    result = run_script("benchmarks/gpu.py", timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: benchmarks/gpu.py measures the GPU path") and result.stderr.count("\n") == 1
