@@ -372,17 +372,64 @@ class NonFiniteLoss(UserError):
 
 class StopOnNonFiniteLoss(L.Callback):
     """Stops training with one clear line when the loss is NaN or infinite, before any
-    checkpoint is written from the broken weights (checkpoint callbacks run after this one),
-    so ``last.ckpt`` and ``best.ckpt`` keep the last good state. Reading the loss costs one
-    host-device synchronization per step on a GPU."""
+    checkpoint is written from the broken weights, so ``last.ckpt`` and ``best.ckpt`` keep the
+    last good state.
+
+    Reading a GPU tensor on the host waits for all the GPU work queued before it (a host-device
+    sync); once per step that would idle the GPU between steps. So each step's loss is only copied
+    into a buffer on its device, and the buffer is read (one sync) on logging steps (every
+    ``trainer.log_every_n_steps``, where Lightning reads the logged loss anyway), when it is
+    full, at the end of training, and before every checkpoint is written (``on_save_checkpoint``
+    runs before the file is: raising there writes nothing). Each check reads the weights too,
+    since a step can make them non-finite after a finite loss. Under DDP the ranks agree on the
+    result with one all-reduce per check, so all stop together. (Lightning does not call this
+    hook for ``save_weights_only`` checkpoints, which charlm's config does not use.)"""
+
+    BUFFER = 1024  # losses kept between reads at most
+
+    def __init__(self):
+        self._losses: torch.Tensor | None = None
+        self._steps: list[int] = []  # the global step after each buffered loss
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss):
-            last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-            raise NonFiniteLoss(f"the training loss is {loss.item()} at step {trainer.global_step}; the checkpoints "
-                                f"keep the last good weights ({last or 'none saved yet'}); lower optimizer.lr or "
-                                "keep trainer.gradient_clip_val, then resume or retrain")
+        if loss is None:
+            return
+        if self._losses is None or self._losses.device != loss.device:
+            self._losses = torch.empty(min(self.BUFFER, max(1, trainer.log_every_n_steps)), device=loss.device)
+        self._losses[len(self._steps)].copy_(loss.detach())  # a device-side copy: the host does not wait
+        self._steps.append(trainer.global_step)
+        if trainer.global_step % trainer.log_every_n_steps == 0 or len(self._steps) == len(self._losses):
+            self.check(trainer, pl_module)
+
+    def check(self, trainer: L.Trainer, pl_module) -> None:
+        """Reads the losses since the last check and the weights (one sync); raises ``NonFiniteLoss``
+        if any is not finite."""
+        losses, steps = (self._losses[: len(self._steps)] if self._steps else None), self._steps
+        self._steps = []
+        bad = ~torch.isfinite(losses) if losses is not None else torch.zeros(1, dtype=torch.bool, device=pl_module.device)
+        bad_weights = ~torch.stack([torch.isfinite(p).all() for p in pl_module.parameters()]).all()
+        flags = torch.stack([bad.any(), bad_weights]).int()
+        if trainer.world_size > 1:
+            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        bad_loss, bad_weights = flags.tolist()
+        if not bad_loss and not bad_weights:
+            return
+        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        keep = (f"the checkpoints keep the last good weights ({last or 'none saved yet'}); lower optimizer.lr or "
+                "keep trainer.gradient_clip_val, then resume or retrain")
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            raise NonFiniteLoss(f"the training loss is {losses[first].item()} at step {steps[first]}; {keep}")
+        if bad_loss:
+            raise NonFiniteLoss(f"the training loss is not finite on another rank by step {trainer.global_step}; {keep}")
+        raise NonFiniteLoss(f"the weights are not finite at step {trainer.global_step}; {keep}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        self.check(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.check(trainer, pl_module)
 
 
 class EndSpawnedProcessGroup(L.Callback):

@@ -10,7 +10,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -22,10 +21,13 @@ from charlm.errors import UserError, exit_on_user_error
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def auto_precision(accelerator: str) -> str:
-    """bf16-mixed where training lands on a GPU that supports it, else full fp32."""
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+def sqrt_scaled_lr(base_lr: float, base_batch: int, batch: int) -> float:
+    """The learning rate for ``batch`` windows per step, from ``base_lr`` tuned at ``base_batch``:
+    square-root scaling, the rule for Adam-type optimizers (Malladi et al. 2022, "On the SDEs and
+    scaling rules for adaptive gradient algorithms"; Hoffer et al. 2017 for the noise argument).
+    It keeps the gradient noise of an update about the same, where SGD's linear rule (Goyal et
+    al. 2017) would overshoot with Adam, whose step size does not grow with the gradient."""
+    return round(base_lr * (batch / base_batch) ** 0.5, 6)
 
 
 def job_dirname(overrides, exclude_keys, digits=None) -> str:
@@ -116,17 +118,34 @@ class OutputDirCheck(Callback):
             writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
+class ThreadsPerJob(Callback):
+    """Under a launcher that runs several jobs side by side on this machine (``hydra/launcher=parallel``,
+    joblib), each job gets its share of the CPU cores (``torch.set_num_threads``), so N jobs do not
+    each start one thread per core and slow each other down. joblib's loky workers get the same
+    limit through ``OMP_NUM_THREADS``; this makes it explicit and holds for any joblib backend."""
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher
+        if "joblib" not in str(launcher.get("_target_", "")).lower():
+            return
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        jobs = launcher.n_jobs if launcher.n_jobs and launcher.n_jobs > 0 else cores
+        torch.set_num_threads(max(1, cores // jobs))
+
+
 def register_resolvers() -> None:
     """``${pid:}`` (unique sweep folders), ``${run_dir:resume}`` (run folders),
-    ``${job_dirname:overrides,exclude_keys}`` (sweep job folders) and ``${auto_precision:accelerator}``."""
+    ``${job_dirname:overrides,exclude_keys}`` (sweep job folders) and ``${sqrt_scaled_lr:base_lr,base_batch,batch}`` (the GPU preset's learning rate)."""
     if not OmegaConf.has_resolver("run_dir"):
         OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
     if not OmegaConf.has_resolver("pid"):
         OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True)
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
-    if not OmegaConf.has_resolver("auto_precision"):
-        OmegaConf.register_new_resolver("auto_precision", auto_precision)
+    if not OmegaConf.has_resolver("sqrt_scaled_lr"):
+        OmegaConf.register_new_resolver("sqrt_scaled_lr", sqrt_scaled_lr)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:

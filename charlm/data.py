@@ -25,9 +25,11 @@ from charlm.errors import UserError
 from charlm.sources import (SEPARATOR, SPLITS, Corpus, load_hub_ag_news, read_ag_news_csv, read_text_chunks,
                             split_off, split_sizes, split_tail, train_vocabulary)
 from charlm.vocabulary import Vocabulary
-from charlm.windows import ORDER_VERSION, EvalStream, ShuffledBatches, WindowDataset, as_batch
+from charlm.windows import ORDER_VERSION, DeviceWindows, EvalStream, ShuffledBatches, WindowDataset, as_batch
 
 log = logging.getLogger(__name__)
+
+ON_DEVICE_AUTO_FRACTION = 0.1  # data.on_device=auto: the training tokens' share of GPU memory at most
 
 
 class CharDataModule(L.LightningDataModule):
@@ -45,7 +47,10 @@ class CharDataModule(L.LightningDataModule):
         nchars: window length in characters; stride: characters between window starts.
         batch_size: windows per training batch (every batch has exactly this many).
         eval_rows, eval_chunk: rows and chunk length of the held-out streams.
-        num_workers, pin_memory: DataLoader settings for training.
+        num_workers, pin_memory: DataLoader settings for training (unused with the windows on the device).
+        on_device: cut the training windows on the training device from a copy of the token array
+            there (``charlm.windows.DeviceWindows``): ``true``, ``false``, or ``auto``: on a GPU when
+            the array takes at most ``ON_DEVICE_AUTO_FRACTION`` of its memory (AG News: 27 MB).
         cache_dir: where encoded token arrays are kept and shared between runs.
         seed: seeds the order of the training windows (a new order each epoch).
     """
@@ -64,6 +69,7 @@ class CharDataModule(L.LightningDataModule):
         eval_chunk: int = 512,
         num_workers: int = 0,
         pin_memory: bool = False,
+        on_device: bool | str = "auto",
         cache_dir: str = "outputs/cache",
         seed: int = 0,
     ):
@@ -76,6 +82,10 @@ class CharDataModule(L.LightningDataModule):
                                 ("eval_rows", eval_rows, 1), ("eval_chunk", eval_chunk, 1), ("num_workers", num_workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"data.{key}={value!r} must be a whole number >= {low}")
+        if on_device not in (True, False, "auto"):
+            raise UserError(f"data.on_device={on_device!r} must be true, false or auto")
+        self.on_device = on_device
+        self._device_windows: DeviceWindows | None = None
         self.corpus, self.hub_dataset = corpus, hub_dataset
         self.path = Path(path).expanduser().resolve() if path else None
         self.val_size, self.test_size = val_size, test_size
@@ -174,11 +184,29 @@ class CharDataModule(L.LightningDataModule):
         epoch, done = self._resume["epoch"], self._resume["batches"]
         batches.set_epoch(epoch + 1 if done >= len(batches) else epoch)
         batches.skip = done if done < len(batches) else 0
+        windows = self._training_windows()
+        workers = self.num_workers if windows is self.train_set else 0  # on the device: nothing to prepare ahead
         # Its own generator: creating an iterator then draws no number from the global random
         # state, which a resumed run restores and must advance exactly as the first run did.
-        return DataLoader(self.train_set, batch_sampler=batches, collate_fn=as_batch, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(windows, batch_sampler=batches, collate_fn=as_batch, num_workers=workers,
+                          pin_memory=self.pin_memory and windows is self.train_set,
+                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.seed))
+
+    def _training_windows(self) -> WindowDataset | DeviceWindows:
+        """The training windows: ``train_set`` (the memory-mapped array), or ``DeviceWindows`` on the
+        training device when ``on_device`` says so."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        use = self.on_device
+        if use == "auto":
+            size = self.train_set.tokens.nbytes
+            use = device.type == "cuda" and size <= ON_DEVICE_AUTO_FRACTION * torch.cuda.get_device_properties(device).total_memory
+        if not use:
+            return self.train_set
+        if self._device_windows is None or self._device_windows.tokens.device != device:
+            self._device_windows = DeviceWindows(self.train_set, device)
+            log.info("training windows cut on %s from a copy of the token array there (%.0f MB)", device,
+                     self.train_set.tokens.nbytes / 1e6)
+        return self._device_windows
 
     def state_dict(self) -> dict:
         """Where training stands in the data: the epoch and the batches of it already trained on."""

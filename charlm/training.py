@@ -29,6 +29,7 @@ from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
 from charlm.module import CharLM, read_checkpoint
+from charlm.precision import choose_precision
 
 log = logging.getLogger("charlm")
 
@@ -51,7 +52,8 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     if cfg.trainer.get("val_check_interval") is not None or cfg.trainer.get("check_val_every_n_epoch") is not None:
         callbacks = [c for c in callbacks if not isinstance(c, BudgetValidation)]  # the user's schedule wins
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator, model_args)  # tried on the device
+    trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # the vocabulary sizes the model

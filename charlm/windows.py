@@ -56,6 +56,33 @@ class WindowDataset(Dataset):
         return x[0], y[0]
 
 
+class DeviceWindows(Dataset):
+    """``WindowDataset``'s windows, cut from a copy of the token array held as a tensor on the
+    training device (``data.on_device``): each batch is one gather there, so no DataLoader worker,
+    pinned buffer or host-to-device copy of the windows is needed; only the batch's window indices
+    (8 bytes each) travel, without waiting for the device (``non_blocking``: from pageable memory
+    the copy is staged and the host goes on). The order still comes from ``ShuffledBatches``
+    through the DataLoader's batch sampler, so batches, resuming and sharding are the host path's."""
+
+    def __init__(self, windows: WindowDataset, device: torch.device):
+        self.nchars, self.stride = windows.nchars, windows.stride
+        self.tokens = torch.from_numpy(np.array(windows.tokens)).to(device)  # one copy, then uint8 on the device
+        self._offsets = torch.arange(windows.nchars + 1, device=device)
+        self._len = len(windows)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitems__(self, indices):
+        starts = torch.as_tensor(indices, dtype=torch.int64).to(self.tokens.device, non_blocking=True) * self.stride
+        windows = self.tokens[starts[:, None] + self._offsets].long()
+        return windows[:, :-1], windows[:, 1:]
+
+    def __getitem__(self, index):
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
 class IndexPermutation:
     """A pseudo-random permutation of ``range(n)`` evaluated index by index: a 4-round Feistel
     network on the smallest even number of bits that holds ``n``, with cycle-walking back into

@@ -62,6 +62,10 @@ ROWS = [
     ("train.py", "model.dropout=1.0", HERE, "model.dropout=1.0 must be a number in [0, 1)"),
     ("train.py", "model.dropout=-0.1", HERE, "model.dropout=-0.1 must be a number in [0, 1)"),
     ("train.py", "optimizer.lr=0", HERE, "optimizer.lr=0 must be a number > 0"),
+    ("train.py", "trainer.precision=fp8", HERE,
+     "trainer.precision=fp8 is not known; use auto (the fastest that runs here) or one of 32-true, bf16-mixed, "
+     "16-mixed, bf16-true, 16-true, 64-true"),
+    ("train.py", "data.on_device=yes", HERE, "data.on_device='yes' must be true, false or auto"),
     ("train.py", "seed=abc", HERE, "seed='abc' must be a whole number"),
     ("train.py", "ckpt_path={d}/evil.ckpt", HERE,
      "ckpt_path={d}/evil.ckpt cannot be loaded safely: it holds a pickled object (posix.system) that could run "
