@@ -192,7 +192,7 @@ def rank_units(layers: list[dict], properties: dict[str, np.ndarray], top: int =
     ranking = {}
     for name, prop in properties.items():
         if prop.std() == 0:
-            ranking[name] = {"units": [], "note": f"does not vary in this text, so no unit can track it"}
+            ranking[name] = {"units": [], "note": "does not vary in this text, so no unit can track it"}
             continue
         p = (prop - prop.mean()) / prop.std()
         found = []

@@ -14,7 +14,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from charlm.callbacks import SurprisalImage
@@ -169,7 +168,7 @@ def test_command_writes_a_page_a_browser_renders(tmp_path):
     assert dom.count("data-i=") == len(text)
     tip = dom[dom.index('id="tip"'):]
     top1 = vocab.chars[data["top_ids"][3][0]]
-    assert f"#3</b>" in tip and f'<span class="g">{top1}</span>' in tip.split("</table>")[0]
+    assert "#3</b>" in tip and f'<span class="g">{top1}</span>' in tip.split("</table>")[0]
 
 
 def test_surprisal_image_is_written_at_validation_by_rank_0(tmp_path, tiny_text):
