@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -179,12 +180,13 @@ def check_checkpoint_fits(checkpoint: dict, path, vocab: list[str], model_args: 
         raise UserError(f"ckpt_path={path} was trained on another vocabulary ({len(old)} characters, this data has "
                         f"{len(vocab)}; {differs}); continue it on the data it was trained on (see its run's "
                         "config.yaml), or leave out ckpt_path to train a new model")
-    saved = hparams["model"]
-    differing = [k for k in sorted(set(saved) | set(model_args)) if saved.get(k) != model_args.get(k)]
+    defaults = {k: p.default for k, p in inspect.signature(CharRNN).parameters.items() if p.default is not p.empty}
+    saved, here = {**defaults, **hparams["model"]}, {**defaults, **model_args}
+    differing = [k for k in sorted(set(saved) | set(here)) if saved.get(k) != here.get(k)]
     if differing:
-        raise UserError(f"ckpt_path={path} has other model settings than this run: "
-                        + ", ".join(f"model.{k}={saved.get(k)} there, {model_args.get(k)} here" for k in differing)
-                        + "; pass the checkpoint's settings (" + " ".join(f"model.{k}={saved.get(k)}" for k in differing)
+        raise UserError(f"ckpt_path={path} has other model settings than this run ("
+                        + "; ".join(f"model.{k}: {saved.get(k)} there, {here.get(k)} here" for k in differing)
+                        + "); pass the checkpoint's (" + " ".join(f"model.{k}={saved.get(k)}" for k in differing)
                         + ") or leave out ckpt_path")
 
 
