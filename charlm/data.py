@@ -96,7 +96,8 @@ class CharDataModule(L.LightningDataModule):
         self.seed = seed
         self.vocab: Vocabulary | None = None
         self.cache_path: Path | None = None
-        self._resume = {"epoch": 0, "batches": 0}
+        self._train_batches: ShuffledBatches | None = None
+        self._position = 0  # batch rounds trained before this process, from a checkpoint (load_state_dict)
 
     # --- preparing the cache
 
@@ -177,13 +178,11 @@ class CharDataModule(L.LightningDataModule):
             log.info("characters outside the vocabulary (scored as id 0): %s", meta["unknown"])
 
     def train_dataloader(self) -> DataLoader:
-        batches = ShuffledBatches(len(self.train_set), self.batch_size, self.seed, *self._rank())
+        batches = ShuffledBatches(len(self.train_set), self.batch_size, self.seed, *self._rank(), position=self.position)
         if len(batches) == 0:
             raise UserError(f"data.batch_size={self.batch_size} is more than the {len(self.train_set)} training "
                             f"windows (per device); lower it or data.stride")
-        epoch, done = self._resume["epoch"], self._resume["batches"]
-        batches.set_epoch(epoch + 1 if done >= len(batches) else epoch)
-        batches.skip = done if done < len(batches) else 0
+        self._train_batches = batches
         windows = self._training_windows()
         workers = self.num_workers if windows is self.train_set else 0  # on the device: nothing to prepare ahead
         # Its own generator: creating an iterator then draws no number from the global random
@@ -208,18 +207,49 @@ class CharDataModule(L.LightningDataModule):
                      self.train_set.tokens.nbytes / 1e6)
         return self._device_windows
 
+    # --- the position in the data, for resuming
+    #
+    # The data module counts the batches trained itself instead of reading Lightning's loop
+    # progress: when a run stops in the middle of an epoch (Ctrl-C, max_time, max_steps, early
+    # stopping), Lightning still ends that epoch (its epoch counter moves on) and checkpoints
+    # written then pair the next epoch number with the batch count of the stopped one. A count
+    # of trained batches has one meaning wherever it is saved, and ``ShuffledBatches`` derives
+    # the epoch and the batch within it from it.
+
+    @property
+    def position(self) -> int:
+        """Rounds of training batches (one batch per rank) trained since the run started, over all epochs."""
+        return self._train_batches.position if self._train_batches is not None else self._position
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Counts a training batch when it reaches the training step: counting batches as the
+        loader draws them would be ahead by the batches it fetches in advance."""
+        if self._train_batches is not None and self.trainer is not None and self.trainer.training:
+            self._train_batches.position += 1
+        return batch
+
     def state_dict(self) -> dict:
-        """Where training stands in the data: the epoch and the batches of it already trained on."""
-        loop = self.trainer.fit_loop
-        return {"epoch": loop.epoch_progress.current.processed, "batches": loop.epoch_loop.batch_progress.current.processed,
+        """Where training stands in the data: ``position`` (batch rounds trained, see ``position``);
+        ``epoch`` and ``batches`` (of it trained) are the same, spelled out for people reading it."""
+        per_epoch = self._batches_per_epoch()
+        return {"position": self.position, "epoch": self.position // per_epoch, "batches": self.position % per_epoch,
                 "order": ORDER_VERSION}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("order") != ORDER_VERSION and state.get("batches"):
+        per_epoch = self._batches_per_epoch()
+        # Checkpoints of charlm before ``position`` saved only epoch and batches.
+        position = state["position"] if "position" in state else state["epoch"] * per_epoch + state["batches"]
+        if state.get("order") != ORDER_VERSION and position % per_epoch:
             log.warning("this checkpoint was written by a charlm with another window order; the rest of epoch %d "
                         "will not be exactly the windows the run had left; later epochs are whole shuffles as usual",
-                        state["epoch"])
-        self._resume = dict(state)
+                        position // per_epoch)
+        self._position = position
+        if self._train_batches is not None:
+            self._train_batches.position = position
+
+    def _batches_per_epoch(self) -> int:
+        """Rounds of batches in an epoch, at least 1 (the loader refuses fewer with a clear message)."""
+        return max(1, len(self.train_set) // (self.batch_size * self._rank()[1]))
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer

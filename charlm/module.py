@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -145,6 +146,13 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> 
     A missing, truncated, unsafe or foreign file, or one of another ``FORMAT_VERSION``, raises a
     ``UserError`` naming ``key=path`` (``ckpt`` for sample.py, ``ckpt_path`` for train.py)."""
     path = Path(path)
+    if path.is_dir():
+        found = [f for f in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt",
+                             path / "best.ckpt", path / "last.ckpt") if f.is_file()]
+        if key == "ckpt_path":  # training continues from the last state; sampling wants the best model
+            found.reverse()
+        suggestion = f"e.g. {key}={found[0]}" if found else "a .ckpt file from a run's checkpoints/ folder"
+        raise UserError(f"{key}={path} is a folder, not a checkpoint file; pass one, {suggestion}")
     if not path.is_file():
         raise UserError(f"{key}={path} does not exist; pass a .ckpt file from a run's checkpoints/ folder")
     try:
@@ -165,6 +173,31 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> 
         raise UserError(f"{key}={path} has format_version={version}, not {FORMAT_VERSION}, the one this charlm reads; "
                         "use it with the charlm version that wrote it, or retrain")
     return checkpoint
+
+
+def check_checkpoint_fits(checkpoint: dict, path, vocab: list[str], model_args: dict) -> None:
+    """Refuse, in one line, to continue training from ``checkpoint`` (``ckpt_path=path``) a model
+    that is not the one this run builds: another vocabulary (the data of another text) or other
+    model settings. Loading its weights would otherwise fail in a 30-line size-mismatch traceback,
+    or, where the sizes happen to agree, silently give characters the ids of others."""
+    hparams = checkpoint["hyper_parameters"]
+    old = list(hparams["vocab"])
+    if old != list(vocab):
+        only_old, only_new = sorted(set(old) - set(vocab)), sorted(set(vocab) - set(old))
+        differs = "; ".join(f"{what}: {''.join(chars[:20])!r}{'...' if len(chars) > 20 else ''}"
+                            for what, chars in (("only in the checkpoint", only_old), ("only in this data", only_new))
+                            if chars) or "the same characters in another order"
+        raise UserError(f"ckpt_path={path} was trained on another vocabulary ({len(old)} characters, this data has "
+                        f"{len(vocab)}; {differs}); continue it on the data it was trained on (see its run's "
+                        "config.yaml), or leave out ckpt_path to train a new model")
+    defaults = {k: p.default for k, p in inspect.signature(CharRNN).parameters.items() if p.default is not p.empty}
+    saved, here = {**defaults, **hparams["model"]}, {**defaults, **model_args}
+    differing = [k for k in sorted(set(saved) | set(here)) if saved.get(k) != here.get(k)]
+    if differing:
+        raise UserError(f"ckpt_path={path} has other model settings than this run ("
+                        + "; ".join(f"model.{k}: {saved.get(k)} there, {here.get(k)} here" for k in differing)
+                        + "); pass the checkpoint's (" + " ".join(f"model.{k}={saved.get(k)}" for k in differing)
+                        + ") or leave out ckpt_path")
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:

@@ -15,11 +15,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -28,7 +31,7 @@ from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
-from charlm.module import CharLM, read_checkpoint
+from charlm.module import CharLM, check_checkpoint_fits, read_checkpoint
 from charlm.precision import choose_precision
 
 log = logging.getLogger("charlm")
@@ -49,11 +52,13 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a number > 0")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    for name, callback in zip(cfg.callbacks, callbacks):
+        check_checkpoint_callback(name, callback)
     if cfg.trainer.get("val_check_interval") is not None or cfg.trainer.get("check_val_every_n_epoch") is not None:
         callbacks = [c for c in callbacks if not isinstance(c, BudgetValidation)]  # the user's schedule wins
     loggers = [instantiate(c) for c in cfg.logger.values()]
     precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator, model_args)  # tried on the device
-    trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
+    trainer = instantiate_trainer(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # the vocabulary sizes the model
@@ -61,6 +66,57 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
                    optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
     quiet_known_noise()  # also for jobs built in-process (tests, benchmarks)
     return datamodule, model, trainer
+
+
+def check_checkpoint_callback(name: str, callback) -> None:
+    """A ``ModelCheckpoint`` must not save at the end of a training epoch (see
+    conf/callbacks/default.yaml): after a stop in the middle of an epoch Lightning still ends
+    that epoch, and a checkpoint written then would resume as if the epoch were done."""
+    if isinstance(callback, ModelCheckpoint) and callback._save_on_train_epoch_end is not False:
+        raise UserError(f"callbacks.{name}.save_on_train_epoch_end={str(callback._save_on_train_epoch_end).lower()} would write "
+                        "checkpoints that do not resume exactly after a stop in mid-epoch; set it to false "
+                        "(checkpoints are then written when validation ends)")
+
+
+# Trainer settings Lightning refuses when the Trainer is built: what a good value looks like.
+TRAINER_VALUES = {
+    "max_time": "must be a duration DD:HH:MM:SS, e.g. 00:00:30:00, or null for no limit",
+    "max_epochs": "must be a whole number >= 0, or -1 for no limit",
+    "max_steps": "must be a whole number >= 0, or -1 for no limit",
+    "val_check_interval": "must be a fraction of an epoch in (0, 1], a whole number of training batches, or null "
+                          "(once per epoch)",
+    "devices": "must be a whole number >= 1, a list of device ids, or auto",
+    "num_nodes": "must be a whole number >= 1",
+    "precision": "must be one of 32-true, bf16-mixed, 16-mixed, 64-true",
+    "accelerator": "is not usable here ({lightning}); use auto (a GPU when there is one) or cpu",
+    "strategy": "must be auto, ddp, ddp_spawn or another Lightning strategy name",
+    "gradient_clip_val": "must be a number >= 0, or null",
+}
+# How Lightning's messages name a setting other than by its key
+TRAINER_KEY_HINTS = {"Timer(duration": "max_time", "total_seconds": "max_time", "Precision": "precision",
+                     "gpu backend": "accelerator", "accelerator": "accelerator", "CUDA": "accelerator"}
+
+
+def instantiate_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
+    """The Trainer of ``trainer_cfg``; a setting Lightning refuses gets one line naming it
+    (``trainer.max_time=banana``, ``trainer.accelerator=gpu`` without a GPU, ...) instead of
+    Hydra's "Error executing job" and Lightning's exception."""
+    try:
+        return instantiate(trainer_cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if cause is None or isinstance(cause, UserError) or not isinstance(
+                cause, (MisconfigurationException, ValueError, TypeError, AttributeError, RuntimeError)):
+            raise
+        message = " ".join(str(cause).split())
+        key = (next((k for k in trainer_cfg if f"`{k}`" in message or f"{k}=" in message), None)
+               or next((k for k in trainer_cfg if re.search(rf"\b{k}\b", message)), None))
+        key = key or next((k for hint, k in TRAINER_KEY_HINTS.items() if hint in message), None)
+        if key is None:
+            raise UserError(f"a trainer setting is not valid: {message[:300]}; check the trainer.* overrides") from None
+        value = OmegaConf.to_container(trainer_cfg, resolve=True)[key]
+        fix = TRAINER_VALUES.get(key, "is not valid ({lightning})").format(lightning=message[:200].rstrip("."))
+        raise UserError(f"trainer.{key}={value!r} {fix}") from None
 
 
 def check_launch_mode(trainer: L.Trainer, multirun: bool) -> None:
@@ -111,10 +167,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed!r} must be a whole number")
-    if cfg.ckpt_path is not None:
-        read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # one line for a missing, truncated or unsafe file
+    # one line for a missing, truncated, unsafe or foreign file, before any data is prepared
+    checkpoint = read_checkpoint(cfg.ckpt_path, key="ckpt_path") if cfg.ckpt_path is not None else None
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
+    if checkpoint is not None:
+        check_checkpoint_fits(checkpoint, cfg.ckpt_path, datamodule.vocab.chars, dict(model.hparams.model))
+        if not Path(cfg.ckpt_path).resolve().is_relative_to(run_dir.resolve()):
+            check_budget_left(checkpoint, cfg.ckpt_path, trainer, datamodule)
+        del checkpoint  # Lightning reads the file again in fit
     parameters = sum(p.numel() for p in model.parameters())
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
     log.info("run folder: %s | %s, %d parameters, vocabulary %d | %d %s device(s), precision %s", run_dir,
@@ -130,8 +191,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
                     signal.Signals(stop.signal).name, trainer.global_step, run_dir)
         raise SystemExit(128 + stop.signal)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and not Path(best).resolve().is_relative_to(run_dir.resolve()):
+        best = ""  # restored from the checkpoint of another run (ckpt_path=): not this run's model
     if cfg.test and not trainer.interrupted:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"})
         log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
@@ -139,7 +202,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if trainer.is_global_zero:
         log_hparams(trainer, cfg, metrics)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         log.info("%s", end_summary(run_dir, metrics, best, cfg.callbacks.get("samples", {}).get("prompt")))
     return metrics
 
@@ -175,6 +237,22 @@ def override_arg(key: str, value: str, quote: bool = False) -> str:
         escaped = re.sub(r'(\\*)(["]|\$\{|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
         value = f'"{escaped}"'
     return shlex.quote(f"{key}={value}")
+
+
+def check_budget_left(checkpoint: dict, path, trainer: L.Trainer, datamodule: CharDataModule) -> None:
+    """``ckpt_path=`` in a new run continues that training state (weights, optimizer, step, position
+    in the data) within this run's budget. One already at ``trainer.max_steps`` or
+    ``trainer.max_epochs`` would train nothing, and the run would then test the other run's
+    best checkpoint as if it were its own: refused in one line instead."""
+    step = checkpoint.get("global_step", 0)
+    if trainer.max_steps is not None and 0 <= trainer.max_steps <= step:
+        raise UserError(f"ckpt_path={path} is at step {step}, already at trainer.max_steps={trainer.max_steps}: nothing "
+                        f"to train; raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) to continue it")
+    position = checkpoint.get(type(datamodule).__qualname__, {}).get("position")
+    per_epoch = max(1, len(datamodule.train_set) // (datamodule.batch_size * trainer.world_size))
+    if position is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= position // per_epoch:
+        raise UserError(f"ckpt_path={path} has trained {position // per_epoch} epochs, already "
+                        f"trainer.max_epochs={trainer.max_epochs}: nothing to train; raise trainer.max_epochs to continue it")
 
 
 def fit_outcome(trainer: L.Trainer) -> dict[str, float]:

@@ -121,30 +121,39 @@ class IndexPermutation:
 class ShuffledBatches(Sampler[list[int]]):
     """Batches of ``batch_size`` window indices in a new random order each epoch.
 
-    The order (an ``IndexPermutation``) depends only on ``seed`` and the epoch (set by
-    Lightning through ``set_epoch``), not on the global random state, and ``skip`` batches of
-    the epoch can be passed over, so a run resumed mid-epoch continues with exactly the batches
-    it would have seen. Under data parallelism rank ``rank`` of ``world_size`` takes every
-    ``world_size``-th batch: the ranks' batches are disjoint and cover the epoch except the
-    last incomplete round. (torch's ``RandomSampler`` can do neither, and Lightning's
-    ``DistributedSampler`` replaces the sampler without resumable state.)"""
+    The order (an ``IndexPermutation``) depends only on ``seed`` and the epoch, not on the global
+    random state. Where an iteration starts is ``position``: the rounds of batches (one batch for
+    every rank) trained since the start of training, which the data module advances as batches
+    really enter a training step (``CharDataModule.on_after_batch_transfer``) and saves in
+    checkpoints. Each iteration serves the rest of the epoch ``position`` is in: epoch
+    ``position // len(self)`` from its batch ``position % len(self)``. So a run resumed from any
+    checkpoint continues with exactly the batches it would have seen, whatever Lightning's own
+    epoch counter says (after a stop in the middle of an epoch Lightning counts that epoch as
+    ended, and it would pass that count to a ``set_epoch``; this class has none on purpose).
+
+    Under data parallelism rank ``rank`` of ``world_size`` takes every ``world_size``-th batch:
+    the ranks' batches are disjoint and cover the epoch except the last incomplete round. (torch's
+    ``RandomSampler`` can do neither, and Lightning's ``DistributedSampler`` replaces the sampler
+    without resumable state.)"""
 
     BATCH_ROUNDS_PER_CALL = 256  # rounds (one batch for every rank) drawn per call of the permutation
 
-    def __init__(self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 position: int = 0):
         self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.position = position
 
     def __len__(self) -> int:
         return self.num_windows // (self.batch_size * self.world_size)
 
     def __iter__(self):
-        skip, self.skip = self.skip, 0
-        permutation = IndexPermutation(self.num_windows, (self.seed * 100_003 + self.epoch) % 2**64)
+        if not len(self):
+            return
+        # Read when the iteration starts (the first next(), which the loader makes before any
+        # batch of this epoch is trained), so batches drawn ahead never move the start.
+        epoch, skip = divmod(self.position, len(self))
+        permutation = IndexPermutation(self.num_windows, (self.seed * 100_003 + epoch) % 2**64)
         per_round = self.batch_size * self.world_size
         own_slots = self.rank * self.batch_size + np.arange(self.batch_size)  # this rank's places in a round
         for first in range(skip, len(self), self.BATCH_ROUNDS_PER_CALL):

@@ -70,6 +70,33 @@ ROWS = [
     ("train.py", "ckpt_path={d}/evil.ckpt", HERE,
      "ckpt_path={d}/evil.ckpt cannot be loaded safely: it holds a pickled object (posix.system) that could run "
      "code; refused without running it — use a checkpoint written by charlm"),
+    ("train.py", "data=text data.path={d}/tiny.txt ckpt_path={d}/outputs/runs/old", HERE,
+     "ckpt_path={d}/outputs/runs/old is a folder, not a checkpoint file; pass one, e.g. "
+     "ckpt_path={d}/outputs/runs/old/checkpoints/best.ckpt"),
+    ("train.py", "data=text data.path={d}/korean.txt ckpt_path={d}/model.ckpt", HERE,
+     "ckpt_path={d}/model.ckpt was trained on another vocabulary (41 characters, this data has 34; only in the "
+     "checkpoint: 'abcdefghijklmnopqrst'...; only in this data: '가갈개게넘는다뛰른를번빠색어여우으줄째'); continue it on "
+     "the data it was trained on (see its run's config.yaml), or leave out ckpt_path to train a new model"),
+    ("train.py", "data=text data.path={d}/tiny.txt ckpt_path={d}/model.ckpt", HERE,
+     "ckpt_path={d}/model.ckpt has other model settings than this run (model.embedding_dim: 4 there, 16 here; "
+     "model.hidden_size: 16 there, 384 here); pass the checkpoint's (model.embedding_dim=4 model.hidden_size=16) "
+     "or leave out ckpt_path"),
+    ("train.py", "trainer.max_time=banana", BOTH,
+     "trainer.max_time='banana' must be a duration DD:HH:MM:SS, e.g. 00:00:30:00, or null for no limit"),
+    ("train.py", "trainer.max_epochs=-5", HERE, "trainer.max_epochs=-5 must be a whole number >= 0, or -1 for no limit"),
+    ("train.py", "trainer.devices=abc", HERE,
+     "trainer.devices='abc' must be a whole number >= 1, a list of device ids, or auto"),
+    ("train.py", "trainer.precision=banana", HERE,
+     "trainer.precision='banana' must be one of 32-true, bf16-mixed, 16-mixed, 64-true"),
+    ("train.py", "trainer.val_check_interval=2.5", HERE,
+     "trainer.val_check_interval=2.5 must be a fraction of an epoch in (0, 1], a whole number of training batches, "
+     "or null (once per epoch)"),
+    *([("train.py", "trainer.accelerator=gpu", CLI,  # only where there is no GPU
+        "trainer.accelerator='gpu' is not usable here (No supported gpu backend found!); use auto (a GPU when there "
+        "is one) or cpu")] if not torch.cuda.is_available() else []),
+    ("train.py", "callbacks.checkpoint.save_on_train_epoch_end=true", HERE,
+     "callbacks.checkpoint.save_on_train_epoch_end=true would write checkpoints that do not resume exactly after a "
+     "stop in mid-epoch; set it to false (checkpoints are then written when validation ends)"),
     ("train.py", "hydra.run.dir={d}/notes.txt/run", CLI,
      "hydra.run.dir={d}/notes.txt/run is not a writable folder (Not a directory); pass one you can write to"),
     ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/notes.txt/cache", HERE,
@@ -103,6 +130,9 @@ ROWS = [
      "shorten the prompt"),
     ("sample.py", "ckpt={d}/missing.ckpt", HERE,
      "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
+    ("sample.py", "ckpt={d}/outputs/runs/old", HERE,
+     "ckpt={d}/outputs/runs/old is a folder, not a checkpoint file; pass one, e.g. "
+     "ckpt={d}/outputs/runs/old/checkpoints/best.ckpt"),
     ("sample.py", "ckpt={d}/truncated.ckpt", HERE,
      "ckpt={d}/truncated.ckpt cannot be loaded: it is truncated, corrupt or not a checkpoint (PytorchStreamReader "
      "failed reading zip archive: failed finding central directory); use a checkpoint written by charlm"),
@@ -161,6 +191,7 @@ def d(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs")
     (d / "tiny.txt").write_text(TEXT)
     (d / "empty.txt").write_bytes(b"")
+    (d / "korean.txt").write_text("".join(f"{i}번째 줄: 빠른 갈색 여우가 게으른 개를 뛰어넘는다.\n" for i in range(300)))
     (d / "short.txt").write_text("a corpus far shorter than one window of characters\n")
     (d / "latin1.txt").write_bytes("café au lait\n".encode("latin-1") * 20)
     (d / "photo.jpg").write_bytes(bytes(range(256)) * 4)

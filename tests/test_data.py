@@ -9,7 +9,7 @@ import torch
 
 from charlm.data import CharDataModule
 from charlm.sources import SEPARATOR, read_ag_news_csv
-from charlm.windows import IGNORE
+from charlm.windows import IGNORE, ORDER_VERSION
 from charlm.errors import UserError
 
 
@@ -38,7 +38,7 @@ def test_batches_have_equal_size_and_a_new_order_each_epoch(tiny_csv, tmp_path):
     loader = dm.train_dataloader()
 
     def epoch(e):
-        loader.batch_sampler.set_epoch(e)
+        loader.batch_sampler.position = e * len(loader.batch_sampler)
         return [x for x, _ in loader]
 
     first, second = epoch(0), epoch(1)
@@ -54,11 +54,29 @@ def test_batches_have_equal_size_and_a_new_order_each_epoch(tiny_csv, tmp_path):
 def test_resumed_loader_continues_with_the_batches_not_yet_seen(tiny_csv, tmp_path):
     dm = make_dm(tiny_csv, tmp_path)
     loader = dm.train_dataloader()
-    loader.batch_sampler.set_epoch(3)
+    per_epoch = len(loader.batch_sampler)
+    loader.batch_sampler.position = 3 * per_epoch
     full = [x for x, _ in loader]
-    dm.load_state_dict({"epoch": 3, "batches": 5})
+    dm.load_state_dict({"position": 3 * per_epoch + 5, "order": ORDER_VERSION})
     resumed = [x for x, _ in dm.train_dataloader()]
     assert len(resumed) == len(full) - 5 and all(torch.equal(a, b) for a, b in zip(resumed, full[5:]))
+    dm.load_state_dict({"epoch": 3, "batches": 5, "order": ORDER_VERSION})  # a checkpoint from before "position"
+    assert all(torch.equal(a, b) for (a, _), b in zip(dm.train_dataloader(), full[5:]))
+
+
+def test_the_position_counts_batches_that_reach_training_not_batches_drawn_ahead(tiny_csv, tmp_path):
+    """Checkpoints save how many batches were trained; the loader draws some ahead of training."""
+    from types import SimpleNamespace
+
+    dm = make_dm(tiny_csv, tmp_path)
+    loader = iter(dm.train_dataloader())
+    batches = [next(loader) for _ in range(3)]  # drawn, not trained
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1)
+    dm.on_after_batch_transfer(batches[0], 0)
+    assert dm.state_dict()["position"] == 1
+    dm.trainer = SimpleNamespace(training=False, global_rank=0, world_size=1)  # validation batches do not count
+    dm.on_after_batch_transfer(batches[1], 0)
+    assert dm.state_dict() == {"position": 1, "epoch": 0, "batches": 1, "order": ORDER_VERSION}
 
 
 def test_ranks_get_disjoint_batches_that_cover_the_epoch(tiny_csv, tmp_path):

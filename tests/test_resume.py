@@ -1,4 +1,10 @@
-"""Resuming a killed run reproduces the uninterrupted run exactly (CPU, same seed)."""
+"""A run stopped any way (a signal, SIGKILL, max_time, max_steps) and continued reproduces the
+uninterrupted run exactly (CPU, same seed): the same final weights and val/test bpc.
+
+Two groups of runs, each with one uninterrupted reference per module: validation once per epoch
+(``trainer.val_check_interval=null``; a stop then lands in the middle of an epoch, between two
+validations) with a constant learning rate (so a run can also be continued with a larger budget
+and still match), and validation every 20 batches with the learning-rate decay over the budget."""
 
 import json
 import os
@@ -12,71 +18,119 @@ import torch
 
 from conftest import ROOT, run_script
 
-
-def settings(tiny_text, tmp_path):
-    return ["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=0.1",
-            "data.test_size=0.1", "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=48",
-            "model.layers=2", "model.dropout=0.2", "trainer.max_steps=300", "trainer.val_check_interval=50",
-            "callbacks.last_checkpoint.every_n_train_steps=10", "callbacks.samples.length=5"]
+STEPS, PER_EPOCH = 80, 48  # 48 batches an epoch: 779 windows of 32 every 16 characters, 16 a batch
+ENV = {"OMP_NUM_THREADS": "1"}  # a tiny model: one thread is as fast, and lets runs overlap
+GROUPS = {"per_epoch": ["trainer.val_check_interval=null", "~callbacks.lr_decay"],
+          "mid_epoch": ["trainer.val_check_interval=20"]}
 
 
-def last_step(path):
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text("".join(f"line {i:04d}: the quick brown fox jumps over the lazy dog.\n" for i in range(300)))
+    return path
+
+
+def settings(corpus, group, max_steps=STEPS):
+    return ["data=text", f"data.path={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", "data.val_size=0.1",
+            "data.test_size=0.1", "data.nchars=32", "data.stride=16", "data.batch_size=16", "model.hidden_size=32",
+            "model.layers=2", "model.dropout=0.2", f"trainer.max_steps={max_steps}",
+            "callbacks.last_checkpoint.every_n_train_steps=10", "callbacks.samples.length=5", *GROUPS[group]]
+
+
+def start(overrides, run_dir):
+    return subprocess.Popen([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory):
+    """The uninterrupted run of each group (started together), which the others must reproduce."""
+    root = tmp_path_factory.mktemp("straight")
+    run_script("train.py", *settings(corpus, "per_epoch"), "trainer.max_steps=1", f"hydra.run.dir={root / 'cache'}",
+               env=ENV)  # builds the token cache once, before two processes want it
+    procs = {group: start(settings(corpus, group), root / group) for group in GROUPS}
+    for group, proc in procs.items():
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    return {group: root / group for group in GROUPS}
+
+
+def checkpoint(path):
     try:
-        return torch.load(path, weights_only=True)["global_step"]
+        return torch.load(path, weights_only=True)
     except Exception:  # not written yet, or being written
-        return -1
-
-
-@pytest.fixture
-def straight_run(tiny_text, tmp_path):
-    """The uninterrupted run the resumed ones must reproduce."""
-    straight = run_script("train.py", *settings(tiny_text, tmp_path), f"hydra.run.dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    return tmp_path / "straight"
+        return {"global_step": -1}
 
 
 def interrupt(overrides, run_dir, signum, after_step):
     """Start train.py, send ``signum`` once last.ckpt is past ``after_step``; its exit status."""
-    proc = subprocess.Popen([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while last_step(last) < after_step and time.time() < deadline and proc.poll() is None:
+    proc = start(overrides, run_dir)
+    deadline = time.time() + 300
+    while checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] < after_step and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint came"
         time.sleep(0.02)
     os.kill(proc.pid, signum)
-    return proc.wait(timeout=120)
+    return proc.wait(timeout=300)
 
 
-def assert_same_run(straight, resumed):
+def assert_same_run(straight, resumed, test_too=True):
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 300
+    assert a["global_step"] == b["global_step"] == STEPS
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resuming"
+    assert a["CharDataModule"] == b["CharDataModule"]
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, resumed))
-    assert ma["val/bpc"] == mb["val/bpc"] and ma["test/bpc"] == mb["test/bpc"]
+    assert ma["val/bpc"] == mb["val/bpc"] and ma["steps"] == mb["steps"] == STEPS
+    if test_too:  # the best checkpoint is the same (not so after continuing in another folder, which starts its own)
+        assert ma["test/bpc"] == mb["test/bpc"]
 
 
-def test_sigkilled_run_resumes_mid_epoch_to_the_same_weights_and_metrics(tiny_text, tmp_path, straight_run):
-    overrides, killed = settings(tiny_text, tmp_path), tmp_path / "killed"
-    assert interrupt(overrides, killed, signal.SIGKILL, after_step=80) == -signal.SIGKILL
-    last = killed / "checkpoints" / "last.ckpt"
-    assert 0 < last_step(last) < 300, "the kill did not land during training"
-    assert torch.load(last, weights_only=True)["CharDataModule"]["batches"] > 0, "the kill landed on an epoch end"
+def stopped_mid_epoch(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 0 < state["global_step"] < STEPS, "the stop did not land during training"
+    return state["global_step"] % PER_EPOCH != 0
 
-    resumed = run_script("train.py", *overrides, f"resume={killed}")
+
+@pytest.mark.parametrize("group, signum", [("per_epoch", signal.SIGINT), ("per_epoch", signal.SIGKILL),
+                                           ("mid_epoch", signal.SIGTERM), ("mid_epoch", signal.SIGUSR2)])
+def test_stopped_run_resumes_to_the_same_weights_and_metrics(corpus, tmp_path, straight, group, signum):
+    overrides, stopped = settings(corpus, group), tmp_path / "stopped"
+    # SIGKILL: after the checkpoint of step 20 or 30 (mid-epoch); a graceful stop checkpoints where it lands
+    status = interrupt(overrides, stopped, signum, after_step=20 if signum == signal.SIGKILL else 10)
+    assert status == (-signum if signum == signal.SIGKILL else 128 + signum)
+    assert stopped_mid_epoch(stopped), "the stop landed on an epoch end"
+    if signum != signal.SIGKILL:
+        log = (stopped / "train.log").read_text()
+        assert f"stopped by {signal.Signals(signum).name}" in log and f"resume={stopped}" in log
+
+    resumed = run_script("train.py", *overrides, f"resume={stopped}", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(straight_run, killed)
+    assert_same_run(straight[group], stopped)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2])
-def test_interrupted_run_saves_exits_and_resumes_to_the_same_weights(tiny_text, tmp_path, straight_run, signum):
-    overrides, stopped = settings(tiny_text, tmp_path), tmp_path / "stopped"
-    assert interrupt(overrides, stopped, signum, after_step=60) == 128 + signum
-    log = (stopped / "train.log").read_text()
-    assert f"stopped by {signal.Signals(signum).name}" in log and f"resume={stopped}" in log
-    assert 60 <= last_step(stopped / "checkpoints" / "last.ckpt") < 300
+def test_run_ended_by_its_budget_continues_with_a_larger_one_to_the_same_weights(corpus, tmp_path, straight):
+    """A finished run continued in a new folder (``ckpt_path=`` its last.ckpt) with a larger
+    budget trains on exactly as a run given that budget at once (constant learning rate)."""
+    overrides, first = settings(corpus, "per_epoch"), tmp_path / "first"
+    ended = run_script("train.py", *overrides, "trainer.max_steps=30", f"hydra.run.dir={first}", env=ENV)
+    assert ended.returncode == 0, ended.stderr[-2000:]
+    assert stopped_mid_epoch(first)
 
-    resumed = run_script("train.py", *overrides, f"resume={stopped}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(straight_run, stopped)
+    more = run_script("train.py", *overrides, f"ckpt_path={first}/checkpoints/last.ckpt",
+                      f"hydra.run.dir={tmp_path / 'more'}", env=ENV)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert str(first) not in (tmp_path / "more" / "train.log").read_text().splitlines()[-1]  # tests its own best
+    assert_same_run(straight["per_epoch"], tmp_path / "more", test_too=False)
+
+
+def test_continuing_a_checkpoint_already_at_the_budget_is_refused(corpus, tmp_path, straight):
+    last = straight["per_epoch"] / "checkpoints" / "last.ckpt"
+    result = run_script("train.py", *settings(corpus, "per_epoch"), f"ckpt_path={last}",
+                        f"hydra.run.dir={tmp_path / 'again'}", env=ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: ckpt_path={last} is at step {STEPS}, already at trainer.max_steps={STEPS}: nothing to train; "
+        f"raise trainer.max_steps (e.g. trainer.max_steps={2 * STEPS}) to continue it"]
+    assert not (tmp_path / "again" / "checkpoints").exists()
