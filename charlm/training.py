@@ -87,13 +87,12 @@ TRAINER_VALUES = {
                           "(once per epoch)",
     "devices": "must be a whole number >= 1, a list of device ids, or auto",
     "num_nodes": "must be a whole number >= 1",
-    "precision": "must be one of 32-true, bf16-mixed, 16-mixed, 64-true",
     "accelerator": "is not usable here ({lightning}); use auto (a GPU when there is one) or cpu",
     "strategy": "must be auto, ddp, ddp_spawn or another Lightning strategy name",
     "gradient_clip_val": "must be a number >= 0, or null",
 }
 # How Lightning's messages name a setting other than by its key
-TRAINER_KEY_HINTS = {"Timer(duration": "max_time", "total_seconds": "max_time", "Precision": "precision",
+TRAINER_KEY_HINTS = {"Timer(duration": "max_time", "total_seconds": "max_time",
                      "gpu backend": "accelerator", "accelerator": "accelerator", "CUDA": "accelerator"}
 
 

@@ -86,8 +86,6 @@ ROWS = [
     ("train.py", "trainer.max_epochs=-5", HERE, "trainer.max_epochs=-5 must be a whole number >= 0, or -1 for no limit"),
     ("train.py", "trainer.devices=abc", HERE,
      "trainer.devices='abc' must be a whole number >= 1, a list of device ids, or auto"),
-    ("train.py", "trainer.precision=banana", HERE,
-     "trainer.precision='banana' must be one of 32-true, bf16-mixed, 16-mixed, 64-true"),
     ("train.py", "trainer.val_check_interval=2.5", HERE,
      "trainer.val_check_interval=2.5 must be a fraction of an epoch in (0, 1], a whole number of training batches, "
      "or null (once per epoch)"),
