@@ -27,7 +27,7 @@ from common import AG_NEWS_TEST, median, print_table, require
 
 from charlm.config import compose_config
 from charlm.sources import read_ag_news_csv
-from charlm.model import CharRNN
+from charlm.model import CharRNN, matmul_flops_per_char
 from charlm.training import build
 
 
@@ -91,14 +91,12 @@ def plain_loop(model_overrides: list[str], steps: int, warmup: int = 10) -> floa
 
 
 def training_flops_per_char(net: CharRNN) -> float:
-    """Matmul FLOPs of one training character: forward (input and recurrent projections of every
-    layer, the head) times 3 for forward + backward. Embedding lookups count nothing; a one-hot
-    input counts its full matmul, as nn.LSTM runs it."""
-    rnn, gates = net.rnn, {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[net.rnn.mode]
-    forward = sum(2 * gates * rnn.hidden_size * ((rnn.input_size if layer == 0 else rnn.hidden_size) + rnn.hidden_size)
-                  for layer in range(rnn.num_layers))
-    forward += 2 * rnn.hidden_size * net.head.out_features
-    return 3 * forward
+    """Matmul FLOPs of one training character: the forward count (``charlm.model.matmul_flops_per_char``)
+    times 3 for forward + backward."""
+    rnn = net.rnn
+    cell = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn"}[rnn.mode]
+    embedding_dim = net.embedding.embedding_dim if net.embedding is not None else 0
+    return 3 * matmul_flops_per_char(cell, rnn.hidden_size, rnn.num_layers, net.vocab_size, embedding_dim)
 
 
 @torch.no_grad()

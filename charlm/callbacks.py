@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Timer, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from torchmetrics import MeanMetric
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from charlm.errors import UserError
@@ -274,6 +275,43 @@ class CharThroughput(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._start is not None:
             self._paused += time.perf_counter() - self._validation_start
+
+
+class TrainSampleScore(L.Callback):
+    """At every validation, also scores a sample of the training text, the first ``chars``
+    characters of the training split (at most as many as the val split holds), exactly as val is
+    scored (``CharLM._eval_step``: ``data.eval_rows`` rows, state carried over ``data.eval_chunk``
+    chunks) and logs ``train_eval/loss``, ``train_eval/bpc`` and ``train_eval/ppl``.
+
+    ``train/loss`` cannot stand beside ``val/bpc``: it is the mean over the current batch's random
+    windows, each read from a zero state (and with dropout on), while val carries the state over
+    its stream; the two differ even on the same text. Counted the same way, ``val/bpc -
+    train_eval/bpc`` is the overfitting gap that ``charlm.summary`` reports. The cost is one
+    forward pass over ``chars`` characters per validation (32,768: one chunk of 64 rows × 512)."""
+
+    def __init__(self, chars: int = 32768):
+        if isinstance(chars, bool) or not isinstance(chars, int) or chars < 2:
+            raise UserError(f"callbacks.train_eval.chars={chars!r} must be a whole number >= 2")
+        self.chars = chars
+        self._stream = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        if trainer.sanity_checking or not hasattr(datamodule, "eval_stream"):
+            return
+        if self._stream is None:
+            self._stream = datamodule.eval_stream("train", min(self.chars, datamodule.meta["characters"]["val"]))
+        if not len(self._stream):
+            return
+        metric = MeanMetric().to(pl_module.device)  # compute() sums over DDP ranks, as for val
+        with torch.no_grad(), trainer.precision_plugin.val_step_context():
+            for i in range(len(self._stream)):
+                x, y = self._stream[i]
+                pl_module._eval_step((x.to(pl_module.device), y.to(pl_module.device)), i, metric)
+        loss = metric.compute()
+        # no "step" here: CharLM logs it in this same hook (after the callbacks), for these too
+        pl_module.log_dict({"train_eval/loss": loss, "train_eval/bpc": loss / math.log(2),
+                            "train_eval/ppl": loss.exp()}, sync_dist=True)
 
 
 class BudgetLRDecay(L.Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import tempfile
@@ -92,6 +93,16 @@ def run_dir(resume) -> str:
     return time.strftime("outputs/runs/%Y-%m-%d_%H-%M-%S_") + str(os.getpid())
 
 
+def steps_for_chars(chars, batch_size: int, nchars: int, devices=1, num_nodes=1) -> int:
+    """``${steps_for_chars:chars,batch_size,nchars,devices,num_nodes}``: the optimizer steps that
+    train on ``chars`` characters, ``ceil(chars / (batch_size * nchars * devices * num_nodes))``
+    (a step trains ``batch_size`` windows of ``nchars`` on every device); a ``devices`` that is not
+    a whole number (``auto``, a list) counts as 1. For equal-characters budgets (``sweep=equal_chars``)."""
+    devices = devices if isinstance(devices, int) and devices > 0 else 1
+    num_nodes = num_nodes if isinstance(num_nodes, int) and num_nodes > 0 else 1
+    return max(1, math.ceil(float(chars) / (batch_size * nchars * devices * num_nodes)))
+
+
 def writable_dir(path: str | Path, key: str) -> Path:
     """The folder ``path`` (config value ``key``), created if needed, after checking that a file
     can be written in it; else a ``UserError`` naming it. Checked by writing, since permission
@@ -137,7 +148,8 @@ class ThreadsPerJob(Callback):
 
 def register_resolvers() -> None:
     """``${pid:}`` (unique sweep folders), ``${run_dir:resume}`` (run folders),
-    ``${job_dirname:overrides,exclude_keys}`` (sweep job folders) and ``${sqrt_scaled_lr:base_lr,base_batch,batch}`` (the GPU preset's learning rate)."""
+    ``${job_dirname:overrides,exclude_keys}`` (sweep job folders), ``${steps_for_chars:...}`` (character
+    budgets) and ``${sqrt_scaled_lr:base_lr,base_batch,batch}`` (the GPU preset's learning rate)."""
     if not OmegaConf.has_resolver("run_dir"):
         OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
     if not OmegaConf.has_resolver("pid"):
@@ -146,6 +158,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
     if not OmegaConf.has_resolver("sqrt_scaled_lr"):
         OmegaConf.register_new_resolver("sqrt_scaled_lr", sqrt_scaled_lr)
+    if not OmegaConf.has_resolver("steps_for_chars"):
+        OmegaConf.register_new_resolver("steps_for_chars", steps_for_chars)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -255,10 +255,12 @@ class CharDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def eval_stream(self, split: str) -> EvalStream:
-        """The held-out ``split`` (val or test) as this rank's share of an ``EvalStream``."""
+    def eval_stream(self, split: str, chars: int | None = None) -> EvalStream:
+        """The held-out ``split`` (val or test) as this rank's share of an ``EvalStream``; with
+        ``chars``, only its first ``chars`` characters (``train`` with ``chars``: a sample of the
+        training text scored as val is, by ``charlm.callbacks.TrainSampleScore``)."""
         tokens = map_tokens(self.cache_path / f"{split}.npy")  # read in order: the kernel's read-ahead helps
-        return EvalStream(tokens, self.eval_rows, self.eval_chunk, self.separator_id, *self._rank())
+        return EvalStream(tokens[:chars], self.eval_rows, self.eval_chunk, self.separator_id, *self._rank())
 
     def _eval_loader(self, split: str) -> DataLoader:
         # its own generator, as for training: validating must not move the global random state

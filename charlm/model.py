@@ -26,6 +26,20 @@ def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, e
         raise UserError(f"model.dropout={dropout!r} must be a number in [0, 1)")
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight matrices per layer: LSTM's 4 gates, GRU's 3, a plain RNN's 1
+
+
+def matmul_flops_per_char(cell: str, hidden_size: int, layers: int, vocab_size: int, embedding_dim: int = 0,
+                          **_) -> int:
+    """Forward matmul FLOPs of one character, counted from the settings: every layer's input and
+    recurrent projections, ``2 * gates * hidden * (input + hidden)`` (input = the embedding, the
+    one-hot vocabulary for ``embedding_dim=0``, as nn.LSTM multiplies it in full, or the layer
+    below), and the head, ``2 * hidden * vocab``. Training costs about 3 times this (backward: 2);
+    embedding lookups, biases and gate nonlinearities are left out (a few percent)."""
+    inputs = [embedding_dim or vocab_size] + [hidden_size] * (layers - 1)
+    return sum(2 * GATES[cell] * hidden_size * (n + hidden_size) for n in inputs) + 2 * hidden_size * vocab_size
+
+
 class CharRNN(nn.Module):
     """Character-level recurrent language model.
 

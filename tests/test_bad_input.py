@@ -97,6 +97,8 @@ ROWS = [
      "stop in mid-epoch; set it to false (checkpoints are then written when validation ends)"),
     ("train.py", "hydra.run.dir={d}/notes.txt/run", CLI,
      "hydra.run.dir={d}/notes.txt/run is not a writable folder (Not a directory); pass one you can write to"),
+    ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/cache callbacks.train_eval.chars=1", HERE,
+     "callbacks.train_eval.chars=1 must be a whole number >= 2"),
     ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/notes.txt/cache", HERE,
      "data.cache_dir={d}/notes.txt/cache is not a writable folder (Not a directory); pass one you can write to"),
     ("train.py", "", CLI,  # HF_HUB_OFFLINE=1 (run_script sets it): the Hub is unreachable

@@ -6,6 +6,7 @@ import math
 import re
 import shlex
 import shutil
+import statistics
 import sys
 
 import pytest
@@ -23,8 +24,8 @@ ENV = {"OMP_NUM_THREADS": "1"}  # tiny models: threads only add overhead on a sh
 
 
 def multirun(sweep_dir, data_path, *overrides):
-    """``python train.py -m`` into ``sweep_dir`` with tiny settings."""
-    return run_script("train.py", "-m", *overrides, *TINY, f"data.path={data_path}",
+    """``python train.py -m`` into ``sweep_dir`` with tiny settings (``overrides`` replace them)."""
+    return run_script("train.py", "-m", *TINY, *overrides, f"data.path={data_path}",
                       f"data.cache_dir={sweep_dir.parent / 'cache'}", f"hydra.sweep.dir={sweep_dir}", env=ENV)
 
 
@@ -44,6 +45,161 @@ def sweep(ag_news_test_csv, tmp_path_factory):
     result = multirun(sweep_dir, ag_news_test_csv, "model.cell=lstm,gru", "model.layers=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir, result
+
+
+@pytest.fixture(scope="module")
+def seeded(ag_news_test_csv, tmp_path_factory):
+    """A finished sweep of 2 configurations (LSTM, GRU) x 2 seeds, 20 steps each, validated on the
+    budget schedule (10 points); its folder and the summary's jobs and configurations."""
+    from charlm.summary import collect
+
+    sweep_dir = tmp_path_factory.mktemp("seeded") / "cells"
+    result = multirun(sweep_dir, ag_news_test_csv, "model.cell=lstm,gru", "seed=1,2", "trainer.max_steps=20",
+                      "trainer.val_check_interval=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (sweep_dir, *collect(sweep_dir))
+
+
+def scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload().Scalars(tag)
+
+
+def test_configurations_group_the_seeds_with_their_mean_and_spread(seeded):
+    sweep_dir, _, _ = seeded
+    configs = {c["configuration"]: c for c in csv.DictReader(open(sweep_dir / "configurations.csv", newline=""))}
+    assert set(configs) == {"lstm 1×16", "gru 1×16"}  # the seed is not part of the configuration
+    for cell, config in ((c["configuration"].split()[0], c) for c in configs.values()):
+        runs = [sweep_dir / f"cell={cell},seed={seed}" for seed in (1, 2)]
+        assert sorted(config["runs"].split()) == sorted(r.name for r in runs) and config["n"] == "2"
+        for column, key in (("best_val_bpc", "best/val_bpc"), ("test_bpc", "test/bpc")):
+            values = [metrics_of(run)[key] for run in runs]
+            assert math.isclose(float(config[f"{column}_mean"]), statistics.fmean(values))
+            assert math.isclose(float(config[f"{column}_std"]), statistics.stdev(values))
+    best, other = sorted(configs.values(), key=lambda c: float(c["best_val_bpc_mean"]))
+    assert best["delta_vs_best"] == "" and best["within_spread"] == ""
+    delta = float(other["best_val_bpc_mean"]) - float(best["best_val_bpc_mean"])
+    assert math.isclose(float(other["delta_vs_best"]), delta)
+    within = delta <= math.hypot(float(other["best_val_bpc_std"]), float(best["best_val_bpc_std"]))
+    assert other["within_spread"] == str(within)
+    line = next(line for line in (sweep_dir / "summary.md").read_text().splitlines()
+                if line.startswith(f"| {other['configuration']} | 2 | "))
+    assert f"| {delta:+.4f}{' (within seed spread)' if within else ''} |" in line
+    assert f"| {best['configuration']} | 2 | " in (sweep_dir / "summary.md").read_text()
+
+
+def fake_run(name, cell, best, seed):
+    """A job as charlm.summary.read_run returns it, without curves: for the rules of ``group``."""
+    empty = {"step": [], "characters": [], "seconds": [], "value": []}
+    return {"run": name, "cell": cell, "layers": 1, "hidden_size": 8, "seed": seed, "parameters": 1,
+            "best_val_bpc": best, "test_bpc": best, "chars_per_sec": 1.0, "fit_seconds": 1.0, "characters": None,
+            "final_train_eval_bpc": None, "gap": None, "curves": {"val/bpc": empty, "train_eval/bpc": empty},
+            "settings": {"model.cell": cell, "model.layers": 1, "model.hidden_size": 8, "model.dropout": 0.0}}
+
+
+def test_a_difference_within_the_seeds_spread_is_flagged_and_a_larger_one_not():
+    from charlm.summary import group
+
+    runs = [fake_run("a1", "lstm", 1.00, 1), fake_run("a2", "lstm", 1.02, 2),   # mean 1.01, std 0.0141
+            fake_run("b1", "gru", 1.02, 1), fake_run("b2", "gru", 1.04, 2),     # +0.02 <= 0.02: within
+            fake_run("c1", "rnn", 1.10, 1), fake_run("c2", "rnn", 1.12, 2),     # +0.10: not
+            {**fake_run("d1", "lstm", 1.5, 1), "settings": {**fake_run("", "lstm", 0, 0)["settings"], "model.dropout": 0.2}}]
+    configs = {c["configuration"]: c for c in group(runs)}
+    assert list(configs) == ["lstm 1×8 d=0", "gru 1×8 d=0", "rnn 1×8 d=0", "lstm 1×8 d=0.2"]  # best first
+    assert [c["n"] for c in configs.values()] == [2, 2, 2, 1]
+    assert configs["gru 1×8 d=0"]["within_spread"] is True and configs["rnn 1×8 d=0"]["within_spread"] is False
+    assert configs["lstm 1×8 d=0.2"]["within_spread"] is None  # one seed: no spread to compare with
+    assert math.isclose(configs["rnn 1×8 d=0"]["delta_vs_best"], 0.10)
+    assert configs["lstm 1×8 d=0"]["within_spread"] is None and configs["lstm 1×8 d=0"]["delta_vs_best"] is None
+
+
+def test_curves_against_characters_and_seconds_come_from_every_validation(seeded):
+    sweep_dir, rows, _ = seeded
+    with open(sweep_dir / "curves.csv", newline="") as f:
+        points = list(csv.DictReader(f))
+    for row in rows:
+        run = sweep_dir / row["run"]
+        mine = [p for p in points if p["run"] == row["run"]]
+        val = scalars(run, "val/bpc")
+        assert len(mine) == len(val) == 10  # callbacks.validation.points
+        assert [int(p["step"]) for p in mine] == [2 * k for k in range(1, 11)]
+        assert [int(p["characters"]) for p in mine] == [int(p["step"]) * 16 * 32 for p in mine]  # batch x nchars
+        seconds = [float(p["seconds"]) for p in mine]
+        assert 0 < seconds[0] and seconds == sorted(seconds) and seconds[-1] <= metrics_of(run)["fit_seconds"] + 1
+        assert [float(p["val_bpc"]) for p in mine] == pytest.approx([p.value for p in val])
+        assert {p["configuration"] for p in mine} == {row["configuration"]} and mine[0]["seed"] == str(row["seed"])
+    configs = {c["configuration"]: c for c in seeded[2]}
+    # equal budgets: every job trained 20 x 512 characters; the value there is the mean of the seeds' last points
+    for config in configs.values():
+        assert config["equal_chars"] == 20 * 512
+        last = [r["curves"]["val/bpc"]["value"][-1] for r in config["members"]]
+        assert math.isclose(config["val_bpc_at_equal_chars"], statistics.fmean(last))
+
+
+def test_train_sample_is_scored_at_every_validation_and_its_gap_is_in_the_tables(seeded):
+    sweep_dir, rows, configs = seeded
+    csv_rows = read_csv(sweep_dir / "summary.csv")
+    for row in rows:
+        run = sweep_dir / row["run"]
+        val, train = scalars(run, "val/bpc"), scalars(run, "train_eval/bpc")
+        assert [p.step for p in train] == [p.step for p in val]
+        gap = val[-1].value - train[-1].value
+        assert math.isclose(float(csv_rows[row["run"]]["gap"]), gap, rel_tol=1e-6)
+        assert train[-1].value != val[-1].value  # another text
+    for config in configs:
+        assert math.isclose(config["gap"], statistics.fmean(r["gap"] for r in config["members"]))
+
+
+def test_plots_have_one_colour_and_a_readable_label_per_configuration(seeded):
+    from charlm.summary import plot
+
+    sweep_dir, _, configs = seeded
+    figures = plot(configs, sweep_dir)
+    assert set(figures) == {"best_val_bpc.png", "learning_curves.png", "overfitting.png"}
+    labels = [text.get_text() for text in figures["learning_curves.png"].legends[0].get_texts()]
+    assert sorted(labels) == ["gru 1×16", "lstm 1×16"]
+    for ax in figures["learning_curves.png"].axes:
+        thick = {line.get_label(): line.get_color() for line in ax.lines if not line.get_label().startswith("_")}
+        assert len(set(map(str, thick.values()))) == len(configs) == 2
+        seeds = [line for line in ax.lines if line.get_label().startswith("_")]  # thin, unlabelled, one per seed
+        assert len(seeds) == 4 and all(line.get_linewidth() < 1 for line in seeds)
+        for config in configs:
+            colour = thick[config["configuration"]]
+            assert sum(line.get_color() == colour for line in seeds) == config["n"] == 2
+            style = {"lstm": "-", "gru": "--"}[config["cell"]]
+            assert all(line.get_linestyle() == style for line in ax.lines if line.get_color() == colour)
+
+
+def test_flops_per_character_is_the_hand_count():
+    from charlm.model import matmul_flops_per_char
+
+    # LSTM 2x256, embedding 16, 100 characters: 2*4*256*(16+256) + 2*4*256*(256+256) + head 2*256*100
+    assert matmul_flops_per_char("lstm", 256, 2, vocab_size=100, embedding_dim=16) == 557_056 + 1_048_576 + 51_200
+    # GRU 1x128, one-hot input (embedding 0): 2*3*128*(100+128) + 2*128*100; RNN: one matrix
+    assert matmul_flops_per_char("gru", 128, 1, vocab_size=100) == 175_104 + 25_600
+    assert matmul_flops_per_char("rnn", 128, 1, vocab_size=100) == 58_368 + 25_600
+
+
+def test_the_table_has_parameters_and_flops_of_each_configuration(seeded):
+    from charlm.model import matmul_flops_per_char
+
+    sweep_dir, rows, configs = seeded
+    for config in configs:
+        vocab = len(torch.load(sweep_dir / config["runs"][0] / "checkpoints" / "best.ckpt",
+                               weights_only=True)["hyper_parameters"]["vocab"])
+        flops = matmul_flops_per_char(config["cell"], 16, 1, vocab_size=vocab, embedding_dim=8)
+        assert config["flops_per_char"] == flops and config["parameters"] == metrics_of(sweep_dir / config["runs"][0])["parameters"]
+        assert f"| {flops:,} |" in (sweep_dir / "summary.md").read_text()
+
+
+def test_label_names_the_differing_settings_shortly():
+    from charlm.summary import label
+
+    settings = {"model.cell": "lstm", "model.layers": 2, "model.hidden_size": 256, "model.dropout": 0.2,
+                "optimizer.lr": 0.003, "trainer.max_time": "00:00:05:00"}
+    assert label(settings, ["model.dropout", "optimizer.lr", "model.layers"]) == "lstm 2×256 d=0.2 lr=0.003"
+    assert label(settings, ["trainer.max_time"]) == "lstm 2×256 max_time=00:00:05:00"
 
 
 def test_job_dirname_drops_config_groups_unless_ambiguous():
@@ -93,11 +249,12 @@ def test_summary_rows_are_the_jobs_real_metrics(sweep):
         assert (f"cell={row['cell']}", f"layers={row['layers']}", row["hidden_size"]) == (cell, layers, "16")
     best = min(rows.values(), key=lambda r: float(r["best_val_bpc"]))
     markdown = (sweep_dir / "summary.md").read_text()
-    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    jobs = markdown[markdown.index("## Jobs"):]
+    table = [line for line in jobs.splitlines() if line.startswith("| ")]
     assert len(table) == 5 and table[1].startswith(f"| {best['run']} | ")  # header, then rows by best val/bpc
     assert f"{float(best['best_val_bpc']):.4f}" in table[1]
     assert all(f"{line}\n" in result.stdout for line in table)  # printed when the sweep ended
-    for plot in ("best_val_bpc.png", "learning_curves.png"):
+    for plot in ("best_val_bpc.png", "learning_curves.png", "overfitting.png"):
         assert (sweep_dir / plot).read_bytes().startswith(b"\x89PNG")
 
 
@@ -205,6 +362,13 @@ def test_presets_compose():
         lesson = compose("config", overrides=["sweep=lesson"], return_hydra_config=True)
         assert dict(lesson.hydra.sweeper.params) == {"model.cell": "lstm,gru", "model.layers": "1,2,3",
                                                       "model.hidden_size": "128,256,512"}
+        seeds = compose("config", overrides=["sweep=lesson_seeds"], return_hydra_config=True)
+        assert seeds.hydra.sweeper.params.seed == "1,2" and seeds.trainer.max_time
+        chars = compose("config", overrides=["sweep=equal_chars", "data.batch_size=16", "data.nchars=32",
+                                             "train_chars=10000"], return_hydra_config=True)
+        assert chars.trainer.max_steps == 20 and chars.hydra.sweeper.params["model.cell"] == "lstm,gru"  # ceil(10000/512)
+        gpu = compose("config", overrides=["sweep=gpu"], return_hydra_config=True)
+        assert gpu.trainer.accelerator == "gpu" and gpu.hydra.sweeper.params.seed == "1,2"
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
         optuna = compose("config", overrides=["hparams_search=optuna"], return_hydra_config=True)
         assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper")
