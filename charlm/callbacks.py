@@ -244,6 +244,11 @@ class TextSamples(L.Callback):
             # Markdown renders newlines only as hard breaks; keep the text literal in a code block.
             trainer.logger.experiment.add_text(f"samples/T={temperature:g}", f"    {text}".replace("\n", "\n    "),
                                                trainer.global_step)
+        for topic, name in enumerate(getattr(pl_module, "topics", None) or []):  # a topic-conditioned model
+            text = generate_text(pl_module.net, pl_module.vocab, self._prompt, self.length,
+                                 temperature=self.temperatures[-1], seed=self.seed, topic=topic)[0]
+            trainer.logger.experiment.add_text(f"samples/topic={name}", f"    {text}".replace("\n", "\n    "),
+                                               trainer.global_step)
 
 
 class CharThroughput(L.Callback):
