@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from charlm.config import literal_prompt_overrides
 from charlm.errors import UserError, exit_on_user_error
 from charlm.module import load_checkpoint
-from charlm.sampling import check_sampling_args, default_prompt, generate
+from charlm.sampling import check_sampling_args, default_prompt, generate, topic_ids
 
 
 def newest_checkpoint(runs_dir: str) -> Path:
@@ -52,30 +52,35 @@ def sample(cfg: DictConfig) -> None:
         notes.append(f"no ckpt given: using the newest run's {ckpt}")
     device = usable_device(cfg.device)
     module = load_checkpoint(ckpt).to(device)
+    topics = topic_ids(module.topics, cfg.get("topic"))  # None: unconditioned
     prompt = cfg.prompt
     if prompt is None:
         prompt, note = default_prompt(module.vocab)
         notes += [note] if note else []
+    per_topic = cfg.num_samples
+    rows = per_topic * (len(topics) if topics else 1)  # topic=all: num_samples of each topic, in one batch
     steps = generate(module.net, module.vocab, prompt, cfg.length, temperature=cfg.temperature,
-                     top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_samples, seed=cfg.seed)
+                     top_k=cfg.top_k, top_p=cfg.top_p, num_samples=rows, seed=cfg.seed,
+                     topic=None if topics is None else [t for t in topics for _ in range(per_topic)])
     if cfg.num_samples > 1 and (cfg.temperature == 0 or cfg.top_k == 1):
         setting = "temperature=0" if cfg.temperature == 0 else "top_k=1"
         notes.append(f"{setting} is greedy decoding, which has one answer: the {cfg.num_samples} samples are the "
                      "same; use temperature > 0 (and top_k > 1 or null) for different ones")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    if cfg.num_samples == 1:  # stream the characters as they are made
+    if rows == 1:  # stream the characters as they are made
         sys.stdout.write(prompt)
         for (char,) in steps:
             sys.stdout.write(char)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return
-    samples = [prompt] * cfg.num_samples
+    samples = [prompt] * rows
     for step in steps:
         samples = [text + char for text, char in zip(samples, step)]
     for i, text in enumerate(samples):
-        print(f"--- sample {i + 1}\n{text}")
+        topic = f" (topic {module.topics[topics[i // per_topic]]})" if topics else ""
+        print(f"--- sample {i % per_topic + 1 if topics else i + 1}{topic}\n{text}")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

@@ -38,6 +38,20 @@ def map_tokens(path: Path, random_access: bool = False) -> np.ndarray:
         return np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
 
 
+def map_labels(cache: Path, split: str, random_access: bool = False) -> np.ndarray | None:
+    """The topic of every character of ``split`` (uint8, memory-mapped like its tokens), or
+    ``None`` for a cache without topics (text corpora)."""
+    path = cache / f"{split}_labels.npy"
+    return map_tokens(path, random_access) if path.exists() else None
+
+
+def article_starts(tokens: np.ndarray, separator_id: int) -> np.ndarray:
+    """Where each article of a token stream starts: 0 and every separator (which belongs to the
+    article it starts)."""
+    starts = np.flatnonzero(np.asarray(tokens) == separator_id)
+    return starts if len(starts) and starts[0] == 0 else np.concatenate([[0], starts]).astype(np.int64)
+
+
 def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, source: str, kind: str) -> None:
     """Encode ``corpus`` into the cache folder ``cache`` (built in a temporary folder under
     ``cache_root``, then renamed into place, so a reader sees the whole cache or none)."""
@@ -68,12 +82,18 @@ def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, sour
                         files[split].write(part.tobytes())
                         unknown[split] += int(np.count_nonzero(part == 0))
                 position += len(ids)
+        if corpus.labels is not None:  # the topic of every character, parallel to the tokens (AG News)
+            for split in SPLITS:
+                if len(corpus.labels[split]) != corpus.sizes[split]:
+                    raise ValueError(f"{split}: {len(corpus.labels[split])} labels for {corpus.sizes[split]} characters")
+                np.save(tmp / f"{split}_labels.npy", corpus.labels[split].astype(np.uint8))
         if position != ends["test"]:
             raise UserError(f"data.path={source} changed while it was read ({position} characters, not "
                             f"{ends['test']}); run again once it is complete")
         meta = {"vocab": vocab.chars, "source": source, "corpus": kind,
                 "separator": SEPARATOR if kind == "ag_news" else None, "characters": corpus.sizes,
-                "unknown": unknown}
+                "unknown": unknown, "topics": corpus.topics,
+                "topic_counts": corpus.topic_counts}
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, cache)  # atomic: a reader (under no lock) sees the whole cache or none

@@ -245,6 +245,11 @@ class TextSamples(L.Callback):
             # Markdown renders newlines only as hard breaks; keep the text literal in a code block.
             trainer.logger.experiment.add_text(f"samples/T={temperature:g}", f"    {text}".replace("\n", "\n    "),
                                                trainer.global_step)
+        for topic, name in enumerate(getattr(pl_module, "topics", None) or []):  # a topic-conditioned model
+            text = generate_text(pl_module.net, pl_module.vocab, self._prompt, self.length,
+                                 temperature=self.temperatures[-1], seed=self.seed, topic=topic)[0]
+            trainer.logger.experiment.add_text(f"samples/topic={name}", f"    {text}".replace("\n", "\n    "),
+                                               trainer.global_step)
 
 
 class CharThroughput(L.Callback):
@@ -306,8 +311,8 @@ class TrainSampleScore(L.Callback):
         metric = MeanMetric().to(pl_module.device)  # compute() sums over DDP ranks, as for val
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
             for i in range(len(self._stream)):
-                x, y = self._stream[i]
-                pl_module._eval_step((x.to(pl_module.device), y.to(pl_module.device)), i, metric)
+                batch = tuple(t.to(pl_module.device) for t in self._stream[i])  # (x, y) or (x, y, topic)
+                pl_module._eval_step(batch, i, metric)
         loss = metric.compute()
         # no "step" here: CharLM logs it in this same hook (after the callbacks), for these too
         pl_module.log_dict({"train_eval/loss": loss, "train_eval/bpc": loss / math.log(2),

@@ -15,15 +15,16 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader
 
-from charlm.cache import CACHE_VERSION, map_tokens, write_cache
+from charlm.cache import CACHE_VERSION, map_labels, map_tokens, write_cache
 from charlm.config import writable_dir
 from charlm.errors import UserError
 from charlm.sources import (SEPARATOR, SPLITS, Corpus, load_hub_ag_news, read_ag_news_csv, read_text_chunks,
-                            split_off, split_sizes, split_tail, train_vocabulary)
+                            split_off, split_sizes, split_tail, topic_names, train_vocabulary)
 from charlm.vocabulary import Vocabulary
 from charlm.windows import ORDER_VERSION, DeviceWindows, EvalStream, ShuffledBatches, WindowDataset, as_batch
 
@@ -98,6 +99,7 @@ class CharDataModule(L.LightningDataModule):
         self.cache_path: Path | None = None
         self._train_batches: ShuffledBatches | None = None
         self._position = 0  # batch rounds trained before this process, from a checkpoint (load_state_dict)
+        self.with_topics = False  # batches carry the topic of each input character (use_topics)
 
     # --- preparing the cache
 
@@ -118,25 +120,47 @@ class CharDataModule(L.LightningDataModule):
             sizes = dict(zip(SPLITS, split_sizes(n, self.val_size, self.test_size)))
             return Corpus(train_vocabulary(read_text_chunks(self.path), sizes["train"]), sizes,
                           lambda: read_text_chunks(self.path))
+        names = topic_names(self.path)
         if not self.path.is_dir():
-            return self._ag_news_corpus(*split_tail(read_ag_news_csv(self.path), self.val_size, self.test_size))
+            labels = []
+            articles = read_ag_news_csv(self.path, labels)
+            return self._ag_news_corpus(*split_tail(articles, self.val_size, self.test_size),
+                                        topics=(*split_tail(labels, self.val_size, self.test_size), names))
         if not (self.path / "train.csv").exists() or not (self.path / "test.csv").exists():
             raise UserError(f"data.path={self.path} is a folder without train.csv and test.csv; "
                             "pass one CSV file or a folder with both")
-        train = read_ag_news_csv(self.path / "train.csv")
+        train_labels, test_labels = [], []
+        train = read_ag_news_csv(self.path / "train.csv", train_labels)
         return self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"),
-                                    read_ag_news_csv(self.path / "test.csv"))
+                                    read_ag_news_csv(self.path / "test.csv", test_labels),
+                                    topics=(*split_off(train_labels, self.val_size, "data.val_size"), test_labels, names))
 
-    def _ag_news_corpus(self, train: list[str], val: list[str], test: list[str]) -> Corpus:
+    def _ag_news_corpus(self, train: list[str], val: list[str], test: list[str], topics=None) -> Corpus:
+        """``topics``: (train, val, test labels (0-based), names), or ``None`` for a source without them."""
         if not test:
             raise UserError(f"AG News source {self.path} has no test articles; pass a file with some")
         # Held-out streams start with a separator, so their first article is scored from its start.
         texts = [(SEPARATOR if s != "train" else "") + SEPARATOR.join(docs) for s, docs in zip(SPLITS, (train, val, test))]
-        return Corpus(Vocabulary.from_text(texts[0]), dict(zip(SPLITS, map(len, texts))), lambda: iter(texts))
+        corpus = Corpus(Vocabulary.from_text(texts[0]), dict(zip(SPLITS, map(len, texts))), lambda: iter(texts))
+        if topics is not None:
+            # The topic of every character: an article's characters and the separator that starts it.
+            corpus.labels = {}
+            for split, docs, labels in zip(SPLITS, (train, val, test), topics[:3]):
+                lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) + 1
+                if split == "train" and len(lengths):
+                    lengths[0] -= 1  # the training text does not start with a separator
+                corpus.labels[split] = np.repeat(np.asarray(labels, dtype=np.uint8), lengths)
+            corpus.topics = list(topics[3])
+            corpus.topic_counts = np.bincount(np.asarray(topics[0], dtype=np.int64),
+                                              minlength=len(corpus.topics)).tolist()
+        return corpus
 
     def _cache_dir_for(self, source_key: str) -> Path:
-        spec = json.dumps([CACHE_VERSION, self.corpus, self.hub_dataset if self.path is None else "",
-                           source_key, self.val_size, self.test_size])
+        spec = [CACHE_VERSION, self.corpus, self.hub_dataset if self.path is None else "",
+                source_key, self.val_size, self.test_size]
+        if self.corpus == "ag_news":  # AG News caches carry the topic of every character (an older one lacks them)
+            spec.append("topics")
+        spec = json.dumps(spec)
         return self.cache_root / hashlib.sha1(spec.encode()).hexdigest()[:16]
 
     def prepare_data(self) -> None:
@@ -144,8 +168,11 @@ class CharDataModule(L.LightningDataModule):
         if self.cache_path is not None:
             return
         if self.path is None:
-            train, test, source_key = load_hub_ag_news(self.hub_dataset)
-            corpus = lambda: self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"), test)  # noqa: E731
+            train, test, source_key, hub_topics = load_hub_ag_news(self.hub_dataset)
+            topics = None if hub_topics is None else (
+                *split_off(hub_topics[0], self.val_size, "data.val_size"), hub_topics[1], hub_topics[2])
+            corpus = lambda: self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"), test,  # noqa: E731
+                                                  topics=topics)
         else:
             source_key, corpus = self._local_key(), self._local_corpus
         cache = self._cache_dir_for(source_key)
@@ -174,8 +201,26 @@ class CharDataModule(L.LightningDataModule):
         for split in ("val", "test"):
             if meta["characters"][split] < 2:
                 raise UserError(f"the {split} split has {meta['characters'][split]} characters; raise data.{split}_size")
+        self.topics = meta.get("topics")  # the topics' names (AG News), else None
+        if self.with_topics:
+            self.train_set.labels_path = self.cache_path / "train_labels.npy"
         if meta["unknown"]["val"] or meta["unknown"]["test"]:
             log.info("characters outside the vocabulary (scored as id 0): %s", meta["unknown"])
+
+    def use_topics(self) -> list[str]:
+        """Make every batch (x, y, topic): the topic of each input character (``model.topics=true``).
+        The topics' names; a corpus without topics is refused in one line."""
+        self.setup()
+        if not self.topics:
+            raise UserError(f"model.topics=true needs a corpus with topics (data=ag_news); data.corpus={self.corpus} has "
+                            "none: leave out model.topics")
+        self.with_topics = True
+        self.train_set.labels_path = self.cache_path / "train_labels.npy"
+        return self.topics
+
+    def held_out_topics(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens and the per-character topics of a held-out split (val or test)."""
+        return map_tokens(self.cache_path / f"{split}.npy"), map_labels(self.cache_path, split)
 
     def train_dataloader(self) -> DataLoader:
         batches = ShuffledBatches(len(self.train_set), self.batch_size, self.seed, *self._rank(), position=self.position)
@@ -260,7 +305,9 @@ class CharDataModule(L.LightningDataModule):
         ``chars``, only its first ``chars`` characters (``train`` with ``chars``: a sample of the
         training text scored as val is, by ``charlm.callbacks.TrainSampleScore``)."""
         tokens = map_tokens(self.cache_path / f"{split}.npy")  # read in order: the kernel's read-ahead helps
-        return EvalStream(tokens[:chars], self.eval_rows, self.eval_chunk, self.separator_id, *self._rank())
+        labels = map_labels(self.cache_path, split)[:chars] if self.with_topics else None
+        return EvalStream(tokens[:chars], self.eval_rows, self.eval_chunk, self.separator_id, *self._rank(),
+                          labels=labels)
 
     def _eval_loader(self, split: str) -> DataLoader:
         # its own generator, as for training: validating must not move the global random state

@@ -11,12 +11,25 @@ from charlm.errors import UserError
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
-def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, embedding_dim: int, **unknown) -> None:
+TOPIC_MODES = ("input", "state")  # the topic fed with every character, or only into the initial state
+
+
+def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, embedding_dim: int,
+                     topics: int | bool = 0, topic_dim: int = 16, topic_dropout: float = 0.0,
+                     topic_mode: str = "input", **unknown) -> None:
     """Refuse ``CharRNN`` settings that build no sensible network, or that it does not have,
-    naming the bad value (``model.<key>``)."""
+    naming the bad value (``model.<key>``). ``topics`` may be ``true`` (the data's topics)."""
     if unknown:
         raise UserError(f"model.{next(iter(unknown))} is not a model setting; the settings are cell, hidden_size, "
-                        "layers, dropout, embedding_dim")
+                        "layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode")
+    if not isinstance(topics, (bool, int)) or (not isinstance(topics, bool) and topics < 0):
+        raise UserError(f"model.topics={topics!r} must be true (condition on the data's topics) or false")
+    if topic_mode not in TOPIC_MODES:
+        raise UserError(f"model.topic_mode={topic_mode!r} is not known; use input (every step) or state (initial state)")
+    if isinstance(topic_dim, bool) or not isinstance(topic_dim, int) or topic_dim < 1:
+        raise UserError(f"model.topic_dim={topic_dim!r} must be a whole number >= 1")
+    if isinstance(topic_dropout, bool) or not isinstance(topic_dropout, (int, float)) or not 0 <= topic_dropout < 1:
+        raise UserError(f"model.topic_dropout={topic_dropout!r} must be a number in [0, 1)")
     if not isinstance(cell, str) or cell not in CELLS:
         raise UserError(f"model.cell={cell!r} is not known; use one of {', '.join(CELLS)}")
     for key, value, low in (("hidden_size", hidden_size, 1), ("layers", layers, 1), ("embedding_dim", embedding_dim, 0)):
@@ -50,23 +63,60 @@ class CharRNN(nn.Module):
         layers: stacked recurrent layers.
         dropout: dropout between recurrent layers (used when ``layers`` > 1), in [0, 1).
         embedding_dim: 0 feeds one-hot vectors (the lesson's model); > 0 a learned embedding.
+        topics: number of topics to condition on (0: an unconditioned model). Topic ids are
+            ``0..topics-1``; id ``topics`` is "unknown" (the unconditioned model, the same weights).
+        topic_dim: size of the learned topic embedding.
+        topic_dropout: in training, the fraction of rows whose topic is replaced by "unknown", so
+            the model also learns to predict (and score, and generate) without a topic.
+        topic_mode: ``input``: the topic's embedding joins the input at every step; ``state``: it
+            sets the initial state only (a window that crosses into another article keeps its first topic).
     """
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 256, layers: int = 1,
-                 dropout: float = 0.0, embedding_dim: int = 0):
+                 dropout: float = 0.0, embedding_dim: int = 0, topics: int = 0, topic_dim: int = 16,
+                 topic_dropout: float = 0.0, topic_mode: str = "input"):
         super().__init__()
-        check_model_args(cell, hidden_size, layers, dropout, embedding_dim)
-        self.vocab_size = vocab_size
+        check_model_args(cell, hidden_size, layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode)
+        self.vocab_size, self.topics = vocab_size, int(topics)
+        self.topic_dropout, self.topic_mode, self.cell = topic_dropout, topic_mode, cell
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
-        self.rnn = CELLS[cell](embedding_dim or vocab_size, hidden_size, num_layers=layers,
+        extra = topic_dim if self.topics and topic_mode == "input" else 0
+        self.rnn = CELLS[cell]((embedding_dim or vocab_size) + extra, hidden_size, num_layers=layers,
                                dropout=dropout if layers > 1 else 0.0, batch_first=True)
         self.head = nn.Linear(hidden_size, vocab_size)
+        if self.topics:
+            self.topic_embedding = nn.Embedding(self.topics + 1, topic_dim)  # the last id: unknown
+            if topic_mode == "state":
+                states = 2 if cell == "lstm" else 1  # (h, c) of an LSTM
+                self.topic_state = nn.Linear(topic_dim, states * layers * hidden_size)
 
-    def forward(self, ids: torch.Tensor, state=None):
-        """Logits ``[batch, time, vocab]`` for ids ``[batch, time]``, and the state after the last step."""
+    @property
+    def unknown_topic(self) -> int:
+        return self.topics
+
+    def forward(self, ids: torch.Tensor, state=None, topic: torch.Tensor | None = None):
+        """Logits ``[batch, time, vocab]`` for ids ``[batch, time]``, and the state after the last step.
+
+        ``topic``: the topic of each input character ``[batch, time]`` or of each row ``[batch]``
+        (``None``: unknown); ignored by an unconditioned model."""
         if self.embedding is not None:
             x = self.embedding(ids)
         else:
             x = F.one_hot(ids, self.vocab_size).to(self.head.weight.dtype)
+        if self.topics:
+            if topic is None:
+                topic = torch.full(ids.shape[:1], self.unknown_topic, dtype=torch.long, device=ids.device)
+            if topic.dim() == 1:
+                topic = topic[:, None].expand(ids.shape)
+            if self.training and self.topic_dropout:
+                drop = torch.rand(topic.shape[0], 1, device=topic.device) < self.topic_dropout
+                topic = topic.masked_fill(drop, self.unknown_topic)
+            t = self.topic_embedding(topic).to(x.dtype)
+            if self.topic_mode == "input":
+                x = torch.cat([x, t], dim=-1)
+            elif state is None:
+                layers, hidden = self.rnn.num_layers, self.rnn.hidden_size
+                init = torch.tanh(self.topic_state(t[:, 0])).view(len(ids), -1, layers, hidden).permute(1, 2, 0, 3)
+                state = (init[0].contiguous(), init[1].contiguous()) if self.cell == "lstm" else init[0].contiguous()
         out, state = self.rnn(x, state)
         return self.head(out), state

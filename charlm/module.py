@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import re
@@ -21,6 +22,9 @@ from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
 
 FORMAT_VERSION = 1  # bump when the checkpoint layout changes
+VAL_ARTICLES_CLASSIFIED = 2000  # held-out articles classified at each validation (test: all of them)
+
+log = logging.getLogger(__name__)
 
 
 class CharLM(L.LightningModule):
@@ -40,20 +44,25 @@ class CharLM(L.LightningModule):
     """
 
     def __init__(self, vocab: list[str], model: dict, optimizer: dict | None = None,
-                 format_version: int = FORMAT_VERSION):
+                 format_version: int = FORMAT_VERSION, topics: list[str] | None = None,
+                 topic_counts: list[int] | None = None):
         super().__init__()
+        # topics: the topics' names (model.topics); topic_counts: training articles per topic (the prior)
         self.save_hyperparameters()
         self.vocab = Vocabulary(vocab)
         self.net = CharRNN(len(self.vocab), **model)
+        self.topics = list(topics) if topics else None
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self._eval_state = None
+        self.val_uncond, self.test_uncond = MeanMetric(), MeanMetric()
+        self._eval_state = self._uncond_state = None
+        self.topic_confusion: dict[str, list[list[int]]] = {}  # per stage, for metrics.json
 
     def forward(self, ids: torch.Tensor, state=None):
         return self.net(ids, state)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        logits, _ = self.net(x)
+        x, y, *topic = batch  # (x, y, topic) with model.topics
+        logits, _ = self.net(x, topic=topic[0]) if topic else self.net(x)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         # Only on the steps whose metrics Lightning writes (every trainer.log_every_n_steps):
         # each self.log call costs about 0.7 ms of bookkeeping, ~3% of a CPU step here.
@@ -70,37 +79,71 @@ class CharLM(L.LightningModule):
         if self.trainer._logger_connector.should_update_logs:
             self.log("step", float(self.trainer.global_step))
 
-    def _eval_step(self, batch, batch_idx, metric: MeanMetric):
+    def _eval_step(self, batch, batch_idx, metric: MeanMetric, uncond: MeanMetric | None = None):
         # The held-out stream arrives as consecutive chunks of the same rows: carry the state.
-        x, y = batch
+        x, y, *topic = batch
         if batch_idx == 0:
-            self._eval_state = None
-        logits, self._eval_state = self.net(x, self._eval_state)
+            self._eval_state = self._uncond_state = None
+        logits, self._eval_state = self.net(x, self._eval_state, topic=topic[0]) if topic else self.net(x, self._eval_state)
         scored = (y != IGNORE).sum()
         if scored:
             loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
             metric.update(loss_sum / scored, weight=scored)
+        if topic and uncond is not None:  # the same model without the topic (the unknown id)
+            logits, self._uncond_state = self.net(x, self._uncond_state, topic=None)
+            if scored:
+                loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+                uncond.update(loss_sum / scored, weight=scored)
 
-    def _log_eval(self, stage: str, metric: MeanMetric):
+    def _log_eval(self, stage: str, metric: MeanMetric, uncond: MeanMetric | None = None):
         # Under DDP each rank scored its own rows; compute() sums the weighted losses and the
         # character counts of all ranks, so every rank holds the loss of the whole stream.
         loss = metric.compute()
         metric.reset()
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/bpc": loss / math.log(2), f"{stage}/ppl": loss.exp(),
-                       "step": float(self.trainer.global_step)},  # see on_train_batch_end
+        values = {f"{stage}/loss": loss, f"{stage}/bpc": loss / math.log(2), f"{stage}/ppl": loss.exp()}
+        if self.topics and uncond is not None and uncond.update_count:
+            loss_uncond = uncond.compute()
+            uncond.reset()
+            values[f"{stage}/bpc_uncond"] = loss_uncond / math.log(2)
+            values[f"{stage}/topic_bits"] = (loss_uncond - loss) / math.log(2)  # per character
+            values[f"{stage}/topic_acc"] = torch.tensor(self._classify(stage))
+        self.log_dict({**values, "step": float(self.trainer.global_step)},  # see on_train_batch_end
                       sync_dist=True)  # equal on all ranks already: the mean is exact
 
+    def _classify(self, stage: str) -> float:
+        """Accuracy of the generative classifier on the held-out articles of ``stage``; the confusion
+        matrix goes to ``topic_confusion`` and, as an image, to TensorBoard."""
+        from charlm.topics import (article_log_likelihoods, confusion, confusion_figure, log_prior,
+                                   split_articles)
+        datamodule = self.trainer.datamodule
+        tokens, labels = datamodule.held_out_topics(stage)
+        limit = None if stage == "test" else VAL_ARTICLES_CLASSIFIED
+        articles, true = split_articles(tokens, labels, datamodule.separator_id, limit)
+        scores = article_log_likelihoods(self.net, articles, datamodule.separator_id)
+        predicted = (scores[:, : self.net.topics] + log_prior(self.hparams.topic_counts, self.net.topics)).argmax(-1)
+        true = torch.from_numpy(true)
+        matrix = confusion(true, predicted, self.net.topics)
+        self.topic_confusion[stage] = matrix
+        logger = self.trainer.logger
+        if self.trainer.is_global_zero and logger is not None and hasattr(logger.experiment, "add_figure"):
+            figure = confusion_figure(matrix, self.topics)
+            if figure is None:
+                log.info("matplotlib is not installed: no confusion-matrix image (the matrix is in metrics.json)")
+            else:
+                logger.experiment.add_figure(f"{stage}/topic_confusion", figure, self.trainer.global_step)
+        return float((predicted == true).float().mean()) if len(true) else 0.0
+
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, self.val_loss)
+        self._eval_step(batch, batch_idx, self.val_loss, self.val_uncond)
 
     def on_validation_epoch_end(self):
-        self._log_eval("val", self.val_loss)
+        self._log_eval("val", self.val_loss, self.val_uncond)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, self.test_loss)
+        self._eval_step(batch, batch_idx, self.test_loss, self.test_uncond)
 
     def on_test_epoch_end(self):
-        self._log_eval("test", self.test_loss)
+        self._log_eval("test", self.test_loss, self.test_uncond)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save random states; dropout needs them for an exact resume.
@@ -204,7 +247,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
     """A ``CharLM`` from a checkpoint file, read safely with ``read_checkpoint`` (no code can run)."""
     checkpoint = read_checkpoint(path, map_location=map_location)
     hparams = checkpoint["hyper_parameters"]
-    module = CharLM(vocab=hparams["vocab"], model=hparams["model"], optimizer=hparams.get("optimizer"))
+    module = CharLM(vocab=hparams["vocab"], model=hparams["model"], optimizer=hparams.get("optimizer"),
+                    topics=hparams.get("topics"), topic_counts=hparams.get("topic_counts"))
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

@@ -81,12 +81,13 @@ def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, top_p:
 
 def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
-             seed: int | None = None) -> Iterator[list[str]]:
+             seed: int | None = None, topic: int | list[int] | None = None) -> Iterator[list[str]]:
     """Steps of ``num_samples`` characters each (``length`` of them), continuing ``prompt``.
 
     The arguments are checked at once (not at the first step). The prompt is fed once;
     then each step feeds the previous characters of all samples in one batched forward
-    pass, carrying the recurrent state. Same ``seed``, same text."""
+    pass, carrying the recurrent state. Same ``seed``, same text. ``topic``: the topic id of a
+    conditioned model for every sample, or one per sample (``None``: unconditioned)."""
     check_sampling_args(length, temperature, top_k, top_p, num_samples, seed)
     if not isinstance(prompt, str):
         raise UserError(f"prompt={prompt!r} is not text; quote it: 'prompt=\"{prompt}\"'")
@@ -97,17 +98,36 @@ def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temper
     except UserError as err:
         raise UserError(f"prompt={short_repr(prompt)} has {err}") from None
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator)
+    if topic is not None:
+        topic = torch.as_tensor(topic, dtype=torch.long).expand(num_samples)
+    return _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator, topic)
+
+
+def topic_ids(names: list[str] | None, topic) -> list[int] | None:
+    """The ids of ``topic`` (a name, any case; ``all``: every topic; ``None``: none) for a model
+    whose topics are ``names`` (``None``: an unconditioned model)."""
+    if topic is None:
+        return None
+    if not names:
+        raise UserError(f"topic={topic} needs a model trained with topics (model.topics=true); this checkpoint has "
+                        "none: leave out topic")
+    if str(topic).lower() == "all":
+        return list(range(len(names)))
+    lower = [name.lower() for name in names]
+    if str(topic).lower() not in lower:
+        raise UserError(f"topic={topic} is not one of this model's topics: {', '.join(names)} (or all, or null)")
+    return [lower.index(str(topic).lower())]
 
 
 @torch.no_grad()
-def _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator):
+def _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator, topic=None):
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
         try:
-            logits, state = model(ids.to(device).expand(num_samples, -1))
+            topic = None if topic is None else topic.to(device)
+            logits, state = model(ids.to(device).expand(num_samples, -1), topic=topic)
         except (torch.OutOfMemoryError, RuntimeError) as err:  # the CPU allocator raises a RuntimeError
             if "memory" not in str(err):
                 raise
@@ -116,7 +136,7 @@ def _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, ge
         for _ in range(length):
             chosen = next_ids(logits[:, -1], temperature, top_k, top_p, generator)
             yield [vocab.chars[i] for i in chosen.tolist()]
-            logits, state = model(chosen[:, None].to(device), state)
+            logits, state = model(chosen[:, None].to(device), state, topic=topic)
     finally:
         model.train(was_training)
 

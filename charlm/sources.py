@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from charlm.errors import UserError
 from charlm.vocabulary import Vocabulary, distinct_codepoints
 
@@ -25,8 +27,9 @@ SEPARATOR = "\n"  # joins AG News articles into one stream; AG News text has no 
 SPLITS = ("train", "val", "test")
 
 
-def read_ag_news_csv(path: Path) -> list[str]:
-    """Articles (title + " " + description) of an AG News CSV in the dataset authors' format.
+def read_ag_news_csv(path: Path, labels: list[int] | None = None) -> list[str]:
+    """Articles (title + " " + description) of an AG News CSV in the dataset authors' format;
+    their topics (the class column, 1-4, as 0-3) are appended to ``labels`` when it is given.
 
     The text is kept exactly as the Hub's ``text`` column has it (backslash escapes
     included), so a local copy and the Hub give the same vocabulary."""
@@ -41,6 +44,8 @@ def read_ag_news_csv(path: Path) -> list[str]:
                         f"description), got {str(row)[:60]}; for plain text use data=text"
                     )
                 articles.append(row[1] + " " + row[2])
+                if labels is not None:
+                    labels.append(int(row[0]) - 1)
     except UnicodeDecodeError as err:
         raise UserError(f"data.path={path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t utf-8") from None
     return articles
@@ -76,8 +81,21 @@ def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23):
             offset += len(raw)
 
 
+def topic_names(path: Path) -> list[str]:
+    """The names of AG News' topics for a local copy: the lines of ``classes.txt`` beside the CSV
+    (in the folder given, or the CSV file's folder), else ``1``-``4``."""
+    classes = (path if path.is_dir() else path.parent) / "classes.txt"
+    if classes.is_file():
+        names = [line.strip() for line in classes.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if len(names) == 4:
+            return names
+    return ["1", "2", "3", "4"]
+
+
 def load_hub_ag_news(name: str):
-    """AG News train and test articles from the Hugging Face Hub (cached by ``datasets``)."""
+    """AG News train and test articles from the Hugging Face Hub (cached by ``datasets``), with
+    their topics: ``(train, test, fingerprint, topics)``, where ``topics`` is ``(train labels,
+    test labels, names)`` from the ``label`` column and its names (``None`` without one)."""
     import datasets
 
     for library in ("datasets", "huggingface_hub"):  # their console handlers print retries to stderr:
@@ -91,7 +109,12 @@ def load_hub_ag_news(name: str):
             "data.path=/path/to/ag_news (a folder with train.csv and test.csv, or one CSV file)"
         ) from None
     fingerprint = ds["train"]._fingerprint + ds["test"]._fingerprint
-    return list(ds["train"]["text"]), list(ds["test"]["text"]), fingerprint
+    topics = None
+    if "label" in ds["train"].column_names and "label" in ds["test"].column_names:
+        feature = ds["train"].features.get("label")
+        names = list(getattr(feature, "names", None) or [str(i + 1) for i in range(4)])
+        topics = list(ds["train"]["label"]), list(ds["test"]["label"]), names
+    return list(ds["train"]["text"]), list(ds["test"]["text"]), fingerprint, topics
 
 
 def count(size: int | float, total: int, key: str) -> int:
@@ -131,6 +154,9 @@ class Corpus:
     vocab: Vocabulary
     sizes: dict[str, int]
     pieces: Callable[[], Iterable[str]]
+    labels: dict[str, np.ndarray] | None = None  # per split: the topic of each character (AG News)
+    topics: list[str] | None = None  # the topics' names
+    topic_counts: list[int] | None = None  # training articles per topic (the classifier's prior)
 
 
 def train_vocabulary(pieces: Iterable[str], n_train: int) -> Vocabulary:

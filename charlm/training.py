@@ -62,10 +62,28 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # the vocabulary sizes the model
+    topics = topic_args(model_args, datamodule)
     model = CharLM(vocab=datamodule.vocab.chars, model=model_args,
-                   optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
+                   optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+                   **({"topics": topics, "topic_counts": datamodule.meta.get("topic_counts")} if topics else {}))
     quiet_known_noise()  # also for jobs built in-process (tests, benchmarks)
     return datamodule, model, trainer
+
+
+TOPIC_KEYS = ("topics", "topic_dim", "topic_dropout", "topic_mode")
+
+
+def topic_args(model_args: dict, datamodule: CharDataModule) -> list[str] | None:
+    """``model.topics=true``: the number of the data's topics in ``model_args`` (in place), and the
+    data module's batches made (x, y, topic); the topics' names. Unconditioned: the topic
+    settings are left out of ``model_args``, so its checkpoints are those of a charlm without topics."""
+    if not model_args.get("topics"):
+        for key in TOPIC_KEYS:
+            model_args.pop(key, None)
+        return None
+    names = datamodule.use_topics()
+    model_args["topics"] = len(names)
+    return names
 
 
 def check_checkpoint_callback(name: str, callback) -> None:
@@ -184,6 +202,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"}
+    metrics.update({f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()})
     metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, **fit_outcome(trainer))
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
     if stop is not None:
@@ -196,6 +215,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if cfg.test and not trainer.interrupted:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"})
+        metrics.update({f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()})
         log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
                  metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])
     if trainer.is_global_zero:

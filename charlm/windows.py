@@ -28,9 +28,10 @@ class WindowDataset(Dataset):
     so no Python code runs per window or per character. The array is opened lazily, so
     DataLoader workers share the page cache instead of each receiving a pickled copy."""
 
-    def __init__(self, path: Path, nchars: int, stride: int):
+    def __init__(self, path: Path, nchars: int, stride: int, labels_path: Path | None = None):
         self.path, self.nchars, self.stride = Path(path), nchars, stride
-        self._tokens = None
+        self.labels_path = labels_path  # given: batches are (x, y, topic), topic = that of each input character
+        self._tokens = self._labels = None
         self._offsets = np.arange(nchars + 1)
         self._len = (len(self.tokens) - nchars - 1) // stride + 1
 
@@ -40,8 +41,14 @@ class WindowDataset(Dataset):
             self._tokens = map_tokens(self.path, random_access=True)
         return self._tokens
 
+    @property
+    def labels(self) -> np.ndarray | None:
+        if self._labels is None and self.labels_path is not None:
+            self._labels = map_tokens(self.labels_path, random_access=True)
+        return self._labels
+
     def __getstate__(self):
-        return {**self.__dict__, "_tokens": None}
+        return {**self.__dict__, "_tokens": None, "_labels": None}
 
     def __len__(self) -> int:
         return self._len
@@ -49,11 +56,13 @@ class WindowDataset(Dataset):
     def __getitems__(self, indices):
         starts = np.asarray(indices, dtype=np.int64) * self.stride
         windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        if self.labels_path is not None:  # the same index arithmetic on the labels
+            topics = torch.from_numpy(self.labels[starts[:, None] + self._offsets[:-1]].astype(np.int64))
+            return windows[:, :-1], windows[:, 1:], topics
         return windows[:, :-1], windows[:, 1:]
 
     def __getitem__(self, index):
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
+        return tuple(part[0] for part in self.__getitems__([index]))
 
 
 class DeviceWindows(Dataset):
@@ -67,6 +76,7 @@ class DeviceWindows(Dataset):
     def __init__(self, windows: WindowDataset, device: torch.device):
         self.nchars, self.stride = windows.nchars, windows.stride
         self.tokens = torch.from_numpy(np.array(windows.tokens)).to(device)  # one copy, then uint8 on the device
+        self.labels = None if windows.labels_path is None else torch.from_numpy(np.array(windows.labels)).to(device)
         self._offsets = torch.arange(windows.nchars + 1, device=device)
         self._len = len(windows)
 
@@ -76,11 +86,12 @@ class DeviceWindows(Dataset):
     def __getitems__(self, indices):
         starts = torch.as_tensor(indices, dtype=torch.int64).to(self.tokens.device, non_blocking=True) * self.stride
         windows = self.tokens[starts[:, None] + self._offsets].long()
+        if self.labels is not None:
+            return windows[:, :-1], windows[:, 1:], self.labels[starts[:, None] + self._offsets[:-1]].long()
         return windows[:, :-1], windows[:, 1:]
 
     def __getitem__(self, index):
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
+        return tuple(part[0] for part in self.__getitems__([index]))
 
 
 class IndexPermutation:
@@ -180,7 +191,7 @@ class EvalStream(Dataset):
     is sliced from the (memory-mapped) ``tokens`` when asked for: nothing is copied ahead."""
 
     def __init__(self, tokens: np.ndarray, rows: int, chunk: int, separator_id: int | None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, labels: np.ndarray | None = None):
         n = len(tokens)
         cuts = np.linspace(0, n, min(rows, max(1, n // 2)) + 1).astype(np.int64)
         if separator_id is not None:
@@ -195,6 +206,7 @@ class EvalStream(Dataset):
         self.starts += [0] * (per_rank - len(self.starts))
         self.lengths += [0] * (per_rank - len(self.lengths))
         self.tokens, self.chunk = tokens, chunk
+        self.labels = labels  # given: chunks are (x, y, topic of each input character)
 
     def __len__(self) -> int:
         return (self.width - 1 + self.chunk - 1) // self.chunk
@@ -210,5 +222,11 @@ class EvalStream(Dataset):
         block = torch.from_numpy(block)
         x, y = block[:, :-1], block[:, 1:].clone()
         y[torch.arange(a + 1, b + 1)[None, :] >= torch.tensor(self.lengths)[:, None]] = IGNORE
+        if self.labels is not None:
+            topics = np.zeros((len(self.starts), b - a), dtype=np.int64)
+            for r, (start, length) in enumerate(zip(self.starts, self.lengths)):
+                piece = self.labels[start + a : start + min(b, length)] if a < length else ()
+                topics[r, : len(piece)] = piece
+            return x, y, torch.from_numpy(topics)
         return x, y
 

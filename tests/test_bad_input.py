@@ -58,7 +58,12 @@ ROWS = [
     ("train.py", "model.hidden_size=0", HERE, "model.hidden_size=0 must be a whole number >= 1"),
     ("train.py", "model.cell=transformer", HERE, "model.cell='transformer' is not known; use one of lstm, gru, rnn"),
     ("train.py", "+model.foo=1", HERE,
-     "model.foo is not a model setting; the settings are cell, hidden_size, layers, dropout, embedding_dim"),
+     "model.foo is not a model setting; the settings are cell, hidden_size, layers, dropout, embedding_dim, "
+     "topics, topic_dim, topic_dropout, topic_mode"),
+    ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/cache model.topics=true", HERE,
+     "model.topics=true needs a corpus with topics (data=ag_news); data.corpus=text has none: leave out model.topics"),
+    ("train.py", "model.topic_mode=middle", HERE,
+     "model.topic_mode='middle' is not known; use input (every step) or state (initial state)"),
     ("train.py", "model.dropout=1.0", HERE, "model.dropout=1.0 must be a number in [0, 1)"),
     ("train.py", "model.dropout=-0.1", HERE, "model.dropout=-0.1 must be a number in [0, 1)"),
     ("train.py", "optimizer.lr=0", HERE, "optimizer.lr=0 must be a number > 0"),

@@ -1,0 +1,73 @@
+"""The topic of a text, by the generative classifier of a topic-conditioned checkpoint: the text
+is scored as an article under every topic (one batched forward), and the likelihoods with the
+prior of the training articles give p(topic | text).
+
+    python -m charlm.classify ckpt=PATH 'text="Oil prices rose ..."'
+    python -m charlm.classify ckpt=PATH text_file=article.txt
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from charlm.errors import UserError
+from charlm.module import CharLM, load_checkpoint
+from charlm.sources import SEPARATOR
+from charlm.topics import article_log_likelihoods, log_prior, posterior
+
+
+def classify(module: CharLM, text: str) -> dict[str, float]:
+    """p(topic | ``text``) for each of the model's topics, most likely first."""
+    if not module.topics:
+        raise UserError("this checkpoint has no topics: classify needs a model trained with model.topics=true")
+    vocab = module.vocab
+    separator = vocab.chars.index(SEPARATOR) if SEPARATOR in vocab.chars else 0
+    ids = np.concatenate([[separator], vocab.encode(text.replace(SEPARATOR, " "))]).astype(np.int64)
+    scores = article_log_likelihoods(module.net, [ids], separator)
+    probs = posterior(scores, log_prior(module.hparams.topic_counts, module.net.topics))[0]
+    return dict(sorted(zip(module.topics, probs.tolist()), key=lambda item: -item[1]))
+
+
+def run(cfg) -> dict[str, float]:
+    if (cfg.text is None) == (cfg.text_file is None):
+        raise UserError("give the text to classify as text_file=FILE or 'text=\"...\"' (one of them)")
+    if not cfg.ckpt:
+        raise UserError("ckpt is missing: pass ckpt=PATH, a checkpoint trained with model.topics=true")
+    if cfg.text_file is not None:
+        try:
+            text = open(cfg.text_file, encoding="utf-8").read()
+        except FileNotFoundError:
+            raise UserError(f"text_file={cfg.text_file} does not exist; pass a UTF-8 text file") from None
+        except UnicodeDecodeError as err:
+            raise UserError(f"text_file={cfg.text_file} is not UTF-8 (byte {err.start}); convert it") from None
+    else:
+        text = str(cfg.text)
+    if not text.strip():
+        raise UserError("the text is empty; give some to classify")
+    module = load_checkpoint(cfg.ckpt)
+    if not module.topics:
+        raise UserError(f"ckpt={cfg.ckpt} has no topics; classify needs a model trained with model.topics=true")
+    try:
+        module = module.to(cfg.device)
+    except (RuntimeError, AssertionError) as err:
+        raise UserError(f"device={cfg.device} is not usable here ({str(err).splitlines()[0]}); use cpu") from None
+    return classify(module, text)
+
+
+def _main() -> None:
+    import hydra
+
+    from charlm.config import CONF_DIR
+    from charlm.errors import exit_on_user_error
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="classify")
+    def main(cfg) -> None:
+        with exit_on_user_error():
+            for name, p in run(cfg).items():
+                print(f"{name:>12s}  {p:.3f}")
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()
