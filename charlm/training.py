@@ -249,7 +249,7 @@ def check_budget_left(checkpoint: dict, path, trainer: L.Trainer, datamodule: Ch
         raise UserError(f"ckpt_path={path} is at step {step}, already at trainer.max_steps={trainer.max_steps}: nothing "
                         f"to train; raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) to continue it")
     position = checkpoint.get(type(datamodule).__qualname__, {}).get("position")
-    per_epoch = max(1, len(datamodule.train_set) // (datamodule.batch_size * trainer.world_size))
+    per_epoch = datamodule._batches_per_epoch(trainer.world_size)
     if position is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= position // per_epoch:
         raise UserError(f"ckpt_path={path} has trained {position // per_epoch} epochs, already "
                         f"trainer.max_epochs={trainer.max_epochs}: nothing to train; raise trainer.max_epochs to continue it")
