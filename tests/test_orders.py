@@ -80,3 +80,15 @@ def test_the_carried_state_travels_in_the_checkpoint_and_windows_carry_none(tiny
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     assert module._train_state is None and "train_state" not in checkpoint
+
+
+def test_streams_cut_on_the_device_are_the_host_paths_batches(tiny_csv, tmp_path):
+    """``data.on_device`` (simulated: the CPU through the on-device code path) cuts the same chunks."""
+    from charlm.windows import DeviceWindows
+
+    host, device = (streams(tiny_csv, tmp_path, on_device=flag).train_dataloader() for flag in (False, True))
+    assert isinstance(device.dataset.windows, DeviceWindows) and not isinstance(host.dataset.windows, DeviceWindows)
+    pairs = list(zip(host, device))
+    assert len(pairs) == len(host) > 3
+    for (hx, hy, he), (dx, dy, de) in pairs:
+        assert torch.equal(hx, dx) and torch.equal(hy, dy) and he == de
