@@ -38,7 +38,7 @@ log = logging.getLogger("charlm")
 
 # TensorBoard's HPARAMS tab: these config entries (groups flattened to group.key) and the parameter count,
 # against the last value of each scalar (val/bpc, test/bpc, train/chars_per_sec, ...)
-HPARAMS = ("model", "optimizer", "data.corpus", "data.nchars", "data.stride", "data.batch_size", "trainer.max_steps",
+HPARAMS = ("model", "optimizer", "data.corpus", "data.order", "data.nchars", "data.stride", "data.batch_size", "trainer.max_steps",
            "trainer.max_epochs", "trainer.max_time", "seed")
 
 
