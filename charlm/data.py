@@ -1,5 +1,6 @@
 """The LightningDataModule: a corpus (AG News from the Hub or a local CSV, or a UTF-8 text file)
--> the token cache (``charlm.cache``) -> shuffled, equal-size window batches for training and
+-> the token cache (``charlm.cache``) -> training batches in ``data.order`` (shuffled equal-size
+windows, contiguous streams with the state carried, or the lesson's articles) and
 carried-state streams for validation and test (``charlm.windows``).
 
 Sources are read by ``charlm.sources``. Each split is encoded once into a token array under

@@ -5,6 +5,10 @@ recurrent state carried.
     token array  t0 t1 t2 ... (one stream of text)
     window i     t[i*stride : i*stride + nchars + 1]  -> input = first nchars, target = last nchars
     batch        batch_size windows at positions drawn from an IndexPermutation of all windows
+
+That is ``data.order=windows``; ``streams`` (``StreamBatches``) feeds contiguous rows chunk by chunk
+with the state carried, and ``articles`` (``ArticleBatches``) one article's windows at stride 1 per
+batch. All three are batch samplers driven by the same ``position`` (batch rounds trained).
 """
 
 from __future__ import annotations
