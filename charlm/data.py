@@ -280,7 +280,8 @@ class CharDataModule(L.LightningDataModule):
         per_epoch = self._batches_per_epoch()
         # Checkpoints of charlm before ``position`` saved only epoch and batches.
         position = state["position"] if "position" in state else state["epoch"] * per_epoch + state["batches"]
-        if (state.get("order") != ORDER_VERSION or state.get("data_order", "windows") != self.order) and position % per_epoch:
+        other_order = state.get("order") != ORDER_VERSION or state.get("data_order", "windows") != self.order
+        if other_order and position % per_epoch:
             log.warning("this checkpoint was written with another training order (data.order, or a charlm with another "
                         "window order); the rest of epoch %d "
                         "will not be exactly the windows the run had left; later epochs are whole shuffles as usual",

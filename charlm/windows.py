@@ -202,7 +202,8 @@ class StreamBatches(Sampler):
         self.num_tokens, self.nchars, self.batch_size, self.seed = num_tokens, nchars, batch_size, seed
         self.rank, self.world_size, self.position = rank, world_size, position
         self.rows = batch_size * world_size
-        # chunks per row at the largest offset (nchars - 1): the last target is token nchars - 1 + rows*K*nchars <= n - 1
+        # chunks per row at the largest offset (nchars - 1), whose last target is token
+        # nchars - 1 + rows*K*nchars <= n - 1; the same count every epoch
         self._len = max(0, (num_tokens - nchars) // (self.rows * nchars))
 
     def __len__(self) -> int:
