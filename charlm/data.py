@@ -1,5 +1,6 @@
 """The LightningDataModule: a corpus (AG News from the Hub or a local CSV, or a UTF-8 text file)
--> the token cache (``charlm.cache``) -> shuffled, equal-size window batches for training and
+-> the token cache (``charlm.cache``) -> training batches in ``data.order`` (shuffled equal-size
+windows, contiguous streams with the state carried, or the lesson's articles) and
 carried-state streams for validation and test (``charlm.windows``).
 
 Sources are read by ``charlm.sources``. Each split is encoded once into a token array under
@@ -26,7 +27,8 @@ from charlm.errors import UserError
 from charlm.sources import (SEPARATOR, SPLITS, Corpus, load_hub_ag_news, read_ag_news_csv, read_text_chunks,
                             split_off, split_sizes, split_tail, topic_names, train_vocabulary)
 from charlm.vocabulary import Vocabulary
-from charlm.windows import ORDER_VERSION, DeviceWindows, EvalStream, ShuffledBatches, WindowDataset, as_batch
+from charlm.windows import (ORDER_VERSION, ORDERS, ArticleBatches, CarryingWindows, DeviceWindows, EvalStream,
+                            ShuffledBatches, StreamBatches, WindowDataset, article_bounds, as_batch)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,11 @@ class CharDataModule(L.LightningDataModule):
             the array takes at most ``ON_DEVICE_AUTO_FRACTION`` of its memory (AG News: 27 MB).
         cache_dir: where encoded token arrays are kept and shared between runs.
         seed: seeds the order of the training windows (a new order each epoch).
+        order: the order of the training batches (``charlm.windows``): ``windows`` (``batch_size``
+            windows every ``stride`` characters, shuffled), ``streams`` (``batch_size`` contiguous
+            rows served as consecutive chunks of ``nchars``, the state carried; ``stride`` unused)
+            or ``articles`` (the lesson's: one batch per article of all its windows at stride 1,
+            articles in file order; ``stride`` and ``batch_size`` unused; AG News only).
     """
 
     def __init__(
@@ -73,8 +80,15 @@ class CharDataModule(L.LightningDataModule):
         on_device: bool | str = "auto",
         cache_dir: str = "outputs/cache",
         seed: int = 0,
+        order: str = "windows",
     ):
         super().__init__()
+        if order not in ORDERS:
+            raise UserError(f"data.order={order!r} is not known; use {', '.join(ORDERS)}")
+        if order == "articles" and corpus != "ag_news":
+            raise UserError("data.order=articles needs articles (data=ag_news); a text file has none: "
+                            "use data.order=windows or streams")
+        self.order = order
         if corpus not in ("ag_news", "text"):
             raise UserError(f"data.corpus={corpus!r} is not known; use ag_news or text")
         if corpus == "text" and not path:
@@ -97,7 +111,8 @@ class CharDataModule(L.LightningDataModule):
         self.seed = seed
         self.vocab: Vocabulary | None = None
         self.cache_path: Path | None = None
-        self._train_batches: ShuffledBatches | None = None
+        self._train_batches: ShuffledBatches | StreamBatches | ArticleBatches | None = None
+        self._device_windows_of: WindowDataset | None = None  # the windows _device_windows copies
         self._position = 0  # batch rounds trained before this process, from a checkpoint (load_state_dict)
         self.with_topics = False  # batches carry the topic of each input character (use_topics)
 
@@ -198,6 +213,11 @@ class CharDataModule(L.LightningDataModule):
         self.meta = meta
         self.separator_id = self.vocab.chars.index(meta["separator"]) if meta["separator"] in self.vocab.chars else None
         self.train_set = WindowDataset(self.cache_path / "train.npy", self.nchars, self.stride)
+        # streams and articles give the windows' starts themselves: the windows at stride 1
+        self._starts_set = (self.train_set if self.stride == 1 or self.order == "windows"
+                            else WindowDataset(self.cache_path / "train.npy", self.nchars, 1))
+        self._bounds = (article_bounds(self.train_set.tokens, self.separator_id)
+                        if self.order == "articles" and self.separator_id is not None else None)
         for split in ("val", "test"):
             if meta["characters"][split] < 2:
                 raise UserError(f"the {split} split has {meta['characters'][split]} characters; raise data.{split}_size")
@@ -214,6 +234,10 @@ class CharDataModule(L.LightningDataModule):
         if not self.topics:
             raise UserError(f"model.topics=true needs a corpus with topics (data=ag_news); data.corpus={self.corpus} has "
                             "none: leave out model.topics")
+        if self.order != "windows":
+            # the streams and articles batches do not cut the topics yet
+            raise UserError(f"model.topics=true trains on data.order=windows only, not data.order={self.order}; "
+                            "leave out one of them")
         self.with_topics = True
         self.train_set.labels_path = self.cache_path / "train_labels.npy"
         return self.topics
@@ -222,22 +246,42 @@ class CharDataModule(L.LightningDataModule):
         """The tokens and the per-character topics of a held-out split (val or test)."""
         return map_tokens(self.cache_path / f"{split}.npy"), map_labels(self.cache_path, split)
 
+    def _batch_sampler(self, rank: int, world_size: int, position: int = 0):
+        """The training batches of ``order`` for ``rank`` of ``world_size``."""
+        if self.order == "streams":
+            return StreamBatches(len(self.train_set.tokens), self.nchars, self.batch_size, self.seed, rank, world_size,
+                                 position)
+        if self.order == "articles":
+            return ArticleBatches(self._bounds, self.nchars, rank, world_size, position)
+        return ShuffledBatches(len(self.train_set), self.batch_size, self.seed, rank, world_size, position)
+
     def train_dataloader(self) -> DataLoader:
-        batches = ShuffledBatches(len(self.train_set), self.batch_size, self.seed, *self._rank(), position=self.position)
+        batches = self._batch_sampler(*self._rank(), position=self.position)
         if len(batches) == 0:
+            if self.order == "streams":
+                raise UserError(f"data.batch_size={self.batch_size} rows of at least data.nchars={self.nchars} characters "
+                                f"(per device) do not fit in the {len(self.train_set.tokens)} training characters; "
+                                "lower data.batch_size or data.nchars")
+            if self.order == "articles":
+                raise UserError(f"no training article (per device) is longer than data.nchars={self.nchars} characters; "
+                                "lower data.nchars")
             raise UserError(f"data.batch_size={self.batch_size} is more than the {len(self.train_set)} training "
                             f"windows (per device); lower it or data.stride")
         self._train_batches = batches
-        windows = self._training_windows()
-        workers = self.num_workers if windows is self.train_set else 0  # on the device: nothing to prepare ahead
+        base = self.train_set if self.order == "windows" else self._starts_set
+        windows = self._training_windows(base)
+        workers = self.num_workers if windows is base else 0  # on the device: nothing to prepare ahead
+        pin = self.pin_memory and windows is base
+        if self.order == "streams":
+            windows = CarryingWindows(windows)
         # Its own generator: creating an iterator then draws no number from the global random
         # state, which a resumed run restores and must advance exactly as the first run did.
         return DataLoader(windows, batch_sampler=batches, collate_fn=as_batch, num_workers=workers,
-                          pin_memory=self.pin_memory and windows is self.train_set,
+                          pin_memory=pin,
                           persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.seed))
 
-    def _training_windows(self) -> WindowDataset | DeviceWindows:
-        """The training windows: ``train_set`` (the memory-mapped array), or ``DeviceWindows`` on the
+    def _training_windows(self, base: WindowDataset) -> WindowDataset | DeviceWindows:
+        """The training windows: ``base`` (on the memory-mapped array), or ``DeviceWindows`` on the
         training device when ``on_device`` says so."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         use = self.on_device
@@ -245,9 +289,10 @@ class CharDataModule(L.LightningDataModule):
             size = self.train_set.tokens.nbytes
             use = device.type == "cuda" and size <= ON_DEVICE_AUTO_FRACTION * torch.cuda.get_device_properties(device).total_memory
         if not use:
-            return self.train_set
-        if self._device_windows is None or self._device_windows.tokens.device != device:
-            self._device_windows = DeviceWindows(self.train_set, device)
+            return base
+        if (self._device_windows is None or self._device_windows.tokens.device != device
+                or self._device_windows_of is not base):
+            self._device_windows, self._device_windows_of = DeviceWindows(base, device), base
             log.info("training windows cut on %s from a copy of the token array there (%.0f MB)", device,
                      self.train_set.tokens.nbytes / 1e6)
         return self._device_windows
@@ -278,23 +323,25 @@ class CharDataModule(L.LightningDataModule):
         ``epoch`` and ``batches`` (of it trained) are the same, spelled out for people reading it."""
         per_epoch = self._batches_per_epoch()
         return {"position": self.position, "epoch": self.position // per_epoch, "batches": self.position % per_epoch,
-                "order": ORDER_VERSION}
+                "order": ORDER_VERSION, "data_order": self.order}
 
     def load_state_dict(self, state: dict) -> None:
         per_epoch = self._batches_per_epoch()
         # Checkpoints of charlm before ``position`` saved only epoch and batches.
         position = state["position"] if "position" in state else state["epoch"] * per_epoch + state["batches"]
-        if state.get("order") != ORDER_VERSION and position % per_epoch:
-            log.warning("this checkpoint was written by a charlm with another window order; the rest of epoch %d "
+        other_order = state.get("order") != ORDER_VERSION or state.get("data_order", "windows") != self.order
+        if other_order and position % per_epoch:
+            log.warning("this checkpoint was written with another training order (data.order, or a charlm with another "
+                        "window order); the rest of epoch %d "
                         "will not be exactly the windows the run had left; later epochs are whole shuffles as usual",
                         position // per_epoch)
         self._position = position
         if self._train_batches is not None:
             self._train_batches.position = position
 
-    def _batches_per_epoch(self) -> int:
+    def _batches_per_epoch(self, world_size: int | None = None) -> int:
         """Rounds of batches in an epoch, at least 1 (the loader refuses fewer with a clear message)."""
-        return max(1, len(self.train_set) // (self.batch_size * self._rank()[1]))
+        return max(1, len(self._batch_sampler(0, world_size or self._rank()[1])))
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer

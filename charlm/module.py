@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from torchmetrics import MeanMetric
 
-from charlm.windows import IGNORE
+from charlm.windows import IGNORE, unpack_batch
 from charlm.errors import UserError
 from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
@@ -56,13 +56,32 @@ class CharLM(L.LightningModule):
         self.val_uncond, self.test_uncond = MeanMetric(), MeanMetric()
         self._eval_state = self._uncond_state = None
         self.topic_confusion: dict[str, list[list[int]]] = {}  # per stage, for metrics.json
+        self._train_state = None  # carried across training batches (data.order=streams), detached
+
+    @staticmethod
+    def _state_tensors(state) -> list[torch.Tensor]:
+        return list(state) if isinstance(state, tuple) else [state]
+
+    def _state_from(self, tensors: list[torch.Tensor]):
+        return tuple(tensors) if isinstance(self.net.rnn, torch.nn.LSTM) else tensors[0]
 
     def forward(self, ids: torch.Tensor, state=None):
         return self.net(ids, state)
 
     def training_step(self, batch, batch_idx):
-        x, y, *topic = batch  # (x, y, topic) with model.topics
-        logits, _ = self.net(x, topic=topic[0]) if topic else self.net(x)
+        # One path for every order: a batch that says to carry the state (data.order=streams, every
+        # chunk but an epoch's first) starts from the state the previous batch ended in; the others
+        # (windows, articles, the first chunk) from zeros (None).
+        x, y, extras = unpack_batch(batch)
+        state = self._train_state if extras.get("carry") else None
+        if state is not None:
+            tensors = [t.to(x.device) for t in self._state_tensors(state)]
+            # a state of other rows (another batch size, a checkpoint of another run) is not this batch's
+            state = self._state_from(tensors) if tensors[0].shape[1] == x.shape[0] else None
+        logits, state = self.net(x, state, topic=extras.get("topic"))  # topic: with model.topics, else None
+        # The graph ends at the batch (truncated backpropagation); a batch that carries nothing keeps nothing.
+        self._train_state = (self._state_from([t.detach() for t in self._state_tensors(state)])
+                             if "carry" in extras else None)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         # Only on the steps whose metrics Lightning writes (every trainer.log_every_n_steps):
         # each self.log call costs about 0.7 ms of bookkeeping, ~3% of a CPU step here.
@@ -150,6 +169,13 @@ class CharLM(L.LightningModule):
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        # The state carried into the next training batch (data.order=streams) is part of where
+        # training stands: each rank's, stacked ([world_size, layers, rows, hidden] per tensor).
+        # Every rank writes its checkpoint contents (only rank 0 saves the file), so the gather meets.
+        if self._train_state is not None:
+            tensors = self._state_tensors(self._train_state)
+            world = self.trainer.world_size if self._trainer is not None else 1
+            checkpoint["train_state"] = [(self.all_gather(t) if world > 1 else t[None]).cpu() for t in tensors]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states", {})
@@ -157,6 +183,10 @@ class CharLM(L.LightningModule):
             torch.set_rng_state(states["torch"].cpu())
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+        saved = checkpoint.get("train_state")
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        # on another number of ranks the rows are others: the state starts over (as at an epoch's start)
+        self._train_state = self._state_from([t[rank] for t in saved]) if saved and len(saved[0]) == world else None
 
     def configure_optimizers(self):
         if self.hparams.optimizer is None:

@@ -38,7 +38,7 @@ log = logging.getLogger("charlm")
 
 # TensorBoard's HPARAMS tab: these config entries (groups flattened to group.key) and the parameter count,
 # against the last value of each scalar (val/bpc, test/bpc, train/chars_per_sec, ...)
-HPARAMS = ("model", "optimizer", "data.corpus", "data.nchars", "data.stride", "data.batch_size", "trainer.max_steps",
+HPARAMS = ("model", "optimizer", "data.corpus", "data.order", "data.nchars", "data.stride", "data.batch_size", "trainer.max_steps",
            "trainer.max_epochs", "trainer.max_time", "seed")
 
 
@@ -268,7 +268,7 @@ def check_budget_left(checkpoint: dict, path, trainer: L.Trainer, datamodule: Ch
         raise UserError(f"ckpt_path={path} is at step {step}, already at trainer.max_steps={trainer.max_steps}: nothing "
                         f"to train; raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) to continue it")
     position = checkpoint.get(type(datamodule).__qualname__, {}).get("position")
-    per_epoch = max(1, len(datamodule.train_set) // (datamodule.batch_size * trainer.world_size))
+    per_epoch = datamodule._batches_per_epoch(trainer.world_size)
     if position is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= position // per_epoch:
         raise UserError(f"ckpt_path={path} has trained {position // per_epoch} epochs, already "
                         f"trainer.max_epochs={trainer.max_epochs}: nothing to train; raise trainer.max_epochs to continue it")

@@ -5,6 +5,10 @@ recurrent state carried.
     token array  t0 t1 t2 ... (one stream of text)
     window i     t[i*stride : i*stride + nchars + 1]  -> input = first nchars, target = last nchars
     batch        batch_size windows at positions drawn from an IndexPermutation of all windows
+
+That is ``data.order=windows``; ``streams`` (``StreamBatches``) feeds contiguous rows chunk by chunk
+with the state carried, and ``articles`` (``ArticleBatches``) one article's windows at stride 1 per
+batch. All three are batch samplers driven by the same ``position`` (batch rounds trained).
 """
 
 from __future__ import annotations
@@ -171,6 +175,118 @@ class ShuffledBatches(Sampler[list[int]]):
             rounds = np.arange(first, min(first + self.BATCH_ROUNDS_PER_CALL, len(self)))
             positions = (rounds[:, None] * per_round + own_slots).ravel()
             yield from permutation(positions).reshape(-1, self.batch_size).tolist()
+
+
+ORDERS = ("windows", "streams", "articles")  # data.order: the training batches' order
+
+
+def unpack_batch(batch):
+    """``(x, y, extras)`` of a batch: ``(x, y)`` (the windows and articles orders), ``(x, y, topic)``
+    (with ``model.topics``: the topic of each input character) or ``(x, y, extras)`` with
+    ``extras`` a dict of named additions (the streams order's ``carry``). A dict keeps the format
+    open: an addition gets a new key, and code that does not know the key never sees it; ``{}``
+    when there is none, ``{"topic": topic}`` for a topic tensor."""
+    x, y, *rest = batch
+    if not rest:
+        return x, y, {}
+    return x, y, ({"topic": rest[0]} if isinstance(rest[0], torch.Tensor) else rest[0])
+
+
+class StreamBatches(Sampler):
+    """The training split laid out as ``batch_size * world_size`` contiguous rows, served as
+    consecutive chunks of ``nchars`` (the recurrent state is carried from one chunk of a row to
+    the next, ``CharLM.training_step``).
+
+    Each epoch the rows start at an offset ``o`` drawn from ``seed`` and the epoch in
+    ``[0, nchars)``, so chunk boundaries move from epoch to epoch. With ``R`` rows and ``K`` =
+    ``len(self)`` chunks per row (the same for every epoch, so ``position`` maps to an epoch and a
+    chunk by one division, as in ``ShuffledBatches``), row ``r`` holds the tokens
+    ``[o + r*K*nchars, o + (r+1)*K*nchars]`` and chunk ``k`` of it is the window (input ``nchars``,
+    target shifted by one) starting at ``o + r*K*nchars + k*nchars``. No target is served twice in
+    an epoch; those left out are the ``o`` characters before the rows and the tail after them,
+    fewer than ``(R + 1) * nchars`` together. Rank ``g`` takes rows ``g*batch_size`` to
+    ``(g+1)*batch_size - 1``, so the ranks' rows, and their states, are their own.
+
+    Yields ``(starts, {"carry": k > 0})``: the rows' window starts (a numpy array) for
+    ``CarryingWindows`` and whether the state carries over from the previous batch (not at the
+    first chunk of an epoch, where every row starts over)."""
+
+    def __init__(self, num_tokens: int, nchars: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, position: int = 0):
+        self.num_tokens, self.nchars, self.batch_size, self.seed = num_tokens, nchars, batch_size, seed
+        self.rank, self.world_size, self.position = rank, world_size, position
+        self.rows = batch_size * world_size
+        # chunks per row at the largest offset (nchars - 1), whose last target is token
+        # nchars - 1 + rows*K*nchars <= n - 1; the same count every epoch
+        self._len = max(0, (num_tokens - nchars) // (self.rows * nchars))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def offset(self, epoch: int) -> int:
+        return int(np.random.default_rng((self.seed * 100_003 + epoch) % 2**64).integers(self.nchars))
+
+    def row_starts(self, epoch: int) -> np.ndarray:
+        """Where this rank's rows start in epoch ``epoch``."""
+        rows = self.rank * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        return self.offset(epoch) + rows * (len(self) * self.nchars)
+
+    def __iter__(self):
+        if not len(self):
+            return
+        epoch, skip = divmod(self.position, len(self))  # read at the first next(), as ShuffledBatches does
+        starts = self.row_starts(epoch)
+        for k in range(skip, len(self)):
+            yield starts + k * self.nchars, {"carry": k > 0}
+
+
+class ArticleBatches(Sampler):
+    """The lesson's order: one batch per article, holding its windows at every start (stride 1),
+    articles in file order every epoch. An article of ``m`` characters gives ``m - nchars``
+    windows (input ``nchars``, target shifted by one), so batches differ in size; articles of
+    ``nchars`` characters or fewer give none and are skipped, as the lesson's notebook does.
+
+    ``bounds`` is ``[start, end)`` of each article in the training tokens (``article_bounds``).
+    ``position`` counts article rounds trained, as in ``ShuffledBatches``. Under data parallelism
+    rank ``g`` takes articles ``g, g + world_size, ...`` of each round (the last incomplete round
+    is left out). Yields the windows' starts: one ``arange`` per article."""
+
+    def __init__(self, bounds: np.ndarray, nchars: int, rank: int = 0, world_size: int = 1, position: int = 0):
+        self.bounds = bounds[bounds[:, 1] - bounds[:, 0] > nchars]
+        self.nchars, self.rank, self.world_size, self.position = nchars, rank, world_size, position
+
+    def __len__(self) -> int:
+        return len(self.bounds) // self.world_size
+
+    def __iter__(self):
+        if not len(self):
+            return
+        skip = self.position % len(self)
+        for a, b in self.bounds[skip * self.world_size + self.rank : len(self) * self.world_size : self.world_size]:
+            yield np.arange(a, b - self.nchars, dtype=np.int64)
+
+
+def article_bounds(tokens: np.ndarray, separator_id: int, block: int = 1 << 24) -> np.ndarray:
+    """``[start, end)`` of each article of a token stream whose articles are joined by
+    ``separator_id``; read in blocks, so a large memory-mapped array is never copied whole."""
+    seps = [np.flatnonzero(np.asarray(tokens[i : i + block]) == separator_id) + i for i in range(0, len(tokens), block)]
+    seps = np.concatenate([np.array([-1], dtype=np.int64), *seps, np.array([len(tokens)], dtype=np.int64)])
+    return np.stack([seps[:-1] + 1, seps[1:]], axis=1)
+
+
+class CarryingWindows(Dataset):
+    """The windows at the starts a ``StreamBatches`` gives, cut by ``windows`` (a ``WindowDataset``
+    or ``DeviceWindows`` of stride 1), with the batch's extras passed on: ``(x, y, extras)``."""
+
+    def __init__(self, windows: Dataset):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitems__(self, request):
+        starts, extras = request
+        return (*self.windows.__getitems__(starts), extras)
 
 
 def as_batch(batch):

@@ -76,7 +76,7 @@ def test_the_position_counts_batches_that_reach_training_not_batches_drawn_ahead
     assert dm.state_dict()["position"] == 1
     dm.trainer = SimpleNamespace(training=False, global_rank=0, world_size=1)  # validation batches do not count
     dm.on_after_batch_transfer(batches[1], 0)
-    assert dm.state_dict() == {"position": 1, "epoch": 0, "batches": 1, "order": ORDER_VERSION}
+    assert dm.state_dict() == {"position": 1, "epoch": 0, "batches": 1, "order": ORDER_VERSION, "data_order": "windows"}
 
 
 def test_ranks_get_disjoint_batches_that_cover_the_epoch(tiny_csv, tmp_path):
@@ -353,3 +353,87 @@ def test_an_ag_news_csv_with_a_bom_is_read(tiny_csv, tmp_path):
     with_bom = tmp_path / "bom.csv"
     with_bom.write_bytes(b"\xef\xbb\xbf" + tiny_csv.read_bytes())
     assert read_ag_news_csv(with_bom) == read_ag_news_csv(tiny_csv)
+
+
+# --- data.order=streams and data.order=articles
+
+
+def stream_epoch(dm, epoch):
+    """The training batches of epoch ``epoch`` of ``dm``'s loader (streams: ``(x, y, extras)``)."""
+    loader = dm.train_dataloader()
+    loader.batch_sampler.position = epoch * len(loader.batch_sampler)
+    return list(loader)
+
+
+@pytest.mark.parametrize("nchars, batch_size", [(16, 8), (7, 3), (40, 1)])
+def test_streams_serve_each_target_at_most_once_an_epoch_and_leave_out_less_than_a_round(tiny_csv, tmp_path, nchars,
+                                                                                         batch_size):
+    dm = make_dm(tiny_csv, tmp_path, order="streams", nchars=nchars, batch_size=batch_size)
+    tokens = torch.from_numpy(np.load(dm.cache_path / "train.npy").astype(np.int64))
+    sampler = dm.train_dataloader().batch_sampler
+    offsets = set()
+    for epoch in range(3):
+        batches = stream_epoch(dm, epoch)
+        assert [b[2]["carry"] for b in batches] == [False] + [True] * (len(batches) - 1)  # a new start each epoch
+        o = sampler.offset(epoch)
+        offsets.add(o)
+        starts = sampler.row_starts(epoch)
+        targets = np.zeros(len(tokens), dtype=np.int64)  # how often each position is a target
+        for k, (x, y, _) in enumerate(batches):
+            assert x.shape == y.shape == (batch_size, nchars) and torch.equal(x[:, 1:], y[:, :-1])
+            for r, start in enumerate(starts + k * nchars):  # row r continues where its last chunk ended
+                assert torch.equal(x[r], tokens[start : start + nchars]) and torch.equal(y[r], tokens[start + 1 : start + nchars + 1])
+                targets[start + 1 : start + nchars + 1] += 1
+        assert targets.max() == 1
+        missed = len(tokens) - 1 - targets.sum()  # target positions are 1 .. n-1
+        assert targets[1 : o + 1].sum() == 0 and missed < (batch_size + 1) * nchars
+    assert len(offsets) > 1  # the rows start at other offsets: chunk boundaries move
+
+
+def test_streams_ranks_take_disjoint_rows_and_the_order_resumes_mid_epoch():
+    from charlm.windows import StreamBatches
+
+    n, nchars, size, world = 5003, 10, 4, 3
+    per_rank = [StreamBatches(n, nchars, size, seed=2, rank=r, world_size=world) for r in range(world)]
+    assert len({len(s) for s in per_rank}) == 1 and len(per_rank[0]) == (n - nchars) // (size * world * nchars)
+    targets = [np.concatenate([starts[:, None] + np.arange(1, nchars + 1) for starts, _ in s]).ravel() for s in per_rank]
+    everything = np.concatenate(targets)
+    assert len(set(everything)) == len(everything)  # each rank its own rows: no target on two ranks
+    full = list(per_rank[1])
+    resumed = StreamBatches(n, nchars, size, seed=2, rank=1, world_size=world, position=len(full) * 4 + 7)
+    again = StreamBatches(n, nchars, size, seed=2, rank=1, world_size=world, position=len(full) * 4)
+    assert [s.tolist() for s, _ in resumed] == [s.tolist() for s, _ in list(again)[7:]]
+    assert [c["carry"] for _, c in resumed] == [True] * (len(full) - 7)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_articles_are_one_batch_each_of_every_window_in_file_order(tiny_csv, tmp_path, on_device):
+    dm = make_dm(tiny_csv, tmp_path, order="articles", nchars=30, on_device=on_device)
+    articles = [a for a in read_ag_news_csv(tiny_csv)[:50]]
+    batches = list(dm.train_dataloader())
+    kept = [a for a in articles if len(a) > 30]
+    assert len(batches) == len(kept) == len(dm.train_dataloader())
+    for (x, y), text in zip(batches, kept):
+        ids = torch.tensor(dm.vocab.encode(text))
+        assert x.shape == (len(text) - 30, 30)  # a window at every start whose target fits
+        assert all(torch.equal(x[i], ids[i : i + 30]) and torch.equal(y[i], ids[i + 1 : i + 31]) for i in (0, 7, len(x) - 1))
+    dm.load_state_dict({"position": len(kept) + 3, "order": ORDER_VERSION, "data_order": "articles"})  # epoch 1, article 3
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(dm.train_dataloader(), batches[3:]))
+
+
+def test_articles_of_a_short_article_are_skipped_and_ranks_take_turns(tmp_path):
+    from charlm.windows import ArticleBatches, article_bounds
+
+    tokens = np.array([5, 5, 0, 5, 5, 5, 5, 0, 0, 5, 5, 5, 5, 5], dtype=np.uint8)  # articles of 2, 4, 0, 5 tokens
+    bounds = article_bounds(tokens, 0, block=3)
+    assert bounds.tolist() == [[0, 2], [3, 7], [8, 8], [9, 14]]
+    assert [b.tolist() for b in ArticleBatches(bounds, nchars=2)] == [[3, 4], [9, 10, 11]]
+    assert [b.tolist() for b in ArticleBatches(bounds, nchars=2, rank=1, world_size=2)] == [[9, 10, 11]]
+    assert len(ArticleBatches(bounds, nchars=2, rank=0, world_size=3)) == 0
+
+
+def test_articles_of_a_text_file_and_an_unknown_order_are_refused(tiny_text, tmp_path):
+    with pytest.raises(UserError, match=r"data.order=articles needs articles \(data=ag_news\)"):
+        make_dm(tiny_text, tmp_path, corpus="text", order="articles")
+    with pytest.raises(UserError, match=r"data.order='shuffled' is not known; use windows, streams, articles"):
+        make_dm(tiny_text, tmp_path, corpus="text", order="shuffled")

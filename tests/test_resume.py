@@ -19,9 +19,12 @@ import torch
 from conftest import ROOT, run_script
 
 STEPS, PER_EPOCH = 80, 48  # 48 batches an epoch: 779 windows of 32 every 16 characters, 16 a batch
+STREAM_CHUNKS = 24  # data.order=streams: (12720 - 32) // (16 rows * 32) chunks an epoch
 ENV = {"OMP_NUM_THREADS": "1"}  # a tiny model: one thread is as fast, and lets runs overlap
 GROUPS = {"per_epoch": ["trainer.val_check_interval=null", "~callbacks.lr_decay"],
-          "mid_epoch": ["trainer.val_check_interval=20"]}
+          "mid_epoch": ["trainer.val_check_interval=20"],
+          # the state carried across batches must come back too
+          "streams": ["trainer.val_check_interval=20", "data.order=streams"]}
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +90,24 @@ def assert_same_run(straight, resumed, test_too=True):
         assert ma["test/bpc"] == mb["test/bpc"]
 
 
-def stopped_mid_epoch(run_dir):
+def stopped_mid_epoch(run_dir, per_epoch=PER_EPOCH):
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < state["global_step"] < STEPS, "the stop did not land during training"
-    return state["global_step"] % PER_EPOCH != 0
+    if per_epoch == STREAM_CHUNKS:
+        assert state["CharDataModule"]["batches"] == state["global_step"] % STREAM_CHUNKS
+        assert state["train_state"][0].shape == (1, 2, 16, 32)  # ranks, layers, rows, hidden
+    return state["global_step"] % per_epoch != 0
 
 
 @pytest.mark.parametrize("group, signum", [("per_epoch", signal.SIGINT), ("per_epoch", signal.SIGKILL),
-                                           ("mid_epoch", signal.SIGTERM), ("mid_epoch", signal.SIGUSR2)])
+                                           ("mid_epoch", signal.SIGTERM), ("mid_epoch", signal.SIGUSR2),
+                                           ("streams", signal.SIGINT), ("streams", signal.SIGKILL)])
 def test_stopped_run_resumes_to_the_same_weights_and_metrics(corpus, tmp_path, straight, group, signum):
     overrides, stopped = settings(corpus, group), tmp_path / "stopped"
     # SIGKILL: after the checkpoint of step 20 or 30 (mid-epoch); a graceful stop checkpoints where it lands
     status = interrupt(overrides, stopped, signum, after_step=20 if signum == signal.SIGKILL else 10)
     assert status == (-signum if signum == signal.SIGKILL else 128 + signum)
-    assert stopped_mid_epoch(stopped), "the stop landed on an epoch end"
+    assert stopped_mid_epoch(stopped, STREAM_CHUNKS if group == "streams" else PER_EPOCH), "the stop landed on an epoch end"
     if signum != signal.SIGKILL:
         log = (stopped / "train.log").read_text()
         assert f"stopped by {signal.Signals(signum).name}" in log and f"resume={stopped}" in log
