@@ -99,7 +99,7 @@ class BudgetProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.refresh_rate == 0:
-            self._show(trainer)
+            self._show(trainer, read=trainer.global_step % trainer.log_every_n_steps == 0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         pass
@@ -153,12 +153,17 @@ class BudgetProgressBar(TQDMProgressBar):
             parts.append(f"{Tqdm.format_sizeof(float(metrics['train/chars_per_sec']))} chars/s")
         return ", " + ", ".join(parts) if parts else ""
 
-    def _show(self, trainer: L.Trainer) -> None:
+    def _show(self, trainer: L.Trainer, read: bool = True) -> None:
+        """Redraw the line; ``read``: read the metrics again. They change only on logging steps and
+        at validations, and reading them between (values on a GPU) would be a host-device sync at
+        every redraw, so other redraws reuse the last text."""
         bar = self.train_progress_bar
         if bar.disable:
             return
         bar.n, bar.total = self.budget(trainer)
-        bar.set_postfix_str(self.postfix(trainer).removeprefix(", "), refresh=False)
+        if read or not hasattr(self, "_postfix"):
+            self._postfix = self.postfix(trainer).removeprefix(", ")
+        bar.set_postfix_str(self._postfix, refresh=False)
         bar.refresh()
 
 
@@ -423,7 +428,7 @@ class StopOnNonFiniteLoss(L.Callback):
     into a buffer on its device, and the buffer is read (one sync) on logging steps (every
     ``trainer.log_every_n_steps``, where Lightning reads the logged loss anyway), when it is
     full, at the end of training, and before every checkpoint is written (``on_save_checkpoint``
-    runs before the file is: raising there writes nothing). Each check reads the weights too,
+    runs before the file is: raising there writes nothing) and before each validation. Each check reads the weights too,
     since a step can make them non-finite after a finite loss. Under DDP the ranks agree on the
     result with one all-reduce per check, so all stop together. (Lightning does not call this
     hook for ``save_weights_only`` checkpoints, which charlm's config does not use.)"""
@@ -470,6 +475,12 @@ class StopOnNonFiniteLoss(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         self.check(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        # Validation syncs anyway; broken weights would otherwise first show as text samples that
+        # cannot be drawn (a NaN distribution) instead of this callback's line.
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.check(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         self.check(trainer, pl_module)

@@ -28,7 +28,9 @@ def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
     assert "\n".join(summary) in result.stdout
     assert summary[2].split(":", 1)[1].strip() == f"tensorboard --logdir {run}"
     command = shlex.split(summary[1].split(":", 1)[1])
-    assert command[:2] == ["python", "sample.py"] and command[-1] == 'prompt="today "'
+    # the default prompt (null) adapts to the model: the command leaves it out, sample.py picks "today "
+    assert command[:2] == ["python", "sample.py"] and command[2] == f"ckpt={run / 'checkpoints' / 'best.ckpt'}"
+    assert not any(arg.startswith("prompt=") for arg in command)
     suggested = run_script(*command[1:], "length=5", "seed=1")
     assert suggested.returncode == 0 and suggested.stdout.startswith("today "), suggested.stderr
     assert (run / "config.yaml").exists() and list(run.glob("events.out.tfevents.*"))

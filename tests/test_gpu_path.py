@@ -194,7 +194,8 @@ def test_training_steps_between_logging_steps_make_no_host_device_sync(tiny_text
     print of a device tensor in the step, a callback or Lightning's loop fails this test."""
     log_every, steps = 10, 30
     cfg = tiny_config(tiny_text, tmp_path, f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={log_every}",
-                      "callbacks.progress_bar.refresh_rate=3")  # the bar redraws between logging steps too
+                      "callbacks.progress_bar.refresh_rate=3",  # the bar redraws between logging steps too
+                      "callbacks.validation.points=1")  # validation (a sync point of its own) at the end only
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     recorder = SyncRecorder(monkeypatch)
@@ -211,7 +212,7 @@ def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_o
     """A NaN between logging steps is caught at the next check, naming its step; with no
     checkpoint in between, none is written from the broken weights."""
     cfg = tiny_config(tiny_text, tmp_path, "trainer.max_steps=40", "trainer.log_every_n_steps=20",
-                      "callbacks.last_checkpoint.every_n_train_steps=100")
+                      "callbacks.last_checkpoint.every_n_train_steps=100", "callbacks.validation.points=1")
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     real_step = model.training_step
@@ -224,6 +225,18 @@ def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_o
         trainer.fit(model, datamodule=datamodule)
     assert checked_at == [20, 40]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_nan_before_a_validation_is_caught_before_it(tiny_text, tmp_path):
+    """Validation (and its text samples) never runs on broken weights: the check runs first."""
+    cfg = tiny_config(tiny_text, tmp_path, "trainer.max_steps=40", "trainer.log_every_n_steps=20",
+                      "callbacks.last_checkpoint.every_n_train_steps=100", "callbacks.validation.points=4")
+    L.seed_everything(0)
+    datamodule, model, trainer = build(cfg)
+    real_step = model.training_step
+    model.training_step = lambda batch, batch_idx: real_step(batch, batch_idx) * (torch.nan if trainer.global_step == 24 else 1)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 25; .*checkpoints keep the last good weights"):
+        trainer.fit(model, datamodule=datamodule)  # validation at step 30 would have sampled from NaN weights
 
 
 # --- the training windows on the device (simulated: the CPU through the on-device code path)
@@ -248,7 +261,7 @@ def as_rank(dm, rank, world_size):
 
 def batches_of(dm, epoch):
     loader = dm.train_dataloader()
-    loader.batch_sampler.set_epoch(epoch)
+    loader.batch_sampler.position = epoch * len(loader.batch_sampler)  # the start of that epoch
     return loader, list(loader)
 
 
