@@ -234,8 +234,7 @@ class CharDataModule(L.LightningDataModule):
         if not self.topics:
             raise UserError(f"model.topics=true needs a corpus with topics (data=ag_news); data.corpus={self.corpus} has "
                             "none: leave out model.topics")
-        if self.order != "windows":
-            # the streams and articles batches do not cut the topics yet
+        if self.order != "windows":  # the streams and articles batches do not cut the topics yet
             raise UserError(f"model.topics=true trains on data.order=windows only, not data.order={self.order}; "
                             "leave out one of them")
         self.with_topics = True

@@ -61,6 +61,9 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     trainer = instantiate_trainer(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
+    if model_args.get("topics") and datamodule.order != "windows":  # before the data is prepared
+        raise UserError(f"model.topics=true trains on data.order=windows only, not data.order={datamodule.order}; "
+                        "leave out one of them")
     datamodule.setup("fit")  # the vocabulary sizes the model
     topics = topic_args(model_args, datamodule)
     model = CharLM(vocab=datamodule.vocab.chars, model=model_args,
@@ -168,6 +171,7 @@ def check_multirun_launch_mode(trainer_cfg: DictConfig) -> None:
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # this trainer is only looked at: no "GPU available" lines for it
+    rank = rank_zero_only.rank  # a Trainer sets this process's rank from SLURM's or torchrun's variables
     try:
         trainer = instantiate({"_target_": "lightning.pytorch.Trainer", **settings}, logger=False,
                               enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
@@ -175,6 +179,7 @@ def check_multirun_launch_mode(trainer_cfg: DictConfig) -> None:
         return  # settings Lightning rejects (e.g. more GPUs than here): each job reports them itself
     finally:
         lightning_log.setLevel(level)
+        rank_zero_only.rank = rank  # the multirun process itself is no rank of these jobs
     check_launch_mode(trainer, multirun=True)
 
 

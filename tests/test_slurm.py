@@ -65,6 +65,9 @@ def test_ranks_started_by_slurm_are_not_refused_under_multirun(monkeypatch):
     for key, value in SLURM_TASK.items():
         monkeypatch.setenv(key, value)
     check_multirun_launch_mode(cfg.trainer)  # under SLURM every rank is a task of its own: fine
+    from lightning.pytorch.utilities import rank_zero_only
+
+    assert rank_zero_only.rank == 0  # looking at the settings did not make this process another rank
 
 
 def test_sbatch_recipe_is_valid_bash_and_its_overrides_compose(tmp_path):
