@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from common import median, print_table
 
-from charlm.inspect import surprisal, surprisal_image
+from charlm.activations import surprisal
+from charlm.page import surprisal_image
 from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
 from charlm.windows import EvalStream

@@ -26,7 +26,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from charlm.callbacks import BudgetValidation, GracefulStop
+from charlm.callbacks import GracefulStop
+from charlm.progress import BudgetValidation
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from charlm.callbacks import BudgetProgressBar
+from charlm.progress import BudgetProgressBar
 from charlm.config import compose_config
 from charlm.training import build, end_summary, override_arg
 

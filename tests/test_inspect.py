@@ -19,10 +19,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from charlm.callbacks import SurprisalImage
 from charlm.data import CharDataModule
 from charlm.errors import UserError
-from charlm.inspect import (_inputs, inspect_text, layer_states, page_html, rank_units, read_page_data,
-                            surprisal_image, text_properties)
+from charlm.activations import _inputs, inspect_text, layer_states, rank_units, text_properties
 from charlm.model import CharRNN
 from charlm.module import CharLM
+from charlm.page import page_html, read_page_data, surprisal_image
 from charlm.vocabulary import Vocabulary
 from conftest import ROOT, run_script
 

@@ -1,0 +1,205 @@
+"""What a model computes on a text, character by character: the surprisal of each character and
+the model's top guesses (from its own forward pass, so they are what evaluation computes), the
+hidden and cell states and gates of every layer, the units that best track simple properties of the
+text, and how often each gate is saturated. ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` return the hidden
+states of the last layer only, and no gates, so the states of every layer are computed here by
+running each layer's own weights step by step (``layer_states``; tests check it equals the torch
+module's output). Drawn by ``charlm.page``; used by ``python -m charlm.inspect``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlm.errors import UserError
+from charlm.model import CharRNN
+from charlm.vocabulary import Vocabulary
+
+MAX_CHARS = 20_000  # the page keeps every unit's activation at every character: ~2 bytes each per state
+TOP_K = 5
+SATURATED = (0.1, 0.9)  # a gate below / above these is left / right saturated (Karpathy, Johnson & Fei-Fei 2015)
+SIGMOID_GATES = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"), "rnn": ()}
+PROPERTIES = ("inside quotes", "inside brackets", "position in line", "start of word", "upper case")
+QUOTES = {'"': 0, "\u201c": 1, "\u201d": -1, "\u00ab": 1, "\u00bb": -1}  # 0: toggles
+BRACKETS = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
+
+
+def cell_of(net: CharRNN) -> str:
+    return {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[type(net.rnn)]
+
+
+def _inputs(net: CharRNN, ids: torch.Tensor) -> torch.Tensor:
+    """What the first recurrent layer reads for ``ids`` (as ``CharRNN.forward`` builds it)."""
+    if net.embedding is not None:
+        return net.embedding(ids)
+    return F.one_hot(ids, net.vocab_size).to(net.head.weight.dtype)
+
+
+@torch.no_grad()
+def layer_states(net: CharRNN, ids: torch.Tensor) -> list[dict]:
+    """For ``ids [T]`` read from a zero state, per layer: ``h [T, H]`` (hidden state after each
+    character), ``c [T, H]`` (LSTM cell state, else absent) and ``gates`` {name: [T, H]} (the sigmoid
+    gates: LSTM input/forget/output, GRU reset/update; none for a plain RNN).
+
+    The input projection of all steps is one matrix product; then one small step per character,
+    vectorized across units, with torch's gate order and equations (LSTM i, f, g, o; GRU r, z, n).
+    Dropout between layers is off, as in evaluation."""
+    rnn, cell = net.rnn, cell_of(net)
+    x, size = _inputs(net, ids), rnn.hidden_size
+    layers = []
+    for k in range(rnn.num_layers):
+        w_hh = getattr(rnn, f"weight_hh_l{k}")
+        b_ih = getattr(rnn, f"bias_ih_l{k}") if rnn.bias else 0
+        b_hh = getattr(rnn, f"bias_hh_l{k}") if rnn.bias else torch.zeros(w_hh.shape[0], dtype=x.dtype, device=x.device)
+        projected = x @ getattr(rnn, f"weight_ih_l{k}").T + b_ih
+        steps = len(ids)
+        h = x.new_zeros(size)
+        hs = x.new_empty(steps, size)
+        if cell == "lstm":
+            c = x.new_zeros(size)
+            cs, gates = x.new_empty(steps, size), x.new_empty(steps, 3, size)
+            for t in range(steps):
+                a = torch.addmv(b_hh, w_hh, h).add_(projected[t])
+                s = torch.sigmoid(a.view(4, size))  # i, f, g (unused: tanh below), o
+                c = s[1] * c + s[0] * torch.tanh(a[2 * size:3 * size])
+                h = s[3] * torch.tanh(c)
+                hs[t], cs[t], gates[t] = h, c, s[[0, 1, 3]]
+            layers.append({"h": hs, "c": cs, "gates": dict(zip(SIGMOID_GATES["lstm"], gates.unbind(1)))})
+        elif cell == "gru":
+            gates = x.new_empty(steps, 2, size)
+            for t in range(steps):
+                hp = torch.addmv(b_hh, w_hh, h)
+                rz = torch.sigmoid(projected[t, :2 * size] + hp[:2 * size]).view(2, size)
+                n = torch.tanh(projected[t, 2 * size:] + rz[0] * hp[2 * size:])
+                h = n + rz[1] * (h - n)  # (1 - z) * n + z * h
+                hs[t], gates[t] = h, rz
+            layers.append({"h": hs, "gates": dict(zip(SIGMOID_GATES["gru"], gates.unbind(1)))})
+        else:
+            act = torch.tanh if rnn.nonlinearity == "tanh" else torch.relu
+            for t in range(steps):
+                h = act(torch.addmv(b_hh, w_hh, h).add_(projected[t]))
+                hs[t] = h
+            layers.append({"h": hs, "gates": {}})
+        x = hs
+    return layers
+
+
+@torch.no_grad()
+def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0):
+    """Bits the model pays for each character of ``ids [T]`` read from a zero state (``nan`` for the
+    first, which has no context), from the model's own forward pass; with ``top_k`` also the ids and
+    probabilities of its ``top_k`` guesses for each character (row 0: -1 and 0)."""
+    logits, _ = net(ids[None])
+    logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+    bits = torch.full((len(ids),), float("nan"))
+    bits[1:] = (-logp.gather(1, ids[1:, None])[:, 0] / math.log(2)).cpu()
+    if not top_k:
+        return bits.numpy()
+    values, top = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
+    top_ids = torch.full((len(ids), top.shape[1]), -1, dtype=torch.long)
+    top_probs = torch.zeros(len(ids), top.shape[1])
+    top_ids[1:], top_probs[1:] = top.cpu(), values.exp().cpu()
+    return bits.numpy(), top_ids.numpy(), top_probs.numpy()
+
+
+@dataclass
+class Inspection:
+    """What the page shows of one text: its characters and ids, the bits paid for each, the top guesses,
+    every layer's states and gates (numpy, ``[T, H]``), and the units that best track each property."""
+    text: str
+    ids: np.ndarray
+    bits: np.ndarray
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    layers: list[dict]
+    ranking: dict = field(default_factory=dict)
+
+
+def check_text(text: str, max_chars: int = MAX_CHARS, key: str = "text") -> None:
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 2:
+        raise UserError(f"max_chars={max_chars!r} must be a whole number >= 2")
+    if len(text) < 2:
+        raise UserError(f"{key} has {len(text)} character{'s' * (len(text) != 1)}; give at least 2 (the first has "
+                        "no context, so it is not scored)")
+    if len(text) > max_chars:
+        raise UserError(f"{key} has {len(text):,} characters, more than max_chars={max_chars}; inspect a part of it "
+                        "or raise max_chars (the page keeps every unit's activation at every character)")
+
+
+def inspect_text(net: CharRNN, vocab: Vocabulary, text: str, max_chars: int = MAX_CHARS, top_units: int = 5,
+                 key: str = "text") -> Inspection:
+    """Score ``text`` from a zero state and record every layer's states, and rank the units by the
+    properties of the text (``rank_units``). Characters outside the vocabulary read as id 0, as in
+    evaluation."""
+    check_text(text, max_chars, key)
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        ids = torch.from_numpy(vocab.encode(text).astype(np.int64)).to(device)
+        bits, top_ids, top_probs = surprisal(net, ids, TOP_K)
+        layers = [{k: (v.cpu().numpy() if k != "gates" else {g: a.cpu().numpy() for g, a in v.items()})
+                   for k, v in layer.items()} for layer in layer_states(net, ids)]
+    finally:
+        net.train(was_training)
+    inspection = Inspection(text, ids.cpu().numpy(), bits, top_ids, top_probs, layers)
+    inspection.ranking = rank_units(layers, text_properties(text), top_units)
+    return inspection
+
+
+def text_properties(text: str) -> dict[str, np.ndarray]:
+    """Simple, named properties of ``text`` at each character (after reading it), for ``rank_units``:
+    inside a quotation ("..." or “...”), inside brackets ((), [], {}), the position in the line
+    (characters since the last newline), the first letter of a word, an upper-case letter."""
+    quoted, depth, in_quote, in_bracket, column, columns = 0, 0, np.zeros(len(text)), np.zeros(len(text)), 0, []
+    for t, ch in enumerate(text):
+        if ch in QUOTES:
+            quoted = (1 - quoted) if QUOTES[ch] == 0 else max(0, quoted + QUOTES[ch])
+        if ch in BRACKETS:
+            depth = max(0, depth + BRACKETS[ch])
+        in_quote[t], in_bracket[t] = quoted > 0, depth > 0
+        column = 0 if ch == "\n" else column + 1
+        columns.append(column)
+    letters = np.array([ch.isalpha() for ch in text])
+    start = letters & ~np.concatenate([[False], letters[:-1]])
+    upper = np.array([ch.isupper() for ch in text])
+    return dict(zip(PROPERTIES, (in_quote, in_bracket, np.array(columns, dtype=float), start.astype(float),
+                                 upper.astype(float))))
+
+
+def rank_units(layers: list[dict], properties: dict[str, np.ndarray], top: int = 5) -> dict:
+    """For each property, the ``top`` units (layer, state ``h`` or ``c``, unit) whose activation over the
+    text correlates most with it (Pearson r, by its absolute value), or a note when the property does
+    not vary in this text (e.g. no quotes), so no unit can track it."""
+    ranking = {}
+    for name, prop in properties.items():
+        if prop.std() == 0:
+            ranking[name] = {"units": [], "note": "does not vary in this text, so no unit can track it"}
+            continue
+        p = (prop - prop.mean()) / prop.std()
+        found = []
+        for index, layer in enumerate(layers):
+            for kind in ("c", "h"):
+                if kind not in layer:
+                    continue
+                a = layer[kind].astype(np.float64)
+                std = a.std(axis=0)
+                r = np.where(std > 0, ((a - a.mean(axis=0)) * p[:, None]).mean(axis=0) / np.where(std > 0, std, 1), 0)
+                found += [(abs(r[u]), index, kind, int(u), float(r[u])) for u in np.argsort(-np.abs(r))[:top]]
+        found.sort(key=lambda f: -f[0])
+        ranking[name] = {"units": [{"layer": i, "kind": k, "unit": u, "r": round(r, 4)} for _, i, k, u, r in found[:top]],
+                         "note": None}
+    return ranking
+
+
+def gate_saturation(layers: list[dict]) -> list[dict]:
+    """Per layer and sigmoid gate, the fraction of characters at which each unit's gate is left
+    (< 0.1) or right (> 0.9) saturated, as in Karpathy, Johnson & Fei-Fei (2015), figure 3."""
+    low, high = SATURATED
+    return [{name: {"left": (g < low).mean(axis=0), "right": (g > high).mean(axis=0)}
+             for name, g in layer["gates"].items()} for layer in layers]

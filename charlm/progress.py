@@ -1,0 +1,206 @@
+"""Progress against the run's budget: the fraction of it used (steps, epochs or ``max_time``,
+whichever ends first), the one-line console bar that counts it, and the validation schedule that
+gives every run the same number of points whatever its budget."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+
+import lightning as L
+from lightning.pytorch.callbacks import Timer, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from charlm.errors import UserError
+
+
+def budget_progress(trainer: L.Trainer) -> float:
+    """Fraction of the run's budget used, in [0, 1]: the largest of the fractions of
+    ``trainer.max_steps``, ``trainer.max_epochs`` (in steps) and ``trainer.max_time`` used, since
+    whichever ends first ends the run."""
+    done = [trainer.global_step / trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+    if trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches not in (0, float("inf")):
+        done.append(trainer.global_step / (trainer.max_epochs * trainer.num_training_batches))
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    if remaining is not None:
+        elapsed = timer.time_elapsed("train")
+        done.append(elapsed / max(elapsed + remaining, 1e-9))
+    return min(1.0, max(done, default=0.0))
+
+
+def budget_steps(trainer: L.Trainer) -> int | None:
+    """The number of training steps in the run's step or epoch budget, or None (time only)."""
+    totals = [trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+    if trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches not in (0, float("inf")):
+        totals.append(trainer.max_epochs * trainer.num_training_batches)
+    return min(totals, default=None)
+
+
+def _timed(trainer: L.Trainer) -> bool:
+    """Whether the run has a ``max_time`` budget."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return timer is not None and timer.time_remaining("train") is not None
+
+
+class BudgetProgressBar(TQDMProgressBar):
+    """One console line for the whole run, measured against its budget (``budget_progress``):
+    ``step 300/600  50%|█████     | 01:02 left, loss 1.612, val 2.345 bpc, 41.2k chars/s``.
+
+    Lightning's bar counts the batches of the current epoch, so a ``max_steps`` run ends
+    frozen part-way, and its validation bar, sanity-check bar and ``key=value`` metrics wrap
+    a narrow terminal into dozens of lines. Here the step total is the step or epoch budget,
+    or for a ``max_time`` budget the steps that fit in it at the pace so far; validation shows
+    in the same line; the metrics are short, so the line fits 80 columns (tqdm trims the rest)."""
+
+    BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| {remaining} left{postfix}"
+
+    def __init__(self, refresh_rate: int = 10, process_position: int = 0):
+        super().__init__(refresh_rate=refresh_rate, process_position=process_position)
+        self._redirect: contextlib.ExitStack | None = None
+
+    def _tqdm(self, desc: str, leave: bool, bar_format: str | None = None) -> Tqdm:
+        return Tqdm(desc=desc, position=2 * self.process_position, disable=self.is_disabled, leave=leave,
+                    dynamic_ncols=True, file=sys.stdout, smoothing=0, bar_format=bar_format or self.BAR_FORMAT)
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)  # two batches: not worth a line
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)  # shown in the training line (on_validation_batch_end)
+
+    def init_train_tqdm(self) -> Tqdm:
+        return self._tqdm("step", leave=True)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self._tqdm("test", leave=False, bar_format="{desc} {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}|")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        # Console log lines while training (Lightning's, charlm's) go above the bar, not into its line.
+        self._redirect = contextlib.ExitStack()
+        if not self.is_disabled:
+            self._redirect.enter_context(logging_redirect_tqdm())
+        self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.initial = trainer.global_step  # a resumed run: the pace counts from here
+        self._show(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_) -> None:
+        pass  # one bar for the whole run, not one per epoch
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.refresh_rate == 0:
+            self._show(trainer, read=trainer.global_step % trainer.log_every_n_steps == 0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        pass
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._show(trainer)
+        self.train_progress_bar.close()
+        self._redirect.close()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        if self._redirect is not None:
+            self._redirect.close()
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx: int = 0) -> None:
+        bar = self._train_progress_bar
+        n = batch_idx + 1
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and bar is not None and not bar.disable \
+                and self._should_update(n, self.total_val_batches_current_dataloader):
+            total = convert_inf(self.total_val_batches_current_dataloader)
+            bar.n, bar.total = self.budget(trainer)
+            bar.set_postfix_str(f"validating {n}/{total or '?'}")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.val_progress_bar.close()
+        self.reset_dataloader_idx_tracker()
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._train_progress_bar is not None:
+            self._show(trainer)
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        if self.has_dataloader_changed(dataloader_idx):
+            self.test_progress_bar.reset(total=convert_inf(self.total_test_batches_current_dataloader))
+
+    def budget(self, trainer: L.Trainer) -> tuple[int, int | None]:
+        """The bar's position and total: steps done, and steps in the budget (for a ``max_time``
+        budget, steps done / fraction of the time used; None before any step of a time budget)."""
+        step, progress = trainer.global_step, budget_progress(trainer)
+        total = budget_steps(trainer)
+        if progress > 0 and (total is None or _timed(trainer)):
+            total = max(step, round(step / progress))
+        return step, total
+
+    def postfix(self, trainer: L.Trainer) -> str:
+        """The latest training loss, validation bits per character and throughput, if any."""
+        metrics = trainer.callback_metrics
+        parts = [f"{name} {float(metrics[key]):{fmt}}" for name, key, fmt in
+                 (("loss", "train/loss", ".3f"), ("val", "val/bpc", ".3f")) if key in metrics]
+        if "val/bpc" in metrics:
+            parts[-1] += " bpc"
+        if "train/chars_per_sec" in metrics:
+            parts.append(f"{Tqdm.format_sizeof(float(metrics['train/chars_per_sec']))} chars/s")
+        return ", " + ", ".join(parts) if parts else ""
+
+    def _show(self, trainer: L.Trainer, read: bool = True) -> None:
+        """Redraw the line; ``read``: read the metrics again. They change only on logging steps and
+        at validations, and reading them between (values on a GPU) would be a host-device sync at
+        every redraw, so other redraws reuse the last text."""
+        bar = self.train_progress_bar
+        if bar.disable:
+            return
+        bar.n, bar.total = self.budget(trainer)
+        if read or not hasattr(self, "_postfix"):
+            self._postfix = self.postfix(trainer).removeprefix(", ")
+        bar.set_postfix_str(self._postfix, refresh=False)
+        bar.refresh()
+
+
+class BudgetValidation(L.Callback):
+    """Validates each time the run has used another ``1/points`` of its budget (steps, epochs or
+    ``max_time``, whichever ends first: ``budget_progress``), so every run's learning curve gets
+    ``points`` points, whatever its length; Lightning's default, once per epoch, gives a short
+    run on a large corpus a single point.
+
+    For step and epoch budgets the steps are fixed by the budget alone: validation follows the
+    step where ``floor(points * step / budget_steps)`` grows, i.e. steps ``ceil(k * budget_steps /
+    points)`` for k = 1..points (150 steps: 15, 30, ..., 150), and a resumed run validates at the
+    same steps as an uninterrupted one (it starts counting from its restored step). For
+    ``max_time`` the steps depend on the pace; under DDP rank 0 decides then, so all ranks
+    validate together. Lightning still validates when a run stops early (Ctrl-C, max_time).
+
+    An explicit ``trainer.val_check_interval`` replaces this schedule (``charlm.training.build``
+    leaves this callback out then)."""
+
+    NEVER = sys.maxsize
+
+    def __init__(self, points: int = 10):
+        if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+            raise UserError(f"callbacks.validation.points={points!r} must be a whole number >= 1")
+        self.points, self._reached = points, 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        # Lightning's own schedule off: it validates after a training batch when
+        # (batch index + 1) % val_check_batch == 0, with val_check_batch = val_check_interval.
+        trainer.check_val_every_n_epoch = None
+        trainer.val_check_interval = self.NEVER
+
+    def _crossed(self, trainer: L.Trainer) -> int:
+        return math.floor(budget_progress(trainer) * self.points + 1e-9)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._reached = self._crossed(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        trainer.val_check_batch = self.NEVER
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        crossed = self._crossed(trainer)
+        if _timed(trainer) and trainer.world_size > 1:
+            crossed = trainer.strategy.broadcast(crossed)
+        if crossed > self._reached:
+            self._reached = crossed
+            trainer.val_check_batch = 1  # validate after this batch
