@@ -231,3 +231,31 @@ def test_each_page_starts_with_a_title_a_summary_and_a_back_link(page):
     title, blank, *rest = page.read_text(encoding="utf-8").splitlines()
     assert title.startswith("# ") and blank == "" and rest[0]
     assert "](../README.md)" in "\n".join(rest[:4])
+
+
+TRAIN_COMMANDS = [cmd for cmd in bash_commands(README, "python train.py")
+                  + [c.replace(".venv/bin/python", "python", 1) for c in bash_commands(README, ".venv/bin/python train.py")]]
+
+
+def test_the_readme_has_training_commands():
+    assert len(TRAIN_COMMANDS) >= 8 and any(" -m " in cmd for cmd in TRAIN_COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", TRAIN_COMMANDS, ids=[c.split("#")[0].strip()[16:70] for c in TRAIN_COMMANDS])
+def test_training_command_composes_as_written(cmd, tmp_path):
+    """Each training command of the README, through bash as written (placeholders filled in), composes
+    a config (``--cfg job``: Hydra prints it and trains nothing), and every key=value it sets is in it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    command = substitute(cmd.split("#")[0]).strip() + " --cfg job"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, shell=True, executable="/bin/bash", cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, f"{cmd}\n{result.stderr[-2000:]}"
+    composed = OmegaConf.create(result.stdout)
+    for arg in bash_argv(command)[1:]:
+        key, sep, value = arg.partition("=")
+        if sep and "." in key and "," not in value and not key.startswith("hydra"):
+            assert str(OmegaConf.select(composed, key)) == value, (cmd, key)
