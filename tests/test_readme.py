@@ -258,4 +258,4 @@ def test_training_command_composes_as_written(cmd, tmp_path):
     for arg in bash_argv(command)[1:]:
         key, sep, value = arg.partition("=")
         if sep and "." in key and "," not in value and not key.startswith("hydra"):
-            assert str(OmegaConf.select(composed, key)) == value, (cmd, key)
+            assert str(OmegaConf.select(composed, key)).lower() == value.lower(), (cmd, key)
