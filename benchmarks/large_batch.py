@@ -13,14 +13,12 @@ the scaled rows too fall behind, the batch is past the critical batch size for t
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import AG_NEWS_TEST, ROOT, print_table, require
+from common import AG_NEWS_TEST, print_table, require, train
 
 from charlm.config import sqrt_scaled_lr
 
@@ -28,15 +26,11 @@ BASE_LR, BASE_BATCH, NCHARS = 0.006, 16, 100
 
 
 def run(batch: int, lr: float, steps: int, extra: list[str], out: Path) -> dict:
-    cmd = [sys.executable, str(ROOT / "train.py"), f"data.path={AG_NEWS_TEST}", "data.val_size=200",
-           "data.test_size=600", f"data.batch_size={batch}", f"optimizer.lr={lr}", f"trainer.max_steps={steps}",
-           "trainer.max_epochs=-1", f"data.nchars={NCHARS}", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
-           f"hydra.run.dir={out}", *extra]
     started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    return {**json.loads((out / "metrics.json").read_text()), "seconds": time.perf_counter() - started}
+    metrics = train([f"data.path={AG_NEWS_TEST}", "data.val_size=200", "data.test_size=600", f"data.batch_size={batch}",
+                     f"optimizer.lr={lr}", f"trainer.max_steps={steps}", "trainer.max_epochs=-1", f"data.nchars={NCHARS}",
+                     "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *extra], out)
+    return {**metrics, "seconds": time.perf_counter() - started}
 
 
 def main() -> None:

@@ -26,13 +26,11 @@ and budget is the median.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import AG_NEWS_TEST, ROOT, SHAKESPEARE, median, print_table, require
+from common import AG_NEWS_TEST, SHAKESPEARE, duration, median, print_table, require, train
 
 ORDERS = {"streams": {"windows": ["data.order=windows"], "streams": ["data.order=streams"]},
           "lesson": {"defaults": [], "lesson": ["experiment=lesson"]}}
@@ -47,14 +45,7 @@ def corpus_overrides(corpus: str, val_size: float) -> list[str]:
 
 
 def run(overrides: list[str], seconds: int, seed: int, run_dir: Path, extra: list[str]) -> dict:
-    hms = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"seed={seed}", f"trainer.max_time={hms}",
-           f"hydra.run.dir={run_dir}", *extra]
-    print("running:", " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    return json.loads((run_dir / "metrics.json").read_text())
+    return train([*overrides, f"seed={seed}", f"trainer.max_time={duration(seconds)}", *extra], run_dir)
 
 
 def main() -> None:

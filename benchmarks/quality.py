@@ -12,23 +12,16 @@ evaluation) using the best checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import AG_NEWS_TEST, ROOT, median, print_table, require
+from common import AG_NEWS_TEST, duration, median, print_table, require, train
 
 
 def held_out_loss(overrides: list[str], seconds: int, run_dir: Path) -> dict:
-    hms = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
-    cmd = [sys.executable, str(ROOT / "train.py"), f"data.path={AG_NEWS_TEST}", "data.val_size=200",
-           "data.test_size=600", f"trainer.max_time={hms}", f"hydra.run.dir={run_dir}", *overrides]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    return json.loads((run_dir / "metrics.json").read_text())
+    return train([f"data.path={AG_NEWS_TEST}", "data.val_size=200", "data.test_size=600",
+                  f"trainer.max_time={duration(seconds)}", *overrides], run_dir)
 
 
 def main() -> None:

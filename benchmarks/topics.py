@@ -15,14 +15,12 @@ baseline column says so.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import AG_NEWS_TEST, ROOT, median, print_table, require
+from common import AG_NEWS_TEST, ROOT, duration, median, print_table, require, train
 
 sys.path.insert(0, str(ROOT))
 from charlm.sources import read_ag_news_csv, split_tail  # noqa: E402
@@ -31,14 +29,9 @@ TEST_ARTICLES = 600
 
 
 def train_charlm(seed: int, seconds: int, val: int, mode: str, run_dir: Path, extra: list[str]) -> dict:
-    hms = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-    cmd = [sys.executable, str(ROOT / "train.py"), f"data.path={AG_NEWS_TEST}", f"data.val_size={val}",
-           f"data.test_size={TEST_ARTICLES}", "model.topics=true", f"model.topic_mode={mode}", f"seed={seed}",
-           f"trainer.max_time={hms}", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}", *extra]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = train([f"data.path={AG_NEWS_TEST}", f"data.val_size={val}", f"data.test_size={TEST_ARTICLES}",
+                     "model.topics=true", f"model.topic_mode={mode}", f"seed={seed}",
+                     f"trainer.max_time={duration(seconds)}", "trainer.accelerator=cpu", *extra], run_dir)
     metrics["ckpt"] = str(next((run_dir / "checkpoints").glob("best*.ckpt"), run_dir / "checkpoints" / "last.ckpt"))
     return metrics
 

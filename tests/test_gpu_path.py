@@ -208,15 +208,21 @@ def test_training_steps_between_logging_steps_make_no_host_device_sync(tiny_text
     assert any(step % log_every == 0 for step in recorder.calls)  # the recorder does see the logging steps' reads
 
 
-def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_only(tiny_text, tmp_path):
-    """A NaN between logging steps is caught at the next check, naming its step; with no
-    checkpoint in between, none is written from the broken weights."""
+def nan_at_step_25(tiny_text, tmp_path, validations: int):
+    """A 40-step job (logging every 20 steps, ``validations`` validations) whose loss is NaN at step 25."""
     cfg = tiny_config(tiny_text, tmp_path, "trainer.max_steps=40", "trainer.log_every_n_steps=20",
-                      "callbacks.last_checkpoint.every_n_train_steps=100", "callbacks.validation.points=1")
+                      "callbacks.last_checkpoint.every_n_train_steps=100", f"callbacks.validation.points={validations}")
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     real_step = model.training_step
     model.training_step = lambda batch, batch_idx: real_step(batch, batch_idx) * (torch.nan if trainer.global_step == 24 else 1)
+    return datamodule, model, trainer
+
+
+def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_only(tiny_text, tmp_path):
+    """A NaN between logging steps is caught at the next check, naming its step; with no
+    checkpoint in between, none is written from the broken weights."""
+    datamodule, model, trainer = nan_at_step_25(tiny_text, tmp_path, validations=1)
     check = next(c for c in trainer.callbacks if isinstance(c, StopOnNonFiniteLoss))
     checked_at = []
     real_check = check.check
@@ -229,14 +235,10 @@ def test_the_nan_check_reads_the_loss_on_logging_steps_and_before_a_checkpoint_o
 
 def test_a_nan_before_a_validation_is_caught_before_it(tiny_text, tmp_path):
     """Validation (and its text samples) never runs on broken weights: the check runs first."""
-    cfg = tiny_config(tiny_text, tmp_path, "trainer.max_steps=40", "trainer.log_every_n_steps=20",
-                      "callbacks.last_checkpoint.every_n_train_steps=100", "callbacks.validation.points=4")
-    L.seed_everything(0)
-    datamodule, model, trainer = build(cfg)
-    real_step = model.training_step
-    model.training_step = lambda batch, batch_idx: real_step(batch, batch_idx) * (torch.nan if trainer.global_step == 24 else 1)
+    datamodule, model, trainer = nan_at_step_25(tiny_text, tmp_path, validations=4)
     with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 25; .*checkpoints keep the last good weights"):
         trainer.fit(model, datamodule=datamodule)  # validation at step 30 would have sampled from NaN weights
+
 
 
 # --- the training windows on the device (simulated: the CPU through the on-device code path)
