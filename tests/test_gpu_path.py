@@ -240,7 +240,6 @@ def test_a_nan_before_a_validation_is_caught_before_it(tiny_text, tmp_path):
         trainer.fit(model, datamodule=datamodule)  # validation at step 30 would have sampled from NaN weights
 
 
-
 # --- the training windows on the device (simulated: the CPU through the on-device code path)
 
 
