@@ -100,19 +100,16 @@ class CharLM(L.LightningModule):
 
     def _eval_step(self, batch, batch_idx, metric: MeanMetric, uncond: MeanMetric | None = None):
         # The held-out stream arrives as consecutive chunks of the same rows: carry the state.
-        x, y, *topic = batch
+        x, y, extras = unpack_batch(batch)
+        topic = extras.get("topic")
         if batch_idx == 0:
             self._eval_state = self._uncond_state = None
-        logits, self._eval_state = self.net(x, self._eval_state, topic=topic[0]) if topic else self.net(x, self._eval_state)
+        logits, self._eval_state = self.net(x, self._eval_state, topic=topic)
         scored = (y != IGNORE).sum()
-        if scored:
-            loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
-            metric.update(loss_sum / scored, weight=scored)
-        if topic and uncond is not None:  # the same model without the topic (the unknown id)
+        _update(metric, logits, y, scored)
+        if topic is not None and uncond is not None:  # the same model without the topic (the unknown id)
             logits, self._uncond_state = self.net(x, self._uncond_state, topic=None)
-            if scored:
-                loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
-                uncond.update(loss_sum / scored, weight=scored)
+            _update(uncond, logits, y, scored)
 
     def _log_eval(self, stage: str, metric: MeanMetric, uncond: MeanMetric | None = None):
         # Under DDP each rank scored its own rows; compute() sums the weighted losses and the
@@ -192,6 +189,13 @@ class CharLM(L.LightningModule):
         if self.hparams.optimizer is None:
             raise UserError("no optimizer configured; pass optimizer=adamw (or another conf/optimizer file)")
         return instantiate(self.hparams.optimizer, params=self.parameters())
+
+
+def _update(metric: MeanMetric, logits: torch.Tensor, y: torch.Tensor, scored: torch.Tensor) -> None:
+    """Add a chunk's mean loss over its ``scored`` (not padding) targets to ``metric``, weighted by them."""
+    if scored:
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        metric.update(loss_sum / scored, weight=scored)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
