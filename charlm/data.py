@@ -234,12 +234,17 @@ class CharDataModule(L.LightningDataModule):
         if not self.topics:
             raise UserError(f"model.topics=true needs a corpus with topics (data=ag_news); data.corpus={self.corpus} has "
                             "none: leave out model.topics")
-        if self.order != "windows":  # the streams and articles batches do not cut the topics yet
-            raise UserError(f"model.topics=true trains on data.order=windows only, not data.order={self.order}; "
-                            "leave out one of them")
+        self.check_order_has_topics()
         self.with_topics = True
         self.train_set.labels_path = self.cache_path / "train_labels.npy"
         return self.topics
+
+    def check_order_has_topics(self) -> None:
+        """``model.topics=true`` needs batches that cut the topics: ``data.order=windows`` only (the
+        streams and articles batches do not yet). Needs no data, so it can run before preparing it."""
+        if self.order != "windows":
+            raise UserError(f"model.topics=true trains on data.order=windows only, not data.order={self.order}; "
+                            "leave out one of them")
 
     def held_out_topics(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The tokens and the per-character topics of a held-out split (val or test)."""

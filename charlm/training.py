@@ -62,9 +62,8 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     trainer = instantiate_trainer(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
-    if model_args.get("topics") and datamodule.order != "windows":  # before the data is prepared
-        raise UserError(f"model.topics=true trains on data.order=windows only, not data.order={datamodule.order}; "
-                        "leave out one of them")
+    if model_args.get("topics"):
+        datamodule.check_order_has_topics()  # before the data is prepared
     datamodule.setup("fit")  # the vocabulary sizes the model
     topics = topic_args(model_args, datamodule)
     model = CharLM(vocab=datamodule.vocab.chars, model=model_args,
