@@ -206,8 +206,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"}
-    metrics.update({f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()})
+    metrics = logged_metrics(trainer, model)
     metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, **fit_outcome(trainer))
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
     if stop is not None:
@@ -219,8 +218,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         best = ""  # restored from the checkpoint of another run (ckpt_path=): not this run's model
     if cfg.test and not trainer.interrupted:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"})
-        metrics.update({f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()})
+        metrics.update(logged_metrics(trainer, model))
         log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
                  metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])
     if trainer.is_global_zero:
@@ -228,6 +226,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         log.info("%s", end_summary(run_dir, metrics, best, cfg.callbacks.get("samples", {}).get("prompt")))
     return metrics
+
+
+def logged_metrics(trainer: L.Trainer, model: CharLM) -> dict:
+    """What the fit or test logged (as numbers, without the ``step`` that only sets TensorBoard's x
+    axis), and the topic confusion matrices of a topic-conditioned model."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"}
+    return {**metrics, **{f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()}}
 
 
 def end_summary(run_dir: Path, metrics: dict[str, float], best: str, prompt: str | None) -> str:
