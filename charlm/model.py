@@ -61,7 +61,9 @@ class CharRNN(nn.Module):
         cell: ``lstm``, ``gru`` or ``rnn`` (tanh).
         hidden_size: units per recurrent layer.
         layers: stacked recurrent layers.
-        dropout: dropout between recurrent layers (used when ``layers`` > 1), in [0, 1).
+        dropout: in [0, 1); dropout between recurrent layers and on the last layer's output before
+            the head (the non-recurrent connections, as in Zaremba et al. 2014 and PyTorch's
+            word_language_model), so a 1-layer model is regularized too.
         embedding_dim: 0 feeds one-hot vectors (the lesson's model); > 0 a learned embedding.
         topics: number of topics to condition on (0: an unconditioned model). Topic ids are
             ``0..topics-1``; id ``topics`` is "unknown" (the unconditioned model, the same weights).
@@ -83,6 +85,8 @@ class CharRNN(nn.Module):
         extra = topic_dim if self.topics and topic_mode == "input" else 0
         self.rnn = CELLS[cell]((embedding_dim or vocab_size) + extra, hidden_size, num_layers=layers,
                                dropout=dropout if layers > 1 else 0.0, batch_first=True)
+        # nn.Dropout(0) still copies its input in training: none when there is nothing to drop
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.head = nn.Linear(hidden_size, vocab_size)
         if self.topics:
             self.topic_embedding = nn.Embedding(self.topics + 1, topic_dim)  # the last id: unknown
@@ -119,4 +123,4 @@ class CharRNN(nn.Module):
                 init = torch.tanh(self.topic_state(t[:, 0])).view(len(ids), -1, layers, hidden).permute(1, 2, 0, 3)
                 state = (init[0].contiguous(), init[1].contiguous()) if self.cell == "lstm" else init[0].contiguous()
         out, state = self.rnn(x, state)
-        return self.head(out), state
+        return self.head(self.drop(out)), state

@@ -22,6 +22,21 @@ def test_output_shapes_and_carried_state(cell, layers, embedding_dim):
     torch.testing.assert_close(torch.cat([first, second], dim=1), logits)
 
 
+def test_dropout_regularizes_a_one_layer_model_in_training_only():
+    """model.dropout also drops the last layer's output, so a 1-layer model (which nn.LSTM's
+    between-layer dropout leaves alone) is regularized: two training passes differ, eval passes do not."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 11, (4, 9))
+    model = CharRNN(vocab_size=11, hidden_size=16, layers=1, dropout=0.5).train()
+    assert not torch.equal(model(ids)[0], model(ids)[0])
+    model.eval()
+    torch.testing.assert_close(model(ids)[0], model(ids)[0], rtol=0, atol=0)
+    plain = CharRNN(vocab_size=11, hidden_size=16, layers=1, dropout=0.0).train()
+    torch.testing.assert_close(plain(ids)[0], plain(ids)[0], rtol=0, atol=0)
+    # the same parameters with and without dropout: old checkpoints load either way
+    assert plain.state_dict().keys() == model.state_dict().keys()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(cell="transformer"), "model.cell='transformer'"),
     (dict(layers=0), "model.layers=0"),
