@@ -64,9 +64,10 @@ def _flat(value, prefix: str = "") -> dict:
 
 def chars_per_step(cfg) -> int | None:
     """Training characters per optimizer step: ``data.batch_size × data.nchars`` on every device
-    (``trainer.devices × trainer.num_nodes``; a ``devices`` that is not a number counts as 1)."""
+    (``trainer.devices × trainer.num_nodes``; a ``devices`` that is not a number counts as 1). None
+    for ``data.order=articles``, whose batches differ in size: such a run has no curve against characters."""
     batch, nchars = OmegaConf.select(cfg, "data.batch_size"), OmegaConf.select(cfg, "data.nchars")
-    if not isinstance(batch, int) or not isinstance(nchars, int):
+    if OmegaConf.select(cfg, "data.order") == "articles" or not isinstance(batch, int) or not isinstance(nchars, int):
         return None
     world = 1
     for key in ("trainer.devices", "trainer.num_nodes"):
@@ -100,8 +101,14 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
     own = "/" + row["run"]
     row["settings"] = {k: v for k, v in _flat(OmegaConf.to_container(cfg)).items()
                        if k not in SEED_KEYS and not (isinstance(v, str) and own in v)} or {"run": row["run"]}
+    # The experiment preset the job composed (experiment=lesson), from Hydra's record of the run
+    hydra_file = run / ".hydra" / "hydra.yaml"
+    experiment = (OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices.experiment")
+                  if hydra_file.exists() else None)
+    if experiment and experiment != "null" and "run" not in row["settings"]:
+        row["settings"]["experiment"] = experiment
     row["chars_per_step"] = chars_per_step(cfg)
-    row["curves"] = curves(run, row["chars_per_step"] or 0)
+    row["curves"] = curves(run, row["chars_per_step"])
     val, train = (row["curves"][tag] for tag in CURVE_TAGS)
     row["characters"] = val["characters"][-1] if val["step"] else None
     row["final_val_bpc"] = val["value"][-1] if val["step"] else None
@@ -110,11 +117,12 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
     return row
 
 
-def curves(run: Path, chars_per_step: int) -> dict[str, dict[str, list]]:
+def curves(run: Path, chars_per_step: int | None) -> dict[str, dict[str, list]]:
     """``val/bpc`` and ``train_eval/bpc`` of a run, each as lists ``step``, ``characters``,
     ``seconds`` and ``value``, from its TensorBoard event files.
 
-    ``characters``: training characters up to that step (``step × chars_per_step``).
+    ``characters``: training characters up to that step (``step × chars_per_step``; None each
+    without ``chars_per_step``).
     ``seconds``: wall-clock seconds since the fit started (its event file's first event),
     validation included, since that is what the run spent and what ``trainer.max_time`` counts. A
     resumed run's later event files continue from where the earlier ones ended (the pause between
@@ -140,7 +148,7 @@ def curves(run: Path, chars_per_step: int) -> dict[str, dict[str, list]]:
     result = {}
     for tag, by_step in found.items():
         steps = sorted(by_step)
-        result[tag] = {"step": steps, "characters": [step * chars_per_step for step in steps],
+        result[tag] = {"step": steps, "characters": [step * chars_per_step if chars_per_step else None for step in steps],
                        "seconds": [by_step[step][0] for step in steps], "value": [by_step[step][1] for step in steps]}
     return result
 
@@ -169,6 +177,8 @@ def label(settings: dict, differing: list[str]) -> str:
     if "run" in settings:  # a job that never wrote its config
         return settings["run"]
     parts = [f"{settings.get('model.cell')} {settings.get('model.layers')}×{settings.get('model.hidden_size')}"]
+    if settings.get("experiment"):  # a preset's configuration: its name says what it changes
+        return f"{settings['experiment']} ({parts[0]})"
     for key in differing:
         if key not in ("model.cell", "model.layers", "model.hidden_size"):
             value = settings.get(key)
@@ -189,12 +199,14 @@ def group(rows: list[dict]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(json.dumps(row["settings"], sort_keys=True, default=str), []).append(row)
-    settings = [runs[0]["settings"] for runs in groups.values()]
+    # the settings that tell configurations apart, among those of no experiment preset (a preset's
+    # are named by the preset: experiment=lesson differs from the others in a dozen keys)
+    settings = [runs[0]["settings"] for runs in groups.values() if "experiment" not in runs[0]["settings"]]
     keys = sorted({key for s in settings for key in s})
     differing = [key for key in keys if len({json.dumps(s.get(key), default=str) for s in settings}) > 1]
     differing.sort(key=lambda key: (key not in SHORT_NAMES, key))
     finished = [row for row in rows if row["best_val_bpc"] is not None and row["curves"]["val/bpc"]["step"]]
-    equal_chars = min((row["characters"] for row in finished), default=None)
+    equal_chars = min((row["characters"] for row in finished if row["characters"] is not None), default=None)
     equal_seconds = min((row["curves"]["val/bpc"]["seconds"][-1] for row in finished), default=None)
     configs = []
     for runs in groups.values():
@@ -206,7 +218,8 @@ def group(rows: list[dict]) -> list[dict]:
             "parameters": runs[0]["parameters"], "flops_per_char": runs[0].get("flops_per_char"),
             "best_val_bpc_mean": _mean([r["best_val_bpc"] for r in ok]), "best_val_bpc_std": _std([r["best_val_bpc"] for r in ok]),
             "test_bpc_mean": _mean([r["test_bpc"] for r in ok]), "test_bpc_std": _std([r["test_bpc"] for r in ok]),
-            "val_bpc_at_equal_chars": _mean([interpolate(c["characters"], c["value"], equal_chars) for c in val_curves])
+            "val_bpc_at_equal_chars": _mean([interpolate(c["characters"], c["value"], equal_chars) for c in val_curves
+                                             if c["characters"][-1] is not None])
             if equal_chars else None, "equal_chars": equal_chars,
             "val_bpc_at_equal_seconds": _mean([interpolate(c["seconds"], c["value"], equal_seconds) for c in val_curves])
             if equal_seconds else None, "equal_seconds": equal_seconds,
@@ -283,7 +296,8 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
     axes = fig.subplots(1, 2, sharey=True)
     for ax, x, xlabel in zip(axes, ("characters", "seconds"), ("training characters", "wall-clock seconds of the fit")):
         for config, (colour, linestyle) in zip(configs, style):
-            runs = [r["curves"]["val/bpc"] for r in config["members"] if r["curves"]["val/bpc"]["step"]]
+            runs = [r["curves"]["val/bpc"] for r in config["members"] if r["curves"]["val/bpc"]["step"]
+                    and r["curves"]["val/bpc"][x][-1] is not None]  # no characters: data.order=articles
             if not runs:
                 continue
             for run in runs if len(runs) > 1 else []:
@@ -294,15 +308,16 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
         ax.grid(alpha=0.3)
     axes[0].set_title("against what was trained on")
     axes[1].set_title("against the time spent (validation included)")
-    if axes[0].lines:
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    if axes[1].lines:
+        fig.legend(*axes[1].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     fig.suptitle(f"{sweep_dir.name}: learning curves (thin: single seeds, thick: their mean)")
 
     fig = figures[PLOTS[2]] = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.add_subplot()
     for config, (colour, _) in zip(configs, style):
         for tag, linestyle in zip(CURVE_TAGS, ("-", "--")):
-            runs = [r["curves"][tag] for r in config["members"] if r["curves"][tag]["step"]]
+            runs = [r["curves"][tag] for r in config["members"]
+                    if r["curves"][tag]["step"] and r["curves"][tag]["characters"][-1] is not None]
             if runs:
                 xs, ys = _mean_curve(runs, "characters")
                 ax.plot(xs, ys, color=colour, linestyle=linestyle, marker=".",

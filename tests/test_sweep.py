@@ -171,6 +171,41 @@ def test_plots_have_one_colour_and_a_readable_label_per_configuration(seeded):
             assert all(line.get_linestyle() == style for line in ax.lines if line.get_color() == colour)
 
 
+def test_a_run_in_the_articles_order_has_no_characters_axis_but_its_seconds(seeded, tmp_path):
+    """data.order=articles (experiment=lesson) has batches of different sizes: steps say nothing of
+    the characters trained, so such a run is left out of the characters views, kept in the others."""
+    from charlm.summary import chars_per_step, group, plot
+
+    assert chars_per_step(OmegaConf.create({"data": {"batch_size": 4, "nchars": 8, "order": "articles"}})) is None
+    assert chars_per_step(OmegaConf.create({"data": {"batch_size": 4, "nchars": 8, "order": "streams"}})) == 32
+    sweep_dir, rows, _ = seeded
+    curve = {"step": [5, 10], "characters": [None, None], "seconds": [1.0, 2.0], "value": [3.0, 2.5]}
+    lesson = {**fake_run("lesson", "lstm", 2.5, 1), "curves": {"val/bpc": curve, "train_eval/bpc": curve},
+              "settings": {**fake_run("", "lstm", 0, 0)["settings"], "data.order": "articles", "experiment": "lesson"}}
+    configs = group([*rows, lesson])
+    # a preset's runs are named by it, and do not lengthen the others' labels
+    assert sorted(c["configuration"] for c in configs) == ["gru 1×16", "lesson (lstm 1×8)", "lstm 1×16"]
+    mine = next(c for c in configs if c["configuration"] == "lesson (lstm 1×8)")
+    assert mine["val_bpc_at_equal_chars"] is None and mine["val_bpc_at_equal_seconds"] is not None
+    assert {c["equal_chars"] for c in configs} == {20 * 512}  # from the other runs
+    chars_ax, seconds_ax = plot(configs, tmp_path)["learning_curves.png"].axes[:2]
+    label = lambda ax: {line.get_label() for line in ax.lines}
+    assert mine["configuration"] in label(seconds_ax) and mine["configuration"] not in label(chars_ax)
+
+
+def test_the_experiment_preset_of_a_job_is_read_from_its_hydra_record(seeded, tmp_path):
+    from charlm.summary import read_run
+
+    sweep_dir, rows, _ = seeded
+    job = tmp_path / "job"
+    shutil.copytree(sweep_dir / rows[0]["run"], job)
+    assert "experiment" not in read_run(job, tmp_path)["settings"]  # experiment=null
+    hydra = OmegaConf.load(job / ".hydra" / "hydra.yaml")
+    hydra.hydra.runtime.choices.experiment = "lesson"
+    OmegaConf.save(hydra, job / ".hydra" / "hydra.yaml")
+    assert read_run(job, tmp_path)["settings"]["experiment"] == "lesson"
+
+
 def test_flops_per_character_is_the_hand_count():
     from charlm.model import matmul_flops_per_char
 
