@@ -50,7 +50,7 @@ ROWS = [
      "callbacks.samples.prompt='순환' has 2 characters not in the model's vocabulary: '순환'; use only these: "
      "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
     ("train.py", "data.nchars=0", HERE, "data.nchars=0 must be a whole number >= 1"),
-    ("train.py", "data.nchars=1.5", BOTH, "data.nchars=1.5 must be a whole number >= 1"),
+    ("train.py", "data.nchars=1.5", HERE, "data.nchars=1.5 must be a whole number >= 1"),
     ("train.py", "data.stride=0", HERE, "data.stride=0 must be a whole number >= 1"),
     ("train.py", "data.batch_size=-8", HERE, "data.batch_size=-8 must be a whole number >= 1"),
     ("train.py", "data.order=shuffled", HERE, "data.order='shuffled' is not known; use windows, streams, articles"),
@@ -59,7 +59,7 @@ ROWS = [
     ("train.py", "model.topics=true data.order=streams", HERE,
      "model.topics=true trains on data.order=windows only, not data.order=streams; leave out one of them"),
     ("train.py", "model.layers=0", HERE, "model.layers=0 must be a whole number >= 1"),
-    ("train.py", "model.layers=abc", BOTH, "model.layers='abc' must be a whole number >= 1"),
+    ("train.py", "model.layers=abc", HERE, "model.layers='abc' must be a whole number >= 1"),
     ("train.py", "model.hidden_size=0", HERE, "model.hidden_size=0 must be a whole number >= 1"),
     ("train.py", "model.cell=transformer", HERE, "model.cell='transformer' is not known; use one of lstm, gru, rnn"),
     ("train.py", "+model.foo=1", HERE,
@@ -91,7 +91,7 @@ ROWS = [
      "ckpt_path={d}/model.ckpt has other model settings than this run (model.embedding_dim: 4 there, 16 here; "
      "model.hidden_size: 16 there, 384 here); pass the checkpoint's (model.embedding_dim=4 model.hidden_size=16) "
      "or leave out ckpt_path"),
-    ("train.py", "trainer.max_time=banana", BOTH,
+    ("train.py", "trainer.max_time=banana", HERE,
      "trainer.max_time='banana' must be a duration DD:HH:MM:SS, e.g. 00:00:30:00, or null for no limit"),
     ("train.py", "trainer.max_epochs=-5", HERE, "trainer.max_epochs=-5 must be a whole number >= 0, or -1 for no limit"),
     ("train.py", "trainer.devices=abc", HERE,
@@ -115,7 +115,7 @@ ROWS = [
      "could not load fancyzhx/ag_news from the Hugging Face Hub (Couldn't reach 'fancyzhx/ag_news' on the Hub "
      "(OfflineModeIsEnabled)); offline? use a local copy: data.path=/path/to/ag_news (a folder with train.csv "
      "and test.csv, or one CSV file)"),
-    ("sample.py", "temperature=-1", BOTH, "temperature=-1 must be a number >= 0 (0 = greedy)"),
+    ("sample.py", "temperature=-1", HERE, "temperature=-1 must be a number >= 0 (0 = greedy)"),
     ("sample.py", "temperature=nan", HERE, "temperature=nan must be a number >= 0 (0 = greedy)"),
     ("sample.py", "temperature=inf", CLI, "temperature=inf must be a number >= 0 (0 = greedy)"),
     ("sample.py", "top_k=0", HERE, "top_k=0 must be a whole number >= 1, or null for no limit"),
@@ -161,7 +161,7 @@ ROWS = [
      "text_file={d}/missing.txt does not exist; pass a UTF-8 text file"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/latin1.txt", HERE,
      "text_file={d}/latin1.txt is not UTF-8 (byte 3); convert it, e.g. iconv -t utf-8"),
-    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=1000", BOTH,
+    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=1000", HERE,
      "text_file={d}/tiny.txt has more than max_chars=1000 characters; inspect a part of it or raise max_chars "
      "(the page keeps every unit's activation at every character)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=10000", HERE,
