@@ -33,14 +33,16 @@ def main() -> None:
     args = parser.parse_args()
     require(AG_NEWS_TEST)
     trees = {}
-    for commit in args.commits:
-        # beside the checkout, where each commit's benchmarks find the shared data (../shared)
-        tree = ROOT.parent / f".charlm-{commit.replace('/', '_')}-{os.getpid()}"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
-                       capture_output=True)
-        trees[commit] = tree
     results: dict[str, list[tuple[float, float]]] = {c: [] for c in args.commits}
-    try:
+    try:  # every worktree made is removed, also when a later one or a probe fails
+        for commit in args.commits:
+            # beside the checkout, where each commit's benchmarks find the shared data (../shared)
+            tree = ROOT.parent / f".charlm-{commit.replace('/', '_')}-{os.getpid()}"
+            add = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT,
+                                 capture_output=True, text=True)
+            if add.returncode:
+                sys.exit(f"error: no worktree for {commit}: {add.stderr.strip().splitlines()[-1]}")
+            trees[commit] = tree
         for _ in range(args.rounds):
             for commit, tree in trees.items():
                 run = subprocess.run([sys.executable, "-c", PROBE.format(steps=args.steps)], cwd=tree,

@@ -161,6 +161,12 @@ def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
     return ys[-1] if xs and math.isclose(x, xs[-1]) else None
 
 
+def drawn_on(curve: dict, x: str) -> bool:
+    """Whether ``curve`` has points along ``x`` (``characters`` or ``seconds``): a run in
+    ``data.order=articles`` has none along characters (``chars_per_step``)."""
+    return bool(curve["step"]) and curve[x][-1] is not None
+
+
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
@@ -219,7 +225,7 @@ def group(rows: list[dict]) -> list[dict]:
             "best_val_bpc_mean": _mean([r["best_val_bpc"] for r in ok]), "best_val_bpc_std": _std([r["best_val_bpc"] for r in ok]),
             "test_bpc_mean": _mean([r["test_bpc"] for r in ok]), "test_bpc_std": _std([r["test_bpc"] for r in ok]),
             "val_bpc_at_equal_chars": _mean([interpolate(c["characters"], c["value"], equal_chars) for c in val_curves
-                                             if c["characters"][-1] is not None])
+                                             if drawn_on(c, "characters")])
             if equal_chars else None, "equal_chars": equal_chars,
             "val_bpc_at_equal_seconds": _mean([interpolate(c["seconds"], c["value"], equal_seconds) for c in val_curves])
             if equal_seconds else None, "equal_seconds": equal_seconds,
@@ -296,8 +302,7 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
     axes = fig.subplots(1, 2, sharey=True)
     for ax, x, xlabel in zip(axes, ("characters", "seconds"), ("training characters", "wall-clock seconds of the fit")):
         for config, (colour, linestyle) in zip(configs, style):
-            runs = [r["curves"]["val/bpc"] for r in config["members"] if r["curves"]["val/bpc"]["step"]
-                    and r["curves"]["val/bpc"][x][-1] is not None]  # no characters: data.order=articles
+            runs = [r["curves"]["val/bpc"] for r in config["members"] if drawn_on(r["curves"]["val/bpc"], x)]
             if not runs:
                 continue
             for run in runs if len(runs) > 1 else []:
@@ -316,8 +321,7 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
     ax = fig.add_subplot()
     for config, (colour, _) in zip(configs, style):
         for tag, linestyle in zip(CURVE_TAGS, ("-", "--")):
-            runs = [r["curves"][tag] for r in config["members"]
-                    if r["curves"][tag]["step"] and r["curves"][tag]["characters"][-1] is not None]
+            runs = [r["curves"][tag] for r in config["members"] if drawn_on(r["curves"][tag], "characters")]
             if runs:
                 xs, ys = _mean_curve(runs, "characters")
                 ax.plot(xs, ys, color=colour, linestyle=linestyle, marker=".",
