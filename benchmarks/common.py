@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,10 +43,24 @@ def train(overrides: list[str], run_dir: Path) -> dict:
     """Run ``train.py`` with ``overrides`` into ``run_dir`` as a user would (one process; benchmarks
     run them one at a time) and return its ``metrics.json``; exit with the command and the end
     of its stderr if it fails."""
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
-    print("running:", " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
+    return train_together([overrides], [run_dir], threads=None)[0]
+
+
+def train_together(overrides: list[list[str]], run_dirs: list[Path], threads: int | None) -> list[dict]:
+    """Run one ``train.py`` per entry of ``overrides`` at the same time, each limited to ``threads``
+    CPU threads (``OMP_NUM_THREADS``, which torch reads at start; None: torch's default, one per
+    core), and return their ``metrics.json`` in order. Side by side, each run gets the same share
+    of the machine for its whole budget, so a comparison between them stays paired."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    procs = []
+    for extra, run_dir in zip(overrides, run_dirs):
+        cmd = [sys.executable, str(ROOT / "train.py"), *extra, f"hydra.run.dir={run_dir}"]
+        print("running:", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+        procs.append((cmd, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, text=True)))
+    for cmd, proc in procs:
+        stderr = proc.communicate()[1]
+        if proc.returncode != 0:
+            sys.exit(f"error: {' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    return [json.loads((Path(run_dir) / "metrics.json").read_text()) for run_dir in run_dirs]
 
