@@ -58,6 +58,8 @@ ROWS = [
      "data.order=articles needs articles (data=ag_news); a text file has none: use data.order=windows or streams"),
     ("train.py", "model.topics=true data.order=streams", HERE,
      "model.topics=true trains on data.order=windows only, not data.order=streams; leave out one of them"),
+    ("train.py", "callbacks.validation.max_share=2", HERE,
+     "callbacks.validation.max_share=2 must be a fraction in (0, 1], or null for no cap"),
     ("train.py", "model.layers=0", HERE, "model.layers=0 must be a whole number >= 1"),
     ("train.py", "model.layers=abc", HERE, "model.layers='abc' must be a whole number >= 1"),
     ("train.py", "model.hidden_size=0", HERE, "model.hidden_size=0 must be a whole number >= 1"),

@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import time
 from types import SimpleNamespace
 
 import lightning as L
@@ -74,6 +75,32 @@ def test_bar_counts_the_time_budget(tiny_text, tmp_path):
     # the total is the steps that fit in the time at the pace so far, so it is never below the position
     assert all(step == n <= total for step, n, total in record.bar)
     assert 9 <= len(record.validated) <= 11 and record.validated[-1] == steps
+
+
+class SlowValidation(L.Callback):
+    """Each validation takes ``seconds`` longer (a large model's scoring, on a short budget)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize("max_share", [0.1, None])
+def test_validation_takes_at_most_its_share_of_a_time_budget(tiny_text, tmp_path, max_share):
+    datamodule, model, trainer = tiny(tiny_text, tmp_path, "trainer.max_time=00:00:00:03", "trainer.max_epochs=-1",
+                                      f"callbacks.validation.max_share={'null' if max_share is None else max_share}")
+    trainer.callbacks.append(SlowValidation(0.15))  # 10 points would spend half the budget validating
+    record = fit(datamodule, model, trainer)
+    steps = trainer.global_step
+    assert record.validated[-1] == steps  # the last step is validated either way
+    if max_share is None:
+        assert len(record.validated) >= 9
+    else:  # within 10% of the 3 s, plus the validation that may overrun it and the one when the time ends
+        assert 2 <= len(record.validated) <= 0.1 * 3 / 0.15 + 2
+        assert steps > 3 * len(record.validated)  # the budget went on training
 
 
 def test_explicit_val_check_interval_wins(tiny_text, tmp_path):
