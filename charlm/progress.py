@@ -188,7 +188,7 @@ class BudgetValidation(L.Callback):
 
     NEVER = sys.maxsize
 
-    def __init__(self, points: int = 10, max_share: float | None = 0.1):
+    def __init__(self, points: int = 10, max_share: float | None = 0.2):
         if isinstance(points, bool) or not isinstance(points, int) or points < 1:
             raise UserError(f"callbacks.validation.points={points!r} must be a whole number >= 1")
         if max_share is not None and (isinstance(max_share, bool) or not isinstance(max_share, (int, float))
