@@ -97,14 +97,17 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
         row["flops_per_char"] = matmul_flops_per_char(**OmegaConf.to_container(cfg.model), vocab_size=vocab_size)
     row["status"] = "ok" if metrics else "failed" if error else "incomplete"
     row["error"] = "" if metrics else error
-    # The configuration: every setting but the seeds and the paths into this job's own folder.
-    own = "/" + row["run"]
+    # The configuration: every setting but the seeds and the paths into this job's own folder, where
+    # it is now or where it ran (Hydra's record: a job folder copied or moved into another sweep
+    # folder keeps the old paths, which would otherwise make each job a configuration of its own).
+    hydra_cfg = OmegaConf.load(run / ".hydra" / "hydra.yaml") if (run / ".hydra" / "hydra.yaml").exists() else None
+    ran_in = OmegaConf.select(hydra_cfg, "hydra.runtime.output_dir") if hydra_cfg is not None else None
+    own = ["/" + row["run"], *([str(ran_in)] if ran_in else [])]
     row["settings"] = {k: v for k, v in _flat(OmegaConf.to_container(cfg)).items()
-                       if k not in SEED_KEYS and not (isinstance(v, str) and own in v)} or {"run": row["run"]}
+                       if k not in SEED_KEYS and not (isinstance(v, str) and any(p in v for p in own))} \
+        or {"run": row["run"]}
     # The experiment preset the job composed (experiment=lesson), from Hydra's record of the run
-    hydra_file = run / ".hydra" / "hydra.yaml"
-    experiment = (OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices.experiment")
-                  if hydra_file.exists() else None)
+    experiment = (OmegaConf.select(hydra_cfg, "hydra.runtime.choices.experiment") if hydra_cfg is not None else None)
     if experiment and experiment != "null" and "run" not in row["settings"]:
         row["settings"]["experiment"] = experiment
     row["chars_per_step"] = chars_per_step(cfg)

@@ -60,6 +60,20 @@ def seeded(ag_news_test_csv, tmp_path_factory):
     return (sweep_dir, *collect(sweep_dir))
 
 
+def test_jobs_copied_into_another_sweep_folder_keep_their_configuration(seeded, tmp_path):
+    """Runs gathered from several sweeps into one folder (some in sub-folders) still group by their
+    settings: the paths into the folders they ran in are not settings."""
+    from charlm.summary import collect
+
+    sweep_dir, _, _ = seeded
+    gathered = tmp_path / "gathered"
+    shutil.copytree(sweep_dir, gathered / "first")
+    (gathered / "later").mkdir()
+    shutil.move(gathered / "first" / "cell=gru,seed=2", gathered / "later" / "cell=gru,seed=2")
+    _, configs = collect(gathered)
+    assert {c["configuration"]: c["n"] for c in configs} == {"lstm 1×16": 2, "gru 1×16": 2}
+
+
 def scalars(run, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
