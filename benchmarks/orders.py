@@ -79,13 +79,12 @@ def main() -> None:
                 losses = {name: [] for name in names}
                 bpcs = {name: [] for name in names}
                 for seed in range(args.seeds):
-                    dirs = {name: Path(out) / f"{corpus}-{seconds}-{seed}-{name}" for name in names}
-                    if args.side_by_side:  # both orders at once, one core each
-                        results = run([base + configs[n] for n in names], seconds, seed, [dirs[n] for n in names],
-                                      args.extra.split(), threads=1)
-                    else:  # one process at a time, all cores each
-                        results = [run([base + configs[n]], seconds, seed, [dirs[n]], args.extra.split(), None)[0]
-                                   for n in names]
+                    # side by side: both orders at once, one core each; else one at a time, all cores each
+                    batches = [names] if args.side_by_side else [[name] for name in names]
+                    results = [metrics for batch in batches
+                               for metrics in run([base + configs[n] for n in batch], seconds, seed,
+                                                  [Path(out) / f"{corpus}-{seconds}-{seed}-{n}" for n in batch],
+                                                  args.extra.split(), threads=1 if args.side_by_side else None)]
                     for name, metrics in zip(names, results):
                         losses[name].append(metrics["test/loss"])
                         bpcs[name].append(metrics["test/bpc"])

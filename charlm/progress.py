@@ -17,6 +17,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from charlm.errors import UserError
 
 
+def _timer(trainer: L.Trainer) -> Timer | None:
+    """The Timer that Lightning adds for ``trainer.max_time``, if any."""
+    return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+
 def budget_progress(trainer: L.Trainer) -> float:
     """Fraction of the run's budget used, in [0, 1]: the largest of the fractions of
     ``trainer.max_steps``, ``trainer.max_epochs`` (in steps) and ``trainer.max_time`` used, since
@@ -24,7 +29,7 @@ def budget_progress(trainer: L.Trainer) -> float:
     done = [trainer.global_step / trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
     if trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches not in (0, float("inf")):
         done.append(trainer.global_step / (trainer.max_epochs * trainer.num_training_batches))
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    timer = _timer(trainer)
     remaining = timer.time_remaining("train") if timer is not None else None
     if remaining is not None:
         elapsed = timer.time_elapsed("train")
@@ -42,7 +47,7 @@ def budget_steps(trainer: L.Trainer) -> int | None:
 
 def _timed(trainer: L.Trainer) -> bool:
     """Whether the run has a ``max_time`` budget."""
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    timer = _timer(trainer)
     return timer is not None and timer.time_remaining("train") is not None
 
 
@@ -214,8 +219,7 @@ class BudgetValidation(L.Callback):
         time used (only under ``max_time``; before the first one its cost is unknown, so yes)."""
         if self.max_share is None or self._last is None or not _timed(trainer):
             return True
-        timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
-        return self._spent + self._last <= self.max_share * timer.time_elapsed("train")
+        return self._spent + self._last <= self.max_share * _timer(trainer).time_elapsed("train")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         # Lightning's own schedule off: it validates after a training batch when
@@ -232,9 +236,6 @@ class BudgetValidation(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
         self._count_validation()
         trainer.val_check_batch = self.NEVER
-
-    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        self._count_validation()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         crossed = self._crossed(trainer)
