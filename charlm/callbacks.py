@@ -16,7 +16,7 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from torchmetrics import MeanMetric
 
 from charlm.errors import UserError
-from charlm.progress import budget_progress
+from charlm.progress import budget_progress, budget_seconds, budget_steps, budget_timer, timer_duration
 from charlm.sampling import check_sampling_args, default_prompt, generate, generate_text
 
 log = logging.getLogger(__name__)
@@ -133,29 +133,50 @@ class TrainSampleScore(L.Callback):
 
 
 class BudgetLRDecay(L.Callback):
-    """Warms the learning rate up over ``warmup_steps``, then decays it along a cosine to
-    ``final_fraction`` of its base value over the run's budget.
+    """Warms the learning rate up over ``warmup_steps`` steps, then decays it along a cosine to
+    ``final_fraction`` of its base value over the rest of the run's budget.
 
     The budget is whichever of ``trainer.max_steps``, ``trainer.max_epochs`` and
     ``trainer.max_time`` ends first, so a time-limited run (``trainer.max_time``) still ends
     with a low learning rate, which a step-indexed torch scheduler cannot do since the number of
-    steps is not known in advance. Runs limited by steps or epochs get the same schedule
-    indexed by steps, and resume exactly."""
+    steps is not known in advance. The cosine starts where the warm-up ends (as nanoGPT's does):
+    a slow start then costs training time but never the peak learning rate. Under
+    ``max_time`` the time at which the warm-up ended is kept in the checkpoint. Runs limited by
+    steps or epochs get a schedule fixed by the step count, and resume exactly."""
 
     def __init__(self, warmup_steps: int = 100, final_fraction: float = 0.05):
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise UserError(f"callbacks.lr_decay.warmup_steps={warmup_steps!r} must be a whole number >= 0")
         self.warmup_steps, self.final_fraction = warmup_steps, final_fraction
+        self.warm_seconds: float | None = None  # budget time used when the warm-up ended (max_time runs)
 
-    def progress(self, trainer: L.Trainer) -> float:
-        """Fraction of the budget used, in [0, 1]."""
-        return budget_progress(trainer)
+    def decay_progress(self, trainer: L.Trainer) -> float:
+        """Fraction of the budget left after the warm-up that is used, in [0, 1]; 0 during warm-up."""
+        if trainer.global_step < self.warmup_steps:
+            return 0.0
+        timer = budget_timer(trainer)
+        if timer is not None and self.warm_seconds is None:
+            self.warm_seconds = budget_seconds(timer)
+        starts = [self.warmup_steps / total] if (total := budget_steps(trainer)) else []
+        if timer is not None:
+            starts.append(self.warm_seconds / timer_duration(timer))
+        start = min(max(starts, default=0.0), 1.0)
+        return min(1.0, max(0.0, (budget_progress(trainer) - start) / (1 - start))) if start < 1 else 1.0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
         warmup = min(1.0, (trainer.global_step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        decay = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * self.progress(trainer)))
+        cosine = 0.5 * (1 + math.cos(math.pi * self.decay_progress(trainer)))
+        decay = self.final_fraction + (1 - self.final_fraction) * cosine
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * warmup * decay
+
+    def state_dict(self) -> dict:
+        return {"warm_seconds": self.warm_seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.warm_seconds = state_dict.get("warm_seconds")
 
 
 class ValidateLastStep(L.Callback):

@@ -17,23 +17,69 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from charlm.errors import UserError
 
 
+class BudgetTimer(Timer):
+    """Lightning's ``Timer`` for ``trainer.max_time``, with the clock started when the run's (or a
+    resumed run's) first optimizer step has ended, and one clock for all DDP ranks.
+
+    Lightning's Timer starts at ``on_train_start``, so the first step's one-off costs (the first
+    batch's allocations and kernel selection, a busy machine's slow start: 65 s of a 30 s budget
+    once) came out of the budget and out of the learning-rate and validation schedules, which
+    follow it. Data preparation, the precision probe and the sanity check come before
+    ``on_train_start`` and were never counted. ``max_time`` therefore covers training from the
+    end of the first step, validations and checkpoints included.
+
+    Under DDP each rank's clock differs a little, and a schedule read from it (the learning rate)
+    would differ between ranks; ``elapsed`` is rank 0's time as of the last step, broadcast."""
+
+    def __init__(self, duration):
+        super().__init__(duration=duration, interval="step", verbose=False)  # no "Time limit reached" line
+        self.seconds = self.time_remaining("train")  # the budget, read before any time has passed
+        self._shared: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._shared = None  # the clock starts at the end of the first step (on_train_batch_end)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, *args, **kwargs) -> None:
+        if self.start_time("train") is None:
+            super().on_train_start(trainer, pl_module)  # Lightning's own start of the clock, now
+        elapsed = self.time_elapsed("train")
+        self._shared = trainer.strategy.broadcast(elapsed) if trainer.world_size > 1 else elapsed
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    def elapsed(self) -> float:
+        """Seconds of the budget used, as every rank reads it (the live clock before the first step ends)."""
+        return self.time_elapsed("train") if self._shared is None else self._shared
+
+
 def _timer(trainer: L.Trainer) -> Timer | None:
-    """The Timer that Lightning adds for ``trainer.max_time``, if any."""
+    """The Timer of ``trainer.max_time`` (a ``BudgetTimer`` in charlm's runs), if any."""
     return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+
+def budget_timer(trainer: L.Trainer) -> Timer | None:
+    """The Timer of a ``trainer.max_time`` budget, or None when the run has none."""
+    timer = _timer(trainer)
+    return timer if timer is not None and timer.time_remaining("train") is not None else None
+
+
+def budget_seconds(timer: Timer) -> float:
+    """Seconds of the time budget used (as every DDP rank reads them, for a ``BudgetTimer``)."""
+    return timer.elapsed() if isinstance(timer, BudgetTimer) else timer.time_elapsed("train")
+
+
+def timer_duration(timer: Timer) -> float:
+    """The time budget in seconds (exact for a ``BudgetTimer``: the same number on every rank)."""
+    return timer.seconds if isinstance(timer, BudgetTimer) else timer.time_elapsed("train") + timer.time_remaining("train")
 
 
 def budget_progress(trainer: L.Trainer) -> float:
     """Fraction of the run's budget used, in [0, 1]: the largest of the fractions of
     ``trainer.max_steps``, ``trainer.max_epochs`` (in steps) and ``trainer.max_time`` used, since
     whichever ends first ends the run."""
-    done = [trainer.global_step / trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
-    if trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches not in (0, float("inf")):
-        done.append(trainer.global_step / (trainer.max_epochs * trainer.num_training_batches))
-    timer = _timer(trainer)
-    remaining = timer.time_remaining("train") if timer is not None else None
-    if remaining is not None:
-        elapsed = timer.time_elapsed("train")
-        done.append(elapsed / max(elapsed + remaining, 1e-9))
+    total, timer = budget_steps(trainer), budget_timer(trainer)
+    done = [trainer.global_step / total] if total else []
+    if timer is not None:
+        done.append(budget_seconds(timer) / max(timer_duration(timer), 1e-9))
     return min(1.0, max(done, default=0.0))
 
 
@@ -47,8 +93,7 @@ def budget_steps(trainer: L.Trainer) -> int | None:
 
 def _timed(trainer: L.Trainer) -> bool:
     """Whether the run has a ``max_time`` budget."""
-    timer = _timer(trainer)
-    return timer is not None and timer.time_remaining("train") is not None
+    return budget_timer(trainer) is not None
 
 
 class BudgetProgressBar(TQDMProgressBar):
@@ -219,7 +264,7 @@ class BudgetValidation(L.Callback):
         time used (only under ``max_time``; before the first one its cost is unknown, so yes)."""
         if self.max_share is None or self._last is None or not _timed(trainer):
             return True
-        return self._spent + self._last <= self.max_share * _timer(trainer).time_elapsed("train")
+        return self._spent + self._last <= self.max_share * budget_seconds(_timer(trainer))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         # Lightning's own schedule off: it validates after a training batch when

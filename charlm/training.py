@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from charlm.callbacks import GracefulStop
-from charlm.progress import BudgetValidation
+from charlm.progress import BudgetTimer, BudgetValidation
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
@@ -121,6 +121,13 @@ def instantiate_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
     """The Trainer of ``trainer_cfg``; a setting Lightning refuses gets one line naming it
     (``trainer.max_time=banana``, ``trainer.accelerator=gpu`` without a GPU, ...) instead of
     Hydra's "Error executing job" and Lightning's exception."""
+    max_time = trainer_cfg.get("max_time")
+    if max_time is not None:  # charlm's Timer in place of the one Lightning would add (BudgetTimer says why)
+        try:
+            timer = BudgetTimer(duration=max_time)
+        except (MisconfigurationException, ValueError, TypeError, AttributeError):
+            raise UserError(f"trainer.max_time={max_time!r} {TRAINER_VALUES['max_time']}") from None
+        kwargs = {**kwargs, "max_time": None, "callbacks": [*kwargs.get("callbacks", []), timer]}
     try:
         return instantiate(trainer_cfg, **kwargs)
     except InstantiationException as err:

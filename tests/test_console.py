@@ -161,3 +161,40 @@ def test_end_summary_commands_give_sample_py_the_prompt(prompt, tmp_path):
 def test_override_arg_leaves_plain_values_bare():
     assert override_arg("ckpt", "outputs/runs/x/checkpoints/best.ckpt") == "ckpt=outputs/runs/x/checkpoints/best.ckpt"
     assert override_arg("prompt", "today ", quote=True) == "'prompt=\"today \"'"
+
+
+class SlowSteps(L.Callback):
+    """Training steps ``steps`` (0-based) take ``seconds`` longer: a busy machine's slow start."""
+
+    def __init__(self, seconds, steps):
+        self.seconds, self.steps, self.lrs = seconds, steps, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step in self.steps:
+            time.sleep(self.seconds)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])  # the step's learning rate
+
+
+def test_a_slow_first_step_does_not_come_out_of_the_time_budget(tiny_text, tmp_path):
+    datamodule, model, trainer = tiny(tiny_text, tmp_path, "trainer.max_time=00:00:00:02", "trainer.max_epochs=-1",
+                                      "callbacks.validation.max_share=null")
+    slow = SlowSteps(3.0, steps={0})  # the first step alone takes longer than the whole budget
+    trainer.callbacks.insert(0, slow)
+    record = fit(datamodule, model, trainer)
+    assert trainer.global_step >= 5  # before: the budget ended after the first step
+    assert record.validated[-1] == trainer.global_step
+
+
+def test_the_learning_rate_peaks_after_a_slow_warm_up(tiny_text, tmp_path):
+    # warm-up steps 1-4 take 0.3 s each of a 3 s budget; the cosine decays over the time left after them
+    datamodule, model, trainer = tiny(tiny_text, tmp_path, "trainer.max_time=00:00:00:03", "trainer.max_epochs=-1",
+                                      "callbacks.lr_decay.warmup_steps=5", "optimizer.lr=0.01",
+                                      "callbacks.validation.max_share=null")
+    slow = SlowSteps(0.3, steps={1, 2, 3, 4})
+    trainer.callbacks.insert(0, slow)
+    fit(datamodule, model, trainer)
+    lrs = slow.lrs
+    assert len(lrs) > 5 and max(lrs) == pytest.approx(0.01)  # before: 0.01 * 0.81 (0.4 of the time was used)
+    assert lrs[-1] < 0.01  # and then decays

@@ -106,6 +106,27 @@ def test_a_multirun_with_ddp_spawn_runs_every_job_on_two_ranks(tmp_path, tiny_te
         assert checkpoint["hyper_parameters"]["model"]["hidden_size"] in (16, 32)
 
 
+@pytest.mark.slow
+def test_ranks_share_one_clock_under_a_time_budget(tmp_path):
+    """Under trainer.max_time the learning rate follows the clock; every rank reads rank 0's, so
+    the ranks' learning rates are equal at every step and their weights stay identical."""
+    corpus = random_text(tmp_path / "corpus.txt")
+    result = run_script(ROOT / "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data=text",
+                        f"data.path={corpus}", "data.val_size=3000", "data.test_size=3000", "data.nchars=32",
+                        "data.stride=32", "data.batch_size=8", "model.hidden_size=16", "model.embedding_dim=8",
+                        "trainer.max_time=00:00:00:04", "trainer.max_epochs=-1", "callbacks.lr_decay.warmup_steps=5",
+                        "~callbacks.samples", "~callbacks.surprisal_image", "test=false",
+                        "+callbacks.record._target_=tests.recorder.RecordLearningRates",
+                        f"+callbacks.record.out_dir={tmp_path / 'lr'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "lr" / f"lr_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert len(ranks[0]["lrs"]) == len(ranks[1]["lrs"]) > 10
+    assert ranks[0]["lrs"] == ranks[1]["lrs"]  # before: different at every step after the warm-up
+    assert len(set(ranks[0]["lrs"])) > 10  # the schedule moved
+    for name, weights in ranks[0]["weights"].items():
+        assert torch.equal(weights, ranks[1]["weights"][name]), name
+
+
 def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
     """SIGTERM to rank 1 only: the ranks agree to stop, save, and exit; no rank waits forever."""
     log = open(tmp_path / "stderr.txt", "w")
