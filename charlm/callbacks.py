@@ -75,6 +75,14 @@ class CharThroughput(L.Callback):
 
     def __init__(self):
         self._start, self._chars, self._paused = None, 0, 0.0
+        self.total_chars, self.total_seconds = 0, 0.0  # over the fit (this process), for ``mean``
+
+    def mean(self, trainer) -> float | None:
+        """Characters per second over the whole fit (all ranks), validation left out; None before
+        any step. ``train/chars_per_sec`` is the figure of the last logging interval only."""
+        seconds = self.total_seconds + (time.perf_counter() - self._start - self._paused if self._start else 0.0)
+        chars = self.total_chars + self._chars
+        return chars / seconds * trainer.world_size if chars and seconds > 0 else None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._start is None:
@@ -85,7 +93,14 @@ class CharThroughput(L.Callback):
         if trainer.global_step % trainer.log_every_n_steps == 0:
             elapsed = time.perf_counter() - self._start - self._paused
             pl_module.log("train/chars_per_sec", self._chars / max(elapsed, 1e-9) * trainer.world_size)
+            self.total_chars, self.total_seconds = self.total_chars + self._chars, self.total_seconds + elapsed
             self._start, self._chars, self._paused = time.perf_counter(), 0, 0.0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._start is not None:  # the interval since the last logging step, counted in ``mean``
+            self.total_seconds += time.perf_counter() - self._start - self._paused
+            self.total_chars += self._chars
+            self._start, self._chars, self._paused = None, 0, 0.0
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._validation_start = time.perf_counter()

@@ -205,6 +205,29 @@ def quiet_known_noise() -> None:
             logger.addFilter(_not_noise)
 
 
+class ConsoleLines(logging.Filter):
+    """The console handler's filter (conf/hydra/default.yaml): warnings and errors from anyone, and
+    charlm's informative lines, but not those logged with ``extra={"console": False}`` nor the notes
+    of Lightning and of the token cache (seed set, checkpoint restored, corpus encoded: train.log
+    keeps them). A run then starts with two short lines and ends with its summary."""
+
+    FILE_ONLY = ("lightning", "charlm.cache")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return getattr(record, "console", True) and not any(
+            record.name == name or record.name.startswith(name + ".") for name in self.FILE_ONLY)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console's lines: the message alone; a warning or an error says so first."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text, level = super().format(record), record.levelname.lower()
+        return text if record.levelno < logging.WARNING or text.startswith(f"{level}:") else f"{level}: {text}"
+
+
 def route_lightning_logs() -> None:
     """Send Lightning's console messages through the root logger, so Hydra writes them to
     ``<run>/train.log`` too (Lightning installs its own handler when imported first), without

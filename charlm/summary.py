@@ -25,15 +25,17 @@ from omegaconf import OmegaConf
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import matmul_flops_per_char
 
+UNDERTRAINED_STEPS = 100  # fewer optimizer steps than this: the run measured its start, not the model
+UNIFORM_SHARE = 0.95  # best val bpc above this share of log2(vocabulary): it never left the uniform guess
 ERROR_FILE = "error.txt"  # a failed job's one-line error, written by charlm.sweep.SweepCallback
 CONFIG_KEYS = ("model.cell", "model.layers", "model.hidden_size", "model.dropout", "optimizer.lr", "seed")
 SEED_KEYS = ("seed", "data.seed")  # what differs between the repeats of one configuration
 METRICS = {"parameters": "parameters", "best_val_bpc": "best/val_bpc", "test_bpc": "test/bpc",
-           "chars_per_sec": "train/chars_per_sec", "fit_seconds": "fit_seconds", "steps": "steps"}
+           "chars_per_sec": "chars_per_sec", "fit_seconds": "fit_seconds", "steps": "steps"}
 CURVE_TAGS = ("val/bpc", "train_eval/bpc")  # train_eval: training text scored as val is (TrainSampleScore)
 CSV_COLUMNS = ["run", "configuration", *(key.split(".")[-1] for key in CONFIG_KEYS), *METRICS, "best_epoch",
                "best_step", "flops_per_char", "chars_per_step", "characters", "final_val_bpc", "final_train_eval_bpc",
-               "gap", "status", "error"]
+               "gap", "status", "undertrained", "error"]
 CONFIG_COLUMNS = ["configuration", "n", "runs", "parameters", "flops_per_char", "best_val_bpc_mean", "best_val_bpc_std",
                   "test_bpc_mean", "test_bpc_std", "delta_vs_best", "within_spread", "val_bpc_at_equal_chars",
                   "equal_chars", "val_bpc_at_equal_seconds", "equal_seconds", "final_train_eval_bpc", "gap",
@@ -43,11 +45,22 @@ CURVE_COLUMNS = ["configuration", "run", "seed", "step", "characters", "seconds"
 TABLE = [("run", "job", "{}"), ("parameters", "parameters", "{:,}"), ("best_val_bpc", "best val/bpc", "{:.4f}"),
          ("test_bpc", "test/bpc", "{:.4f}"), ("gap", "gap (val − train)", "{:+.4f}"),
          ("best_epoch", "epoch of best val", "{}"), ("chars_per_sec", "characters/s", "{:,.0f}"),
-         ("fit_seconds", "wall time (s)", "{:,.1f}"), ("status", "status", "{}")]
+         ("steps", "steps", "{:,}"), ("fit_seconds", "wall time (s)", "{:,.1f}"), ("status", "status", "{}")]
 PLOTS = ("best_val_bpc.png", "learning_curves.png", "overfitting.png")
 SHORT_NAMES = {"model.dropout": "d", "optimizer.lr": "lr", "model.embedding_dim": "emb", "data.batch_size": "batch",
                "data.nchars": "nchars"}  # in legend labels
 CELL_STYLES = {"lstm": "-", "gru": "--", "rnn": ":"}  # line style by cell: configurations stay apart beyond 10 colours
+
+
+def undertrained(steps: int | None, best_val_bpc: float | None, vocab_size: int | None) -> str:
+    """Why a finished run says little about its model ("" when it does): it trained fewer than
+    ``UNDERTRAINED_STEPS`` steps, or its best val bpc never left the uniform guess over its
+    vocabulary (log2 of its size). Such a run is flagged, and never crowned best in a sweep."""
+    if steps is not None and steps < UNDERTRAINED_STEPS:
+        return f"undertrained: {steps} steps (< {UNDERTRAINED_STEPS})"
+    if best_val_bpc is not None and vocab_size and best_val_bpc > UNIFORM_SHARE * math.log2(vocab_size):
+        return f"undertrained: val {best_val_bpc:.2f} bpc, the uniform guess is {math.log2(vocab_size):.2f}"
+    return ""
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
@@ -87,6 +100,8 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
     row = {"run": run.relative_to(sweep_dir).as_posix()}
     row.update({key.split(".")[-1]: OmegaConf.select(cfg, key) for key in CONFIG_KEYS})
     row.update({column: metrics.get(key) for column, key in METRICS.items()})
+    if row["chars_per_sec"] is None:  # runs of charlm before the run's mean was kept: the last logged figure
+        row["chars_per_sec"] = metrics.get("train/chars_per_sec")
     best = run / "checkpoints" / "best.ckpt"
     vocab_size = None
     if best.exists():
@@ -96,6 +111,7 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
     if vocab_size and "model" in cfg:
         row["flops_per_char"] = matmul_flops_per_char(**OmegaConf.to_container(cfg.model), vocab_size=vocab_size)
     row["status"] = "ok" if metrics else "failed" if error else "incomplete"
+    row["undertrained"] = undertrained(row["steps"], row["best_val_bpc"], vocab_size) if metrics else ""
     row["error"] = "" if metrics else error
     # The configuration: every setting but the seeds and the paths into this job's own folder, where
     # it is now or where it ran (Hydra's record: a job folder copied or moved into another sweep
@@ -234,9 +250,11 @@ def group(rows: list[dict]) -> list[dict]:
             if equal_seconds else None, "equal_seconds": equal_seconds,
             "final_train_eval_bpc": _mean([r["final_train_eval_bpc"] for r in ok]), "gap": _mean([r["gap"] for r in ok]),
             "chars_per_sec": _mean([r["chars_per_sec"] for r in ok]), "fit_seconds": _mean([r["fit_seconds"] for r in ok]),
-            "members": runs})
-    configs.sort(key=lambda c: (c["best_val_bpc_mean"] is None, c["best_val_bpc_mean"] or 0.0, c["configuration"]))
-    best = configs[0] if configs and configs[0]["n"] else None
+            "undertrained": next((r["undertrained"] for r in ok if r["undertrained"]), ""), "members": runs})
+    # a configuration with an undertrained seed is ranked after the others and is never the best
+    configs.sort(key=lambda c: (c["best_val_bpc_mean"] is None, bool(c["undertrained"]), c["best_val_bpc_mean"] or 0.0,
+                                c["configuration"]))
+    best = configs[0] if configs and configs[0]["n"] and not configs[0]["undertrained"] else None
     for config in configs:
         config["delta_vs_best"] = config["within_spread"] = None
         if best is not None and config["n"] and config is not best:
@@ -283,7 +301,9 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
     lines: dict[str, dict] = {}  # configuration without its size -> hidden size -> (mean, std)
     for config in configs:
         if config["n"]:
-            name = config["configuration"].replace(f"×{config['hidden_size']}", " layers", 1)
+            layers = config["layers"]
+            name = config["configuration"].replace(f"{layers}×{config['hidden_size']}",
+                                                    f"{layers} layer{'' if layers == 1 else 's'}", 1)
             lines.setdefault(name, {})[config["hidden_size"]] = (config["best_val_bpc_mean"],
                                                                   config["best_val_bpc_std"] or 0.0)
     fig = figures[PLOTS[0]] = Figure(figsize=(7, 4.5), layout="constrained")
@@ -329,10 +349,15 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
                 xs, ys = _mean_curve(runs, "characters")
                 ax.plot(xs, ys, color=colour, linestyle=linestyle, marker=".",
                         label=config["configuration"] if tag == "val/bpc" else None)
-    if ax.lines:
-        fig.legend(loc="outside right upper", fontsize="small")
-    ax.set(xlabel="training characters", ylabel="bits per character",
-           title=f"{sweep_dir.name}: val (solid) against a training sample scored the same way (dashed)")
+    if ax.lines:  # the two line styles explained first, then one entry per configuration (its colour)
+        from matplotlib.lines import Line2D
+
+        handles, labels = ax.get_legend_handles_labels()
+        keys = [Line2D([], [], color="grey", linestyle="-"), Line2D([], [], color="grey", linestyle="--")]
+        fig.legend([*keys, *handles], ["val/bpc", "training sample,\nscored as val", *labels],
+                   loc="outside right upper", fontsize="small")
+    ax.set(xlabel="training characters", ylabel="bits per character")
+    fig.suptitle(f"{sweep_dir.name}: overfitting, val against a training sample")
     ax.grid(alpha=0.3)
     for name, fig in figures.items():
         fig.savefig(sweep_dir / name, dpi=120)
@@ -341,8 +366,8 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
 
 def _cell(row: dict, column: str, fmt: str) -> str:
     value = row.get(column)
-    if column == "status" and row["error"]:
-        value = f"{value}: {row['error']}"
+    if column == "status" and (row["error"] or row["undertrained"]):
+        value = f"{value}: {row['error'] or row['undertrained']}"
     return "" if value is None else fmt.format(value).replace("|", "\\|")
 
 
@@ -369,7 +394,9 @@ def _config_cells(config: dict) -> list[str]:
     def fmt(value, spec):
         return "" if value is None else spec.format(value)
 
-    if config["delta_vs_best"] is None:
+    if config["undertrained"]:
+        versus = f"not ranked ({config['undertrained']})"
+    elif config["delta_vs_best"] is None:
         versus = "best" if config["n"] and config is config.get("_best") else ""
     else:
         versus = f"{config['delta_vs_best']:+.4f}" + {True: " (within seed spread)", False: "",
@@ -435,6 +462,11 @@ def summarize(sweep_dir: Path) -> str:
              "character of the best checkpoint, which test/bpc evaluates): mean ± standard deviation over the "
              "n finished seeds.", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    flagged = [row["run"] for row in rows if row["undertrained"]]
+    if flagged:
+        lines[-2:-2] = [f"**{len(flagged)} of the finished jobs are undertrained** (fewer than {UNDERTRAINED_STEPS} "
+                        "steps, or a best val/bpc that never left the uniform guess over the vocabulary): "
+                        f"{', '.join(flagged)}. Their configurations are not ranked; give them a larger budget.", ""]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _config_cells(c)) + " |" for c in configs]
     lines += ["",
               "vs best: the difference of mean best val/bpc to the best configuration; *within seed spread* when "

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from charlm.callbacks import GracefulStop
+from charlm.callbacks import CharThroughput, GracefulStop
 from charlm.progress import BudgetTimer, BudgetValidation
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
@@ -34,6 +34,7 @@ from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
 from charlm.module import CharLM, check_checkpoint_fits, read_checkpoint
 from charlm.precision import choose_precision
+from charlm.summary import undertrained
 
 log = logging.getLogger("charlm")
 
@@ -206,15 +207,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             check_budget_left(checkpoint, cfg.ckpt_path, trainer, datamodule)
         del checkpoint  # Lightning reads the file again in fit
     parameters = sum(p.numel() for p in model.parameters())
-    device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
-    log.info("run folder: %s | %s, %d parameters, vocabulary %d | %d %s device(s), precision %s", run_dir,
-             dict(cfg.model), parameters, len(datamodule.vocab), trainer.num_devices * trainer.num_nodes, device,
-             trainer.precision)
+    log_start(cfg, run_dir, trainer, datamodule, parameters)
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = logged_metrics(trainer, model)
-    metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, **fit_outcome(trainer))
+    metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, vocab_size=len(datamodule.vocab),
+                   **fit_outcome(trainer))
+    throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
+    if throughput is not None and throughput.mean(trainer) is not None:
+        metrics["chars_per_sec"] = throughput.mean(trainer)
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
     if stop is not None:
         log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
@@ -235,6 +237,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return metrics
 
 
+def log_start(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, datamodule: CharDataModule, parameters: int) -> None:
+    """Two console lines that fit 80 columns (what trains on what, and where it goes); the full
+    model, optimizer and data settings go to train.log only (config.yaml has every setting)."""
+    device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+    devices = trainer.num_devices * trainer.num_nodes
+    model = cfg.model
+    log.info("settings: model %s | optimizer %s | data %s", OmegaConf.to_container(model, resolve=True),
+             OmegaConf.to_container(cfg.optimizer, resolve=True), OmegaConf.to_container(cfg.data, resolve=True),
+             extra={"console": False})
+    characters = datamodule.meta.get("characters", {}).get("train")
+    log.info("%s %d×%d, %s parameters | %s training chars, vocabulary %d | %s%s %s", model.cell, model.layers,
+             model.hidden_size, f"{parameters:,}", f"{characters / 1e6:.1f}M" if characters else "?",
+             len(datamodule.vocab), f"{devices}×" if devices > 1 else "", device, trainer.precision)
+    try:
+        shown = run_dir.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    log.info("run folder: %s", shown)
+
+
 def logged_metrics(trainer: L.Trainer, model: CharLM) -> dict:
     """What the fit or test logged (as numbers, without the ``step`` that only sets TensorBoard's x
     axis), and the topic confusion matrices of a topic-conditioned model."""
@@ -251,7 +273,10 @@ def end_summary(run_dir: Path, metrics: dict[str, float], best: str, prompt: str
     sample = ["python", "sample.py", override_arg("ckpt", ckpt)]
     if prompt is not None:
         sample.append(override_arg("prompt", prompt, quote=True))
+    flag = undertrained(metrics.get("steps"), metrics.get("best/val_bpc"), metrics.get("vocab_size"))
     return "\n".join([f"finished: {run_dir} | " + ", ".join(scores),
+                      *([f"  warning:     {flag}; give it a larger budget (trainer.max_time, trainer.max_steps)"]
+                        if flag else []),
                       f"  sample:      {' '.join(sample)}",
                       f"  tensorboard: tensorboard --logdir {shlex.quote(str(run_dir))}"])
 

@@ -22,12 +22,20 @@ def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
     console = result.stdout + result.stderr
     for noise in ("💡 Tip", "GPU available", "TPU available", "LeafSpec", "Total FLOPs", "smaller than the logging"):
         assert noise not in console and noise not in log
+    # the console starts with two short lines; Lightning's notes and the full settings are in train.log only
+    start = [line for line in result.stdout[:result.stdout.index("step ")].splitlines() if line.strip()]
+    assert len(start) == 2 and len(start[0]) <= 80, start  # the second: the run folder's path as given
+    assert start[0].startswith("lstm 1×32, ") and start[1] == f"run folder: {run}"
+    for note in ("Seed set to", "settings: model {", "Restoring states", "Loaded model weights", "stopped: `max_steps"):
+        assert note in log and note not in console, note
     # the run ends with what to do next, on the console and in train.log
     summary = log[log.index("finished: "):].splitlines()
     assert summary[0].startswith(f"finished: {run} | best val bpc ") and ", test bpc " in summary[0]
     assert "\n".join(summary) in result.stdout
-    assert summary[2].split(":", 1)[1].strip() == f"tensorboard --logdir {run}"
-    command = shlex.split(summary[1].split(":", 1)[1])
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in summary[1:]}
+    assert lines["warning"].startswith("undertrained: 24 steps (< 100)")  # a run this short says so
+    assert lines["tensorboard"] == f"tensorboard --logdir {run}"
+    command = shlex.split(lines["sample"])
     # the default prompt (null) adapts to the model: the command leaves it out, sample.py picks "today "
     assert command[:2] == ["python", "sample.py"] and command[2] == f"ckpt={run / 'checkpoints' / 'best.ckpt'}"
     assert not any(arg.startswith("prompt=") for arg in command)
