@@ -38,7 +38,7 @@ class DamagedCache(Exception):
 
 def file_checksum(path: Path) -> str:
     """A checksum of ``path`` that costs at most ``CHECK_BLOCKS * CHECK_BLOCK_BYTES`` bytes read:
-    the whole file when it is that small (16 MiB: tiny Shakespeare, a CSV of AG News), else
+    the whole file when it is that small (16 MiB: tiny Shakespeare, AG News' test CSV), else
     ``CHECK_BLOCKS`` blocks spread evenly from its first byte to its last (the first block holds the
     ``.npy`` header). A change within a block is always found; one that falls between the blocks
     of a larger file (at most 1/63 of it apart) is not: a few garbled bytes in a large corpus can
