@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from charlm.config import (literal_prompt_overrides, quiet_known_noise, register_resolvers, route_lightning_logs,
                            separate_rank_logs)
 from charlm.errors import UserError, exit_on_user_error
+from charlm.rundirs import removed_if_refused
 from charlm.training import train
 
 register_resolvers()
@@ -28,7 +29,8 @@ def main(cfg: DictConfig) -> float:
     separate_rank_logs()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    with exit_on_user_error(reraise=hydra_cfg.mode == RunMode.MULTIRUN):
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    with exit_on_user_error(reraise=multirun), removed_if_refused(run_dir, keep=multirun or cfg.resume is not False):
         if cfg.resume and (run_dir / "metrics.json").exists():
             logging.getLogger("charlm").info("resume: %s already finished; skipped", run_dir)
             return json.loads((run_dir / "metrics.json").read_text()).get("best/val_bpc", math.nan)

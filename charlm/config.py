@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from charlm.errors import UserError, exit_on_user_error
+from charlm.rundirs import note_created
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -121,6 +122,7 @@ class OutputDirCheck(Callback):
     one line ``error: hydra.run.dir=...`` and exit status 2 instead of Hydra's traceback."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        note_created(config.hydra.run.dir)  # a new folder is removed again if the run is refused (charlm.rundirs)
         with exit_on_user_error():
             writable_dir(config.hydra.run.dir, "hydra.run.dir")
 

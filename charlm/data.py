@@ -21,7 +21,8 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader
 
-from charlm.cache import CACHE_VERSION, map_labels, map_tokens, write_cache
+from charlm.cache import (CACHE_VERSION, DamagedCache, map_labels, map_tokens, read_cache_meta, remove_stale_builds,
+                          write_cache)
 from charlm.config import writable_dir
 from charlm.errors import UserError
 from charlm.sources import (SEPARATOR, SPLITS, Corpus, load_hub_ag_news, read_ag_news_csv, read_text_chunks,
@@ -33,6 +34,14 @@ from charlm.windows import (ORDER_VERSION, ORDERS, ArticleBatches, CarryingWindo
 log = logging.getLogger(__name__)
 
 ON_DEVICE_AUTO_FRACTION = 0.1  # data.on_device=auto: the training tokens' share of GPU memory at most
+
+
+def _checked_meta(cache: Path) -> tuple[dict | None, str | None]:
+    """The metadata of the whole cache ``cache``, or ``None`` and what is wrong with it (``None``: no cache)."""
+    try:
+        return read_cache_meta(cache), None
+    except DamagedCache as err:
+        return None, str(err)
 
 
 class CharDataModule(L.LightningDataModule):
@@ -111,6 +120,7 @@ class CharDataModule(L.LightningDataModule):
         self.seed = seed
         self.vocab: Vocabulary | None = None
         self.cache_path: Path | None = None
+        self._cache_meta: dict | None = None  # the cache's meta.json, checked (prepare_data)
         self._train_batches: ShuffledBatches | StreamBatches | ArticleBatches | None = None
         self._device_windows_of: WindowDataset | None = None  # the windows _device_windows copies
         self._position = 0  # batch rounds trained before this process, from a checkpoint (load_state_dict)
@@ -175,11 +185,14 @@ class CharDataModule(L.LightningDataModule):
                 source_key, self.val_size, self.test_size]
         if self.corpus == "ag_news":  # AG News caches carry the topic of every character (an older one lacks them)
             spec.append("topics")
+            if self.path is not None:  # and the topics' names, from classes.txt beside a local copy
+                spec.append(topic_names(self.path))
         spec = json.dumps(spec)
         return self.cache_root / hashlib.sha1(spec.encode()).hexdigest()[:16]
 
     def prepare_data(self) -> None:
-        """Encode the corpus into the cache unless an earlier run did already."""
+        """Encode the corpus into the cache unless an earlier run did already; a cache found
+        damaged is encoded again (``charlm.cache.read_cache_meta`` checks it)."""
         if self.cache_path is not None:
             return
         if self.path is None:
@@ -191,14 +204,46 @@ class CharDataModule(L.LightningDataModule):
         else:
             source_key, corpus = self._local_key(), self._local_corpus
         cache = self._cache_dir_for(source_key)
-        if not (cache / "meta.json").exists():  # a finished cache is only read: it may be read-only
+        meta, damage = _checked_meta(cache)  # a finished cache is only read: it may be read-only
+        if meta is None:
+            meta = self._build_cache(cache, corpus, damage)
+        self.cache_path, self._cache_meta = cache, meta
+
+    def _build_cache(self, cache: Path, corpus, damage: str | None) -> dict:
+        """Encode ``corpus()`` into ``cache`` (missing, or ``damage`` says what is wrong with it)
+        and return its checked metadata. A damaged cache that cannot be encoded again (the source
+        cannot be read, the folder cannot be written) stops the run with one line naming the
+        folder to delete."""
+        def cannot_rebuild(damage: str, why: str) -> UserError:
+            return UserError(f"the token cache {cache} is damaged ({damage}) and could not be encoded again ({why}); "
+                             f"delete {cache} and run again")
+
+        try:
             writable_dir(self.cache_root, "data.cache_dir")
-            # One builder at a time: ranks and sweep jobs that start together wait for the first
-            # and then read its cache instead of each encoding the corpus again.
-            with FileLock(cache.with_name(cache.name + ".lock")):
-                if not (cache / "meta.json").exists():
-                    self._write_cache(cache, corpus())
-        self.cache_path = cache
+        except UserError as err:
+            if damage is None:
+                raise
+            raise cannot_rebuild(damage, str(err).split(";")[0]) from None
+        # One builder at a time: ranks and sweep jobs that start together wait for the first
+        # and then read its cache instead of each encoding the corpus again.
+        with FileLock(cache.with_name(cache.name + ".lock")):
+            meta, damage = _checked_meta(cache)  # built or repaired by another process meanwhile?
+            if meta is not None:
+                return meta
+            remove_stale_builds(cache)  # of a build that was killed: nobody else builds this cache now
+            try:
+                self._write_cache(cache, corpus())
+            except OSError as err:
+                if damage is None:
+                    raise
+                raise cannot_rebuild(damage, f"{err.strerror}: {err.filename}" if err.filename else str(err)) from None
+            meta, written_damage = _checked_meta(cache)
+            if meta is None:  # the disk or the file system fails
+                raise cannot_rebuild(written_damage, "it reads back damaged once written")
+            if damage is not None:  # after the work: a failed one says so in its one error line instead
+                log.warning("the token cache %s was damaged (%s); encoded %s into it again", cache, damage,
+                            self.path or self.hub_dataset)
+            return meta
 
     def _write_cache(self, cache: Path, corpus: Corpus) -> None:
         write_cache(cache, corpus, self.cache_root, self.nchars, str(self.path or self.hub_dataset), self.corpus)
@@ -208,7 +253,7 @@ class CharDataModule(L.LightningDataModule):
         if self.vocab is not None:
             return
         self.prepare_data()  # a no-op once cached; makes setup() alone enough outside a Trainer
-        meta = json.loads((self.cache_path / "meta.json").read_text())
+        meta = self._cache_meta  # checked by prepare_data
         self.vocab = Vocabulary(meta["vocab"])
         self.meta = meta
         self.separator_id = self.vocab.chars.index(meta["separator"]) if meta["separator"] in self.vocab.chars else None

@@ -11,6 +11,7 @@ the vocabulary and the models of the same text with Unix ones. CSV rows end wher
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import logging
@@ -92,18 +93,61 @@ def topic_names(path: Path) -> list[str]:
     return ["1", "2", "3", "4"]
 
 
+HUB_PROBE_TIMEOUT = 5  # seconds the Hub has to answer the one request that tells whether it can be reached
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the Hugging Face Hub cannot be reached (``HF_ENDPOINT``), from one request that may take
+    ``timeout`` seconds; ``None`` when it answers (with any status) or when offline mode is already
+    on (``HF_HUB_OFFLINE=1``: ``datasets`` then says so itself). Without this, ``datasets`` tries
+    every file 6 times over about 30 s, with a warning per try, before it fails."""
+    import datasets
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - no answer at all: refused, no route, no DNS, a timeout
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"no answer from {constants.ENDPOINT}: {reason}"
+    return None
+
+
+@contextlib.contextmanager
+def hub_offline_mode(on: bool):
+    """``HF_HUB_OFFLINE=1`` for this block when ``on``: ``datasets`` then loads its local copy at
+    once, or fails at once without one. Both libraries read the variable when imported, so
+    their module settings (public names) are set, and put back after."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    if on:
+        constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def load_hub_ag_news(name: str):
     """AG News train and test articles from the Hugging Face Hub (cached by ``datasets``), with
     their topics: ``(train, test, fingerprint, topics)``, where ``topics`` is ``(train labels,
-    test labels, names)`` from the ``label`` column and its names (``None`` without one)."""
+    test labels, names)`` from the ``label`` column and its names (``None`` without one).
+
+    A Hub that cannot be reached is found by one request (``hub_unreachable``); ``datasets`` then
+    loads its local copy in offline mode, or the run stops at once with one line."""
     import datasets
 
     for library in ("datasets", "huggingface_hub"):  # their console handlers print retries to stderr:
         logging.getLogger(library).handlers.clear()   # send them through the root logger to the run's log
+    unreachable = hub_unreachable()
     try:
-        ds = datasets.load_dataset(name)
+        with hub_offline_mode(unreachable is not None):
+            ds = datasets.load_dataset(name)
     except Exception as err:  # offline, unknown name, Hub down: all fixed the same way
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = unreachable or (str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise UserError(
             f"could not load {name} from the Hugging Face Hub ({reason}); offline? use a local copy: "
             "data.path=/path/to/ag_news (a folder with train.csv and test.csv, or one CSV file)"

@@ -21,6 +21,7 @@ from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.inspect import run as inspect_run
 from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
+from charlm.rundirs import note_created, removed_if_refused
 from charlm.sampling import check_sampling_args, default_prompt, generate
 from charlm.training import train
 from charlm.vocabulary import Vocabulary
@@ -262,11 +263,16 @@ def cli(d):
     ``d`` (several at once), then of ``sample.py`` with its default checkpoint (the newest run's
     best.ckpt) after all those failed runs. ``HF_HOME`` is empty, so the Hub has no cached copy."""
     commands = [(s, a) for s, a, where, _ in ROWS if where != HERE] + [(s, a) for s, a, _ in HYDRA_ROWS]
+    env = {"HF_HOME": str(d / "hf"), "PYTHONPATH": str(ROOT)}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        # the default corpus, with a Hub that does not answer (nothing listens on port 9) and offline mode off
+        unreachable = pool.submit(run_script, ROOT / "train.py", cwd=d,
+                                  env={**env, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
         results = pool.map(lambda command: run_script(*entry_point(command[0]), *command[1].format(d=d).split(), cwd=d,
-                                                      env={"HF_HOME": str(d / "hf"), "PYTHONPATH": str(ROOT)}),
+                                                      env=env),
                            commands)
         results = dict(zip(commands, results))
+        results["unreachable"] = unreachable.result()
     results["newest"] = run_script(ROOT / "sample.py", "prompt=the", "length=5", "temperature=0", cwd=d)
     return results
 
@@ -301,12 +307,21 @@ def test_mistyped_key_gets_hydras_message(cli, script, args, first_line):
     assert result.stderr.splitlines()[0] == first_line
 
 
+def test_an_unreachable_hub_is_told_in_one_line_without_retries(cli):
+    """Found by one request, not after datasets' 6 tries over 30 s, each with a "Retrying in Ns" warning."""
+    result = cli["unreachable"]
+    assert one_line(result) == (
+        "error: could not load fancyzhx/ag_news from the Hugging Face Hub (no answer from http://127.0.0.1:9: [Errno 111] "
+        "Connection refused); offline? use a local copy: data.path=/path/to/ag_news (a folder with train.csv and "
+        "test.csv, or one CSV file)")
+    assert result.returncode == 2 and "Retrying" not in result.stdout + result.stderr
+
+
 def test_failed_runs_leave_nothing_that_breaks_the_next_one(d, cli):
-    """The failed runs' folders hold no checkpoint that sample.py would take, and the cache holds
-    no half-written entry: the next run encodes and loads its corpus as usual."""
+    """The failed runs leave no run folder (that sample.py could take for the newest run), and the cache
+    holds no half-written entry: the next run encodes and loads its corpus as usual."""
     runs = d / "outputs" / "runs"
-    failed = [run for run in runs.iterdir() if run.name != "old"]
-    assert failed and not any((run / "checkpoints").exists() for run in failed)
+    assert [run.name for run in runs.iterdir()] == ["old"]  # the refused runs' own folders are gone
     newest = cli["newest"]  # sample.py's default checkpoint: the older good run's
     assert newest.returncode == 0 and newest.stdout.startswith("the"), newest.stderr
     cache = d / "outputs" / "cache"
@@ -316,6 +331,28 @@ def test_failed_runs_leave_nothing_that_breaks_the_next_one(d, cli):
                         cache_dir=str(cache))
     dm.setup("fit")
     assert len(dm.train_dataloader()) > 0
+
+
+def test_a_refused_run_removes_only_a_folder_it_created_that_holds_no_checkpoint(tmp_path):
+    """``resume=`` folders, folders that were there before, and folders with checkpoints are kept."""
+    new, old, trained = tmp_path / "new", tmp_path / "old", tmp_path / "trained"
+    old.mkdir()
+    for folder in (new, old, trained):
+        note_created(folder)
+        (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text("seed: 1\n")
+    (trained / "checkpoints").mkdir()
+    (trained / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    for folder, keep in ((new, True), (new, False), (old, False), (trained, False)):
+        with pytest.raises(UserError), removed_if_refused(folder, keep=keep):
+            raise UserError("refused")
+        assert folder.exists() == (folder is not new or keep), (folder, keep)
+    bug = tmp_path / "bug"
+    note_created(bug)
+    bug.mkdir()
+    with pytest.raises(RuntimeError), removed_if_refused(bug):
+        raise RuntimeError("a bug, not a refusal: the folder keeps its train.log for the report")
+    assert bug.exists()
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused(d):

@@ -161,6 +161,7 @@ def test_hub_path_uses_test_split_and_a_tail_of_train_for_val(tmp_path, monkeypa
     })
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda name: calls.append(name) or fake)
+    monkeypatch.setattr("charlm.sources.hub_unreachable", lambda: None)  # the Hub answers
     dm = CharDataModule(path=None, val_size=4, nchars=8, stride=8, batch_size=2, cache_dir=str(tmp_path))
     dm.setup("fit")
     assert calls == ["fancyzhx/ag_news"]
@@ -177,8 +178,43 @@ def test_hub_unreachable_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
         raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr("charlm.sources.hub_unreachable", lambda: None)  # the Hub answers, the dataset fails
     with pytest.raises(UserError, match=r"Couldn't reach.*data\.path=/path/to/ag_news"):
         CharDataModule(cache_dir=str(tmp_path)).setup("fit")
+
+
+@pytest.mark.parametrize("local_copy", [True, False])
+def test_a_hub_that_does_not_answer_is_found_by_one_request_then_datasets_runs_offline(tmp_path, monkeypatch,
+                                                                                       local_copy):
+    """One request to an endpoint that refuses it; then ``datasets`` loads its local copy in offline mode
+    (or fails at once without one) instead of trying each file 6 times over 30 s."""
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    fake = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": [f"{split} article {i}" for i in range(20)]})
+                                 for split in ("train", "test")})
+    modes = []
+
+    def load_dataset(name):
+        modes.append((constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE))
+        if local_copy:
+            return fake
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    dm = CharDataModule(val_size=4, nchars=8, stride=8, batch_size=2, cache_dir=str(tmp_path))
+    if local_copy:
+        dm.setup("fit")
+        assert dm.vocab.decode(np.load(dm.cache_path / "train.npy")) == SEPARATOR.join(fake["train"]["text"][:16])
+    else:
+        with pytest.raises(UserError, match=r"^could not load fancyzhx/ag_news from the Hugging Face Hub \(no answer "
+                                            r"from http://127\.0\.0\.1:9: .*Connection refused\); offline\? use a local copy"):
+            dm.setup("fit")
+    assert modes == [(True, True)]
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == (False, False)  # put back
 
 
 @pytest.mark.parametrize("content, message", [
