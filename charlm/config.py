@@ -86,12 +86,40 @@ class SweptKeys(Callback):
             config.hydra.overrides.hydra = [*overrides, EXCLUDE_KEYS_OVERRIDE + "[" + ",".join(exclude) + "]"]
 
 
-def run_dir(resume) -> str:
-    """The run folder: ``resume`` when it names one, else a new ``outputs/runs/<date>_<time>_<pid>``
-    (the process id keeps runs started in the same second apart)."""
+# Overrides that say where, not what: left out of run folder names
+PLACE_KEYS = ("resume", "ckpt_path", "data.cache_dir", "runs_dir")
+
+
+def run_name(overrides) -> str:
+    """What a run's command line sets, as the start of its folder name: ``layers-3+cell-gru`` (keys
+    without their config group, as in sweep job folders; a path reduced to its file name; at most
+    60 characters, whole settings only), so that TensorBoard, which shortens run names from the end,
+    tells runs apart by their settings. No ``=`` or ``,``: a path with those must be quoted for Hydra
+    (``ckpt=``, ``resume=``)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides or () if not o.startswith("hydra.")])
+    except Exception:  # noqa: BLE001 - not in Hydra's grammar: Hydra itself will say so
+        return ""
+    kept = [o for o in parsed if o.key_or_group not in PLACE_KEYS]
+    short = [o.key_or_group.split(".", 1)[-1] for o in kept]
+    parts = []
+    for o, key in zip(kept, short):
+        value = o.input_line.split("=", 1)[1] if "=" in o.input_line else ""
+        value = Path(value.strip("'\"")).name if "/" in value else value
+        parts.append(re.sub(r"[^\w.@%~-]", "_", f"{key if short.count(key) == 1 else o.key_or_group}-{value}"))
+    while len("+".join(parts)) > 60:
+        parts.pop()
+    return "+".join(parts)
+
+
+def run_dir(resume, overrides=None) -> str:
+    """The run folder: ``resume`` when it names one, else a new
+    ``outputs/runs/<settings>_<date>_<time>_<pid>`` (``run_name``; the process id keeps runs
+    started in the same second apart)."""
     if isinstance(resume, str) and resume not in ("true", "false"):
         return resume
-    return time.strftime("outputs/runs/%Y-%m-%d_%H-%M-%S_") + str(os.getpid())
+    settings = run_name(overrides)
+    return f"outputs/runs/{settings + '_' if settings else ''}" + time.strftime("%Y-%m-%d_%H-%M-%S_") + str(os.getpid())
 
 
 def steps_for_chars(chars, batch_size: int, nchars: int, devices=1, num_nodes=1) -> int:

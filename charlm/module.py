@@ -123,8 +123,11 @@ class CharLM(L.LightningModule):
             values[f"{stage}/bpc_uncond"] = loss_uncond / math.log(2)
             values[f"{stage}/topic_bits"] = (loss_uncond - loss) / math.log(2)  # per character
             values[f"{stage}/topic_acc"] = torch.tensor(self._classify(stage))
+        # equal on all ranks already: the mean is exact. The test's numbers are one point each: they go
+        # to metrics.json, TensorBoard's HPARAMS table and the run's text summary (log_hparams), not to
+        # one-point scalar charts.
         self.log_dict({**values, "step": float(self.trainer.global_step)},  # see on_train_batch_end
-                      sync_dist=True)  # equal on all ranks already: the mean is exact
+                      sync_dist=True, logger=stage != "test")
 
     def _classify(self, stage: str) -> float:
         """Accuracy of the generative classifier on the held-out articles of ``stage``; the confusion

@@ -250,14 +250,15 @@ def group(rows: list[dict]) -> list[dict]:
             if equal_seconds else None, "equal_seconds": equal_seconds,
             "final_train_eval_bpc": _mean([r["final_train_eval_bpc"] for r in ok]), "gap": _mean([r["gap"] for r in ok]),
             "chars_per_sec": _mean([r["chars_per_sec"] for r in ok]), "fit_seconds": _mean([r["fit_seconds"] for r in ok]),
-            "undertrained": next((r["undertrained"] for r in ok if r["undertrained"]), ""), "members": runs})
-    # a configuration with an undertrained seed is ranked after the others and is never the best
+            "undertrained": next((r.get("undertrained") for r in ok if r.get("undertrained")), ""), "members": runs})
+    # A configuration with an undertrained seed is sorted after the others and not ranked against them;
+    # where all are undertrained, they are compared with the first, which is not called the best.
     configs.sort(key=lambda c: (c["best_val_bpc_mean"] is None, bool(c["undertrained"]), c["best_val_bpc_mean"] or 0.0,
                                 c["configuration"]))
-    best = configs[0] if configs and configs[0]["n"] and not configs[0]["undertrained"] else None
+    best = configs[0] if configs and configs[0]["n"] else None
     for config in configs:
         config["delta_vs_best"] = config["within_spread"] = None
-        if best is not None and config["n"] and config is not best:
+        if best is not None and config["n"] and config is not best and (best["undertrained"] or not config["undertrained"]):
             config["delta_vs_best"] = delta = config["best_val_bpc_mean"] - best["best_val_bpc_mean"]
             if config["best_val_bpc_std"] is not None and best["best_val_bpc_std"] is not None:
                 config["within_spread"] = abs(delta) <= math.hypot(config["best_val_bpc_std"], best["best_val_bpc_std"])
@@ -394,10 +395,13 @@ def _config_cells(config: dict) -> list[str]:
     def fmt(value, spec):
         return "" if value is None else spec.format(value)
 
-    if config["undertrained"]:
+    first = config["n"] and config is config.get("_best")
+    if first and config["undertrained"]:
+        versus = "first, not best (all undertrained)"
+    elif config["undertrained"] and not config["_best"]["undertrained"]:
         versus = f"not ranked ({config['undertrained']})"
     elif config["delta_vs_best"] is None:
-        versus = "best" if config["n"] and config is config.get("_best") else ""
+        versus = "best" if first else ""
     else:
         versus = f"{config['delta_vs_best']:+.4f}" + {True: " (within seed spread)", False: "",
                                                       None: " (n=1: no spread)"}[config["within_spread"]]
@@ -466,7 +470,9 @@ def summarize(sweep_dir: Path) -> str:
     if flagged:
         lines[-2:-2] = [f"**{len(flagged)} of the finished jobs are undertrained** (fewer than {UNDERTRAINED_STEPS} "
                         "steps, or a best val/bpc that never left the uniform guess over the vocabulary): "
-                        f"{', '.join(flagged)}. Their configurations are not ranked; give them a larger budget.", ""]
+                        f"{', '.join(flagged)}. " + ("No configuration is the best: the table compares how they "
+                        "started; give them a larger budget." if configs[0]["undertrained"] else "Their configurations "
+                        "are not ranked; give them a larger budget."), ""]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _config_cells(c)) + " |" for c in configs]
     lines += ["",
               "vs best: the difference of mean best val/bpc to the best configuration; *within seed spread* when "

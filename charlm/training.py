@@ -44,6 +44,10 @@ HPARAMS = ("model", "optimizer", "data.corpus", "data.order", "data.nchars", "da
            "trainer.max_epochs", "trainer.max_time", "seed")
 
 
+# ... and the final numbers shown beside them there (the test's only there: they are single points)
+RESULTS = ("best/val_bpc", "test/bpc", "test/loss", "test/ppl", "test/topic_acc", "steps", "chars_per_sec", "fit_seconds")
+
+
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """The data module (set up, so its vocabulary is known), the model and the trainer of ``cfg``.
 
@@ -338,10 +342,11 @@ def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """Write the run's ``HPARAMS`` settings and parameter count to its TensorBoard logger, for
-    TensorBoard's HPARAMS tab. Its metric columns are the runs' scalars (their last values: the
-    final val/bpc, test/bpc of the best checkpoint, ...), so no one-point ``hparams/*`` scalar
-    cards are needed (they would come first in the SCALARS tab, before the learning curves)."""
+    """Write the run's ``HPARAMS`` settings, parameter count and ``RESULTS`` to its TensorBoard
+    logger, for TensorBoard's HPARAMS tab, and the same as the run's text summary (TEXT tab,
+    ``summary``). The table's metric columns are the runs' scalars (their last values: the final
+    val/bpc, ...); the test's numbers are single points, so they are columns of the settings'
+    side instead of one-point scalar charts (which would also come first in the SCALARS tab)."""
     params = {}
     for key in HPARAMS:
         value = OmegaConf.select(cfg, key)
@@ -351,8 +356,14 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) 
             params[key] = value
     params["parameters"] = metrics["parameters"]
     params = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+    # the run's one-number results: columns of the HPARAMS table beside the settings
+    results = {key: metrics[key] for key in RESULTS if isinstance(metrics.get(key), (int, float))}
+    summary = "\n".join(["| result | value |", "|---|---|", *(f"| {k} | {v:.4g} |" for k, v in results.items()),
+                         "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in params.items())])
+    params.update(results)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("summary", summary, trainer.global_step)  # TEXT tab: the run on one page
             # Not logger.log_hyperparams(params, metrics): it also writes an experiment summary in every
             # run, and TensorBoard then takes the hparam and metric lists of whichever run it reads first,
             # with no hparam marked as differing (its HPARAMS tab shows 5 hparams, differing ones first).

@@ -198,3 +198,21 @@ def test_the_learning_rate_peaks_after_a_slow_warm_up(tiny_text, tmp_path):
     lrs = slow.lrs
     assert len(lrs) > 5 and max(lrs) == pytest.approx(0.01)  # before: 0.01 * 0.81 (0.4 of the time was used)
     assert lrs[-1] < 0.01  # and then decays
+
+
+def test_run_folders_start_with_the_settings_given_and_need_no_quoting():
+    """TensorBoard shortens run names from the end (``runs/2026-12-0…`` for every run before): the
+    settings come first. The folder still goes into ``ckpt=`` and ``resume=`` without Hydra quotes."""
+    from charlm.config import run_dir, run_name
+
+    assert run_name(["model.layers=3", "model.cell=gru", "data.path=../shared/data/ag_news/test.csv",
+                     "resume=false", "hydra.job.chdir=false"]) == "layers-3+cell-gru+path-test.csv"
+    assert run_name(["data.seed=1", "seed=2"]) == "data.seed-1+seed-2"  # same short key: the full keys
+    assert run_name([]) == "" and len(run_name([f"model.hidden_size={'9' * 30}", "model.layers=2" * 9])) <= 60
+    folder = run_dir("false", ["model.layers=3", "trainer.max_time=00:00:05:00"])
+    assert re.fullmatch(r"outputs/runs/layers-3\+max_time-00_00_05_00_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+", folder)
+    assert re.fullmatch(r"outputs/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+", run_dir("false", []))
+    assert run_dir("outputs/runs/old", ["model.layers=3"]) == "outputs/runs/old"  # resume=<run folder>
+    path = f"{folder}/checkpoints/best.ckpt"
+    assert OverridesParser.create().parse_override(f"ckpt={path}").value() == path
+    assert override_arg("ckpt", path) == f"ckpt={path}"

@@ -173,6 +173,12 @@ def test_plots_have_one_colour_and_a_readable_label_per_configuration(seeded):
     assert set(figures) == {"best_val_bpc.png", "learning_curves.png", "overfitting.png"}
     labels = [text.get_text() for text in figures["learning_curves.png"].legends[0].get_texts()]
     assert sorted(labels) == ["gru 1×16", "lstm 1×16"]
+    sizes = [text.get_text() for text in figures["best_val_bpc.png"].axes[0].get_legend().get_texts()]
+    assert sorted(sizes) == ["gru 1 layer", "lstm 1 layer"]  # was "1 layers"
+    overfitting = figures["overfitting.png"]  # the dashed line is explained; the title is above the legend
+    legend = [text.get_text() for text in overfitting.legends[0].get_texts()]
+    assert legend[:2] == ["val/bpc", "training sample,\nscored as val"] and sorted(legend[2:]) == sorted(labels)
+    assert overfitting.axes[0].get_title() == "" and "overfitting" in overfitting.get_suptitle()
     for ax in figures["learning_curves.png"].axes:
         thick = {line.get_label(): line.get_color() for line in ax.lines if not line.get_label().startswith("_")}
         assert len(set(map(str, thick.values()))) == len(configs) == 2
@@ -291,7 +297,8 @@ def test_summary_rows_are_the_jobs_real_metrics(sweep):
         assert row["status"] == "ok" and row["error"] == ""
         assert math.isclose(float(row["best_val_bpc"]), metrics["best/val_bpc"])
         assert math.isclose(float(row["test_bpc"]), metrics["test/bpc"])
-        assert math.isclose(float(row["chars_per_sec"]), metrics["train/chars_per_sec"])
+        assert math.isclose(float(row["chars_per_sec"]), metrics["chars_per_sec"])  # the mean over the fit
+        assert row["undertrained"] == "undertrained: 8 steps (< 100)"
         assert int(row["parameters"]) == metrics["parameters"] > 0
         assert int(row["best_epoch"]) == torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["epoch"]
         cell, layers = name.split(",")[:2]
@@ -334,15 +341,18 @@ def test_tensorboard_reads_scalars_samples_and_hparams_of_every_run(sweep):
         config = OmegaConf.load(run / "config.yaml")
         assert hparams["optimizer.lr"].number_value == config.optimizer.lr and hparams["data.nchars"].number_value == 32
         assert hparams["parameters"].number_value == metrics["parameters"]
-        # HPARAMS' metric columns are the last values of the scalars; no one-point cards besides them
-        assert not [tag for tag in scalars if tag == "epoch" or tag.startswith("hparams/")]
-        assert math.isclose(events.Scalars("test/bpc")[-1].value, metrics["test/bpc"], rel_tol=1e-6)
+        # HPARAMS' metric columns are the last values of the scalars; no one-point cards besides them:
+        # the test's numbers are columns of the table and rows of the run's text summary
+        assert not [tag for tag in scalars if tag == "epoch" or tag.startswith(("hparams/", "test/"))]
+        assert hparams["test/bpc"].number_value == pytest.approx(metrics["test/bpc"], rel=1e-6)
+        assert hparams["steps"].number_value == metrics["steps"] == 8
+        summary = events.Tensors("summary/text_summary")[-1].tensor_proto.string_val[0].decode()
+        assert f"| test/bpc | {metrics['test/bpc']:.4g} |" in summary and "| model.cell | " in summary
 
         # one step count everywhere: optimizer steps, as in max_steps and the checkpoints
         # (TINY validates every 4 of its 8 steps)
         assert [p.step for p in events.Scalars("val/bpc")] == [4, 8]
         assert [e.step for e in events.Tensors("samples/T=0/text_summary")] == [4, 8]
-        assert [p.step for p in events.Scalars("test/bpc")] == [8]
         assert all(p.step % 2 == 0 for p in events.Scalars("train/loss"))  # every log_every_n_steps=2 steps
         best_step = int(read_csv(sweep_dir / "summary.csv")[run.name]["best_step"])
         assert best_step in (4, 8) and any(math.isclose(p.value, metrics["best/val_bpc"], rel_tol=1e-6)
@@ -440,3 +450,26 @@ def test_optuna_search_runs_trials_with_its_storage_in_the_sweep_folder(ag_news_
     for name, row in rows.items():
         for text, value in zip(re.fullmatch(pattern, name).groups(), (row["lr"], row["dropout"])):
             assert text == f"{float(value):.2g}"
+
+
+def test_an_undertrained_run_is_flagged_and_never_the_best():
+    """A job stopped after 2 steps scores the uniform guess; neither it nor its rival is crowned on that."""
+    from charlm.summary import _config_cells, group, undertrained
+
+    assert undertrained(2, 6.40, 84) == "undertrained: 2 steps (< 100)"
+    assert undertrained(500, 6.39, 84) == "undertrained: val 6.39 bpc, the uniform guess is 6.39"
+    assert undertrained(500, 2.1, 84) == ""
+    short = {**fake_run("lstm", "lstm", 6.40, 1), "undertrained": undertrained(2, 6.40, 84)}
+    trained = {**fake_run("gru", "gru", 6.45, 1), "undertrained": undertrained(900, 6.45, 84)}  # 900 steps, still uniform
+    good = {**fake_run("rnn", "rnn", 3.0, 1), "undertrained": ""}
+    configs = group([short, trained, good])
+    for config in configs:
+        config["_best"] = configs[0]
+    cells = {c["configuration"]: _config_cells(c)[6] for c in configs}
+    assert list(cells) == ["rnn 1×8", "lstm 1×8", "gru 1×8"]  # the trained one first, though its val is highest
+    assert cells == {"rnn 1×8": "best", "lstm 1×8": "not ranked (undertrained: 2 steps (< 100))",
+                     "gru 1×8": "not ranked (undertrained: val 6.45 bpc, the uniform guess is 6.39)"}
+    configs = group([short, trained])  # all undertrained: compared with the first, which is not the best
+    for config in configs:
+        config["_best"] = configs[0]
+    assert [_config_cells(c)[6] for c in configs] == ["first, not best (all undertrained)", "+0.0500 (n=1: no spread)"]
