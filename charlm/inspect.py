@@ -89,7 +89,9 @@ def run(cfg) -> tuple[Path, Inspection]:
 def _main() -> None:
     import hydra
 
-    from charlm.config import CONF_DIR
+    import sys
+
+    from charlm.config import CONF_DIR, command_line
     from charlm.errors import exit_on_user_error
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="inspect")
@@ -101,6 +103,7 @@ def _main() -> None:
             print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {len(inspection.text):,} characters, "
                   f"mean {scored.mean():.4f} bits per character{topic}; open it in a browser")
 
+    command_line(sys.argv, "python -m charlm.inspect", "inspect", "text", "text_file", "ckpt", "out", "topic")
     main()
 
 
