@@ -9,18 +9,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from charlm.config import literal_prompt_overrides
+from charlm.config import command_line
 from charlm.errors import UserError, exit_on_user_error
-from charlm.module import load_checkpoint
+from charlm.module import load_checkpoint, newest_checkpoint
 from charlm.sampling import check_sampling_args, default_prompt, generate, topic_ids
-
-
-def newest_checkpoint(runs_dir: str) -> Path:
-    """``checkpoints/best.ckpt`` of the most recently trained run under ``runs_dir``."""
-    found = sorted(Path(runs_dir).rglob("checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserError(f"no checkpoints/best.ckpt under runs_dir={runs_dir}; train first or pass ckpt=PATH")
-    return found[-1]
 
 
 def usable_device(name) -> torch.device:
@@ -94,5 +86,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    literal_prompt_overrides(sys.argv, "prompt")
+    command_line(sys.argv, "python sample.py", "sample", "prompt", "ckpt", "runs_dir", "topic")
     main()

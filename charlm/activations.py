@@ -33,24 +33,52 @@ def cell_of(net: CharRNN) -> str:
     return {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[type(net.rnn)]
 
 
-def _inputs(net: CharRNN, ids: torch.Tensor) -> torch.Tensor:
-    """What the first recurrent layer reads for ``ids`` (as ``CharRNN.forward`` builds it)."""
+def topic_of(net: CharRNN, topic: int | None) -> int | None:
+    """The topic id a conditioned ``net`` reads: ``topic``, or its unknown topic (the unconditioned
+    model, as ``CharRNN.forward`` without a topic) for ``None``; ``None`` for an unconditioned net."""
+    if not net.topics:
+        return None
+    return net.unknown_topic if topic is None else int(topic)
+
+
+def _inputs(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> torch.Tensor:
+    """What the first recurrent layer reads for ``ids`` (as ``CharRNN.forward`` builds it): the
+    characters, and with ``topic_mode=input`` the topic's embedding at every step."""
     if net.embedding is not None:
-        return net.embedding(ids)
-    return F.one_hot(ids, net.vocab_size).to(net.head.weight.dtype)
+        x = net.embedding(ids)
+    else:
+        x = F.one_hot(ids, net.vocab_size).to(net.head.weight.dtype)
+    topic = topic_of(net, topic)
+    if topic is not None and net.topic_mode == "input":
+        t = net.topic_embedding(torch.tensor(topic, device=ids.device)).to(x.dtype)
+        x = torch.cat([x, t.expand(len(ids), -1)], dim=-1)
+    return x
+
+
+def _initial_state(net: CharRNN, topic: int | None, layer: int, like: torch.Tensor):
+    """Layer ``layer``'s ``(h, c)`` before the first character: zeros, or what the topic sets with
+    ``topic_mode=state`` (as ``CharRNN.forward`` builds it; ``c`` is ``None`` but for an LSTM)."""
+    size = net.rnn.hidden_size
+    topic = topic_of(net, topic)
+    if topic is None or net.topic_mode != "state":
+        return like.new_zeros(size), like.new_zeros(size) if cell_of(net) == "lstm" else None
+    t = net.topic_embedding(torch.tensor(topic, device=like.device)).to(like.dtype)
+    init = torch.tanh(net.topic_state(t)).view(-1, net.rnn.num_layers, size)[:, layer]
+    return init[0], init[1] if cell_of(net) == "lstm" else None
 
 
 @torch.no_grad()
-def layer_states(net: CharRNN, ids: torch.Tensor) -> list[dict]:
-    """For ``ids [T]`` read from a zero state, per layer: ``h [T, H]`` (hidden state after each
+def layer_states(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> list[dict]:
+    """For ``ids [T]`` read from a fresh state (zero, or set by the topic), per layer: ``h [T, H]`` (hidden state after each
     character), ``c [T, H]`` (LSTM cell state, else absent) and ``gates`` {name: [T, H]} (the sigmoid
-    gates: LSTM input/forget/output, GRU reset/update; none for a plain RNN).
+    gates: LSTM input/forget/output, GRU reset/update; none for a plain RNN). ``topic``: the topic
+    id of a conditioned model (``None``: unknown), as in ``CharRNN.forward``.
 
     The input projection of all steps is one matrix product; then one small step per character,
     vectorized across units, with torch's gate order and equations (LSTM i, f, g, o; GRU r, z, n).
     Dropout between layers is off, as in evaluation."""
     rnn, cell = net.rnn, cell_of(net)
-    x, size = _inputs(net, ids), rnn.hidden_size
+    x, size = _inputs(net, ids, topic), rnn.hidden_size
     layers = []
     for k in range(rnn.num_layers):
         w_hh = getattr(rnn, f"weight_hh_l{k}")
@@ -58,10 +86,9 @@ def layer_states(net: CharRNN, ids: torch.Tensor) -> list[dict]:
         b_hh = getattr(rnn, f"bias_hh_l{k}") if rnn.bias else torch.zeros(w_hh.shape[0], dtype=x.dtype, device=x.device)
         projected = x @ getattr(rnn, f"weight_ih_l{k}").T + b_ih
         steps = len(ids)
-        h = x.new_zeros(size)
+        h, c = _initial_state(net, topic, k, x)
         hs = x.new_empty(steps, size)
         if cell == "lstm":
-            c = x.new_zeros(size)
             cs, gates = x.new_empty(steps, size), x.new_empty(steps, 3, size)
             for t in range(steps):
                 a = torch.addmv(b_hh, w_hh, h).add_(projected[t])
@@ -90,11 +117,13 @@ def layer_states(net: CharRNN, ids: torch.Tensor) -> list[dict]:
 
 
 @torch.no_grad()
-def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0):
-    """Bits the model pays for each character of ``ids [T]`` read from a zero state (``nan`` for the
+def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0, topic: int | None = None):
+    """Bits the model pays for each character of ``ids [T]`` read from a fresh state (``nan`` for the
     first, which has no context), from the model's own forward pass; with ``top_k`` also the ids and
-    probabilities of its ``top_k`` guesses for each character (row 0: -1 and 0)."""
-    logits, _ = net(ids[None])
+    probabilities of its ``top_k`` guesses for each character (row 0: -1 and 0). ``topic``: the topic
+    id of a conditioned model (``None``: unknown, the unconditioned model)."""
+    topic = topic_of(net, topic)
+    logits, _ = net(ids[None], topic=None if topic is None else torch.tensor([topic], device=ids.device))
     logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
     bits = torch.full((len(ids),), float("nan"))
     bits[1:] = (-logp.gather(1, ids[1:, None])[:, 0] / math.log(2)).cpu()
@@ -118,6 +147,7 @@ class Inspection:
     top_probs: np.ndarray
     layers: list[dict]
     ranking: dict = field(default_factory=dict)
+    topic: str | None = None  # a conditioned model's topic the text was read under ("unknown": none)
 
 
 def check_text(text: str, max_chars: int = MAX_CHARS, key: str = "text") -> None:
@@ -132,19 +162,20 @@ def check_text(text: str, max_chars: int = MAX_CHARS, key: str = "text") -> None
 
 
 def inspect_text(net: CharRNN, vocab: Vocabulary, text: str, max_chars: int = MAX_CHARS, top_units: int = 5,
-                 key: str = "text") -> Inspection:
-    """Score ``text`` from a zero state and record every layer's states, and rank the units by the
+                 key: str = "text", topic: int | None = None) -> Inspection:
+    """Score ``text`` from a fresh state and record every layer's states, and rank the units by the
     properties of the text (``rank_units``). Characters outside the vocabulary read as id 0, as in
-    evaluation."""
+    evaluation. ``topic``: the topic id of a conditioned model, for the whole text (``None``:
+    unknown, the unconditioned model)."""
     check_text(text, max_chars, key)
     was_training = net.training
     net.eval()
     try:
         device = next(net.parameters()).device
         ids = torch.from_numpy(vocab.encode(text).astype(np.int64)).to(device)
-        bits, top_ids, top_probs = surprisal(net, ids, TOP_K)
+        bits, top_ids, top_probs = surprisal(net, ids, TOP_K, topic)
         layers = [{k: (v.cpu().numpy() if k != "gates" else {g: a.cpu().numpy() for g, a in v.items()})
-                   for k, v in layer.items()} for layer in layer_states(net, ids)]
+                   for k, v in layer.items()} for layer in layer_states(net, ids, topic)]
     finally:
         net.train(was_training)
     inspection = Inspection(text, ids.cpu().numpy(), bits, top_ids, top_probs, layers)

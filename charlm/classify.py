@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from charlm.errors import UserError
-from charlm.module import CharLM, load_checkpoint
+from charlm.module import CharLM, load_checkpoint, newest_checkpoint
 from charlm.sources import SEPARATOR
 from charlm.topics import article_log_likelihoods, log_prior, posterior
 
@@ -28,11 +28,12 @@ def classify(module: CharLM, text: str) -> dict[str, float]:
     return dict(sorted(zip(module.topics, probs.tolist()), key=lambda item: -item[1]))
 
 
-def run(cfg) -> dict[str, float]:
+def run(cfg, notes: list[str] | None = None) -> dict[str, float]:
+    """What ``python -m charlm.classify`` does with its config; ``notes`` gets the checkpoint chosen
+    when none is given (the newest run trained with topics, as sample.py takes the newest run)."""
     if (cfg.text is None) == (cfg.text_file is None):
         raise UserError("give the text to classify as text_file=FILE or 'text=\"...\"' (one of them)")
-    if not cfg.ckpt:
-        raise UserError("ckpt is missing: pass ckpt=PATH, a checkpoint trained with model.topics=true")
+    ckpt = cfg.ckpt
     if cfg.text_file is not None:
         try:
             text = open(cfg.text_file, encoding="utf-8").read()
@@ -44,9 +45,13 @@ def run(cfg) -> dict[str, float]:
         text = str(cfg.text)
     if not text.strip():
         raise UserError("the text is empty; give some to classify")
-    module = load_checkpoint(cfg.ckpt)
+    if not ckpt:
+        ckpt = newest_checkpoint(cfg.runs_dir, topics=True)
+        if notes is not None:
+            notes.append(f"no ckpt given: using the newest topic run's {ckpt}")
+    module = load_checkpoint(ckpt)
     if not module.topics:
-        raise UserError(f"ckpt={cfg.ckpt} has no topics; classify needs a model trained with model.topics=true")
+        raise UserError(f"ckpt={ckpt} has no topics; classify needs a model trained with model.topics=true")
     try:
         module = module.to(cfg.device)
     except (RuntimeError, AssertionError) as err:
@@ -57,15 +62,22 @@ def run(cfg) -> dict[str, float]:
 def _main() -> None:
     import hydra
 
-    from charlm.config import CONF_DIR
+    import sys
+
+    from charlm.config import CONF_DIR, command_line
     from charlm.errors import exit_on_user_error
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="classify")
     def main(cfg) -> None:
         with exit_on_user_error():
-            for name, p in run(cfg).items():
+            notes = []
+            probabilities = run(cfg, notes)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            for name, p in probabilities.items():
                 print(f"{name:>12s}  {p:.3f}")
 
+    command_line(sys.argv, "python -m charlm.classify", "classify", "text", "text_file", "ckpt", "runs_dir")
     main()
 
 

@@ -287,16 +287,17 @@ def separate_rank_logs() -> None:
             root.addHandler(own)
 
 
-def literal_prompt_overrides(argv: list[str], key: str) -> None:
-    """Take the command line's ``key=VALUE`` (a prompt) as typed, editing ``argv`` in place
-    before Hydra reads it.
+def literal_prompt_overrides(argv: list[str], *keys: str) -> None:
+    """Take the command line's ``key=VALUE`` for each of ``keys`` (free text: a prompt, a text to
+    classify or inspect, a path, a topic's name) as typed, editing ``argv`` in place before Hydra
+    reads it.
 
     Hydra's override grammar trims the spaces around an unquoted value (``prompt="Today "`` in
     a shell reaches Hydra as ``prompt=Today `` and becomes ``'Today'``), reads ``a,b`` as a sweep
-    and ``123`` as a number, and refuses most non-ASCII letters and quotes with a multi-line
-    lexer error. A prompt is text, so such a value is handed to Hydra quoted, meaning exactly
-    the characters typed. Left as they are: a value Hydra reads as that very text, one already
-    quoted for Hydra (``'prompt="Today "'``), ``null`` (the default prompt) and one holding an
+    and ``123`` as a number, and refuses most non-ASCII letters and quotes (``Sudan's``) with a
+    multi-line lexer error. Free text is text, so such a value is handed to Hydra quoted, meaning
+    exactly the characters typed. Left as they are: a value Hydra reads as that very text, one
+    already quoted for Hydra (``'prompt="Today "'``), ``null`` (the default) and one holding an
     interpolation ``${...}``."""
     parser = OverridesParser.create()
 
@@ -308,7 +309,7 @@ def literal_prompt_overrides(argv: list[str], key: str) -> None:
 
     for i, arg in enumerate(argv[1:], start=1):
         name, sep, value = arg.partition("=")
-        if not sep or name.lstrip("+") != key or value == "null" or "${" in value:
+        if not sep or name.lstrip("+") not in keys or value == "null" or "${" in value:
             continue
         read = value_of(arg)
         if isinstance(read, str) and (read == value or value[:1] in ("'", '"')):
@@ -317,3 +318,32 @@ def literal_prompt_overrides(argv: list[str], key: str) -> None:
         escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
         if value_of(f"{name}='{escaped}'") == value:
             argv[i] = f"{name}='{escaped}'"
+
+
+TRAINING_ONLY_ROOTS = ("ckpt_path", "resume", "test")  # config.yaml's own keys besides its groups and seed
+
+
+def refuse_training_overrides(argv: list[str], command: str, config_name: str) -> None:
+    """Refuse, in one line, an override of a training setting (``model=gru``, ``+trainer.max_steps=5``,
+    ``ckpt_path=...``) given to ``command`` (``python sample.py``), whose config ``config_name`` does not
+    have it: Hydra would say ``Could not override 'model'`` and advise ``+model=gru``, which loads the
+    group only to ignore it, as the model comes from the checkpoint. Training settings are train.py's
+    config groups (the folders of ``conf/``) and its own keys; the command's own keys (``seed``) are its own."""
+    own = set(OmegaConf.load(CONF_DIR / f"{config_name}.yaml")) - {"defaults", "hydra"}
+    training = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"} | set(TRAINING_ONLY_ROOTS)
+    for arg in argv[1:]:
+        root = re.split(r"[.@/=]", arg.lstrip("+~"), maxsplit=1)[0]
+        if arg.startswith("-") or root not in training - own:
+            continue
+        raise UserError(f"{arg} is a training setting (train.py); {command.split()[-1]} reads the model from its "
+                        f"checkpoint: pass ckpt=PATH ({command} --help lists its settings)")
+
+
+def command_line(argv: list[str], command: str, config_name: str, *free_text: str) -> None:
+    """What an entry point does with its command line before Hydra reads it: a training setting
+    given to a command that samples from a checkpoint is one line (``refuse_training_overrides``),
+    and the ``free_text`` keys are taken as typed (``literal_prompt_overrides``)."""
+    if config_name != "config":
+        with exit_on_user_error():
+            refuse_training_overrides(argv, command, config_name)
+    literal_prompt_overrides(argv, *free_text)

@@ -17,12 +17,14 @@ from pathlib import Path
 from charlm.activations import MAX_CHARS, Inspection, check_text, inspect_text
 from charlm.errors import UserError
 from charlm.page import page_html
+from charlm.sampling import topic_ids
 
 
 def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CHARS, top_units: int = 5,
-               key: str = "text") -> Inspection:
-    """Inspect ``text`` with a ``CharLM`` and write the page to ``out`` atomically (a temporary file, then a
-    rename: a failed run leaves no half-written page)."""
+               key: str = "text", topic: int | None = None) -> Inspection:
+    """Inspect ``text`` with a ``CharLM`` (under topic id ``topic`` of a conditioned model; ``None``:
+    unknown) and write the page to ``out`` atomically (a temporary file, then a rename: a failed run
+    leaves no half-written page)."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         f = open(tmp, "w", encoding="utf-8")  # before the work: an unwritable out= is told at once
@@ -30,7 +32,7 @@ def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CH
         raise UserError(f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can write to") from None
     try:
         with f:
-            inspection = inspect_text(module.net, module.vocab, text, max_chars, top_units, key)
+            inspection = inspect_text(module.net, module.vocab, text, max_chars, top_units, key, topic)
             f.write(page_html(inspection, module.vocab, title, dict(module.hparams["model"])))
         os.replace(tmp, out)
     finally:
@@ -69,21 +71,27 @@ def run(cfg) -> tuple[Path, Inspection]:
         text, key, source = str(cfg.text), "text", "text"
     check_text(text, cfg.max_chars, key)
     module = load_checkpoint(cfg.ckpt)
+    topic = topic_ids(module.topics, cfg.get("topic"), every=False)  # None: unknown, as sample.py
+    topic = None if topic is None else topic[0]
     try:
         module = module.to(cfg.device)
     except (RuntimeError, AssertionError) as err:
         raise UserError(f"device={cfg.device} is not usable here ({str(err).splitlines()[0]}); use cpu, "
                         "or cuda on a machine with a GPU") from None
     out = Path(cfg.out).expanduser() if cfg.out else Path(cfg.ckpt).expanduser().parent / "inspect.html"
-    inspection = write_page(module, text, out, f"{Path(source).name} \u2014 {Path(cfg.ckpt).name}",
-                            cfg.max_chars, cfg.top_units, key)
+    name = None if not module.topics else "unknown" if topic is None else module.topics[topic]
+    title = f"{Path(source).name} \u2014 {Path(cfg.ckpt).name}" + (f", topic {name}" if name else "")
+    inspection = write_page(module, text, out, title, cfg.max_chars, cfg.top_units, key, topic)
+    inspection.topic = name
     return out, inspection
 
 
 def _main() -> None:
     import hydra
 
-    from charlm.config import CONF_DIR
+    import sys
+
+    from charlm.config import CONF_DIR, command_line
     from charlm.errors import exit_on_user_error
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="inspect")
@@ -91,9 +99,11 @@ def _main() -> None:
         with exit_on_user_error():
             out, inspection = run(cfg)
             scored = inspection.bits[1:]
+            topic = f" (topic {inspection.topic})" if inspection.topic else ""
             print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {len(inspection.text):,} characters, "
-                  f"mean {scored.mean():.4f} bits per character; open it in a browser")
+                  f"mean {scored.mean():.4f} bits per character{topic}; open it in a browser")
 
+    command_line(sys.argv, "python -m charlm.inspect", "inspect", "text", "text_file", "ckpt", "out", "topic")
     main()
 
 

@@ -280,6 +280,26 @@ def check_checkpoint_fits(checkpoint: dict, path, vocab: list[str], model_args: 
                         + ") or leave out ckpt_path")
 
 
+def newest_checkpoint(runs_dir: str | Path, topics: bool = False) -> Path:
+    """``checkpoints/best.ckpt`` of the most recently trained run under ``runs_dir`` (sample.py's
+    default); with ``topics``, of the most recent run trained with ``model.topics=true`` (classify's).
+    A checkpoint that cannot be read is passed over for ``topics``: its topics are not known."""
+    found = sorted(Path(runs_dir).rglob("checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not topics:
+        if not found:
+            raise UserError(f"no checkpoints/best.ckpt under runs_dir={runs_dir}; train first or pass ckpt=PATH")
+        return found[0]
+    for path in found:
+        try:  # mmap: the hyperparameters only, not the weights
+            hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+        except Exception:  # noqa: BLE001 - truncated, corrupt, unsafe: not a run to choose
+            continue
+        if hparams.get("topics"):
+            return path
+    raise UserError(f"no checkpoints/best.ckpt of a model trained with topics under runs_dir={runs_dir}; train one "
+                    "(python train.py model.topics=true) or pass ckpt=PATH")
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
     """A ``CharLM`` from a checkpoint file, read safely with ``read_checkpoint`` (no code can run)."""
     checkpoint = read_checkpoint(path, map_location=map_location)

@@ -103,19 +103,24 @@ def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temper
     return _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, generator, topic)
 
 
-def topic_ids(names: list[str] | None, topic) -> list[int] | None:
-    """The ids of ``topic`` (a name, any case; ``all``: every topic; ``None``: none) for a model
-    whose topics are ``names`` (``None``: an unconditioned model)."""
+def topic_ids(names: list[str] | None, topic, every: bool = True) -> list[int] | None:
+    """The ids of ``topic`` (a name, any case; ``all``: every topic; ``None``: none, the topic
+    unknown) for a model whose topics are ``names`` (``None``: an unconditioned model). Without
+    ``every`` (a command that shows one topic) ``all`` is refused."""
     if topic is None:
         return None
     if not names:
         raise UserError(f"topic={topic} needs a model trained with topics (model.topics=true); this checkpoint has "
                         "none: leave out topic")
     if str(topic).lower() == "all":
+        if not every:
+            raise UserError(f"topic=all is one topic at a time here; pass one of this model's topics: "
+                            f"{', '.join(names)} (or null: the topic unknown)")
         return list(range(len(names)))
     lower = [name.lower() for name in names]
     if str(topic).lower() not in lower:
-        raise UserError(f"topic={topic} is not one of this model's topics: {', '.join(names)} (or all, or null)")
+        raise UserError(f"topic={topic} is not one of this model's topics: {', '.join(names)} "
+                        f"({'or all, or null' if every else 'or null: the topic unknown'})")
     return [lower.index(str(topic).lower())]
 
 

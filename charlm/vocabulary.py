@@ -55,12 +55,16 @@ class Vocabulary:
         """A short line (under 200 characters) naming the characters of ``text`` that are not in
         the vocabulary (the first ``shown`` of them, in order of appearance, and how many in all),
         and the vocabulary itself when it is short, else its size (a Chinese or Korean model
-        knows thousands of characters: listing them would bury the message)."""
+        knows thousands of characters: listing them would bury the message), with the vocabulary's size
+        as the training log gives it, which counts the unknown-character id."""
         unknown = list(dict.fromkeys(np.asarray(list(text))[ids == 0].tolist()))
         names = repr("".join(unknown[:shown])) + ("" if len(unknown) <= shown else f" and {len(unknown) - shown} more")
         plural = "" if len(unknown) == 1 else "s"
         known = repr("".join(self.chars[1:]))
-        known = f"use only these: {known}" if len(known) <= 60 else f"the model knows {len(self) - 1:,} characters"
+        # the size the training log gives ("vocabulary of 84") counts id 0 too: both numbers, said so
+        known = (f"use only these: {known}" if len(known) <= 60 else
+                 f"the model knows {len(self) - 1:,} characters (its vocabulary of {len(self):,} has one more id, "
+                 "for unknown ones)")
         return f"{len(unknown)} character{plural} not in the model's vocabulary: {names}; {known}"
 
     def decode(self, ids) -> str:

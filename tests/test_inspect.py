@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from charlm.callbacks import SurprisalImage
 from charlm.data import CharDataModule
 from charlm.errors import UserError
-from charlm.activations import _inputs, inspect_text, layer_states, rank_units, text_properties
+from charlm.activations import _inputs, inspect_text, layer_states, rank_units, surprisal, text_properties
 from charlm.model import CharRNN
 from charlm.module import CharLM
 from charlm.page import page_html, read_page_data, surprisal_image
@@ -59,6 +59,34 @@ def test_step_by_step_states_equal_torchs(cell, layers, embedding_dim):
                                        "rnn": set()}[cell]
     for gate in states[0]["gates"].values():
         assert ((gate > 0) & (gate < 1)).all()
+
+
+@pytest.mark.parametrize("topic", [None, 2], ids=["topic-unknown", "topic-2"])
+@pytest.mark.parametrize("topic_mode", ["input", "state"])
+@pytest.mark.parametrize("cell, layers", [("lstm", 2), ("gru", 1)])
+def test_topic_models_states_and_surprisal_equal_the_forward(cell, layers, topic_mode, topic):
+    """A topic-conditioned model (the topic at every input, or in the initial state): every layer's last
+    state and the last layer's states at every step equal those of ``CharRNN.forward`` under the same
+    topic (``None``: the unknown topic), and so do the bits; the topic changes them."""
+    torch.manual_seed(0)
+    net = CharRNN(len(VOCAB), cell=cell, hidden_size=10, layers=layers, embedding_dim=4, topics=4, topic_dim=3,
+                  topic_mode=topic_mode).eval()
+    ids = ids_of(TEXT[:60])
+    seen = {}
+    net.rnn.register_forward_hook(lambda _, __, out: seen.update(out=out))
+    with torch.no_grad():
+        logits, state = net(ids[None], topic=None if topic is None else torch.tensor([topic]))
+    states = layer_states(net, ids, topic)
+    torch.testing.assert_close(states[-1]["h"], seen["out"][0][0], rtol=1e-5, atol=1e-6)
+    for k in range(layers):
+        torch.testing.assert_close(states[k]["h"][-1], (state[0] if cell == "lstm" else state)[k, 0], rtol=1e-5, atol=1e-6)
+        if cell == "lstm":
+            torch.testing.assert_close(states[k]["c"][-1], state[1][k, 0], rtol=1e-5, atol=1e-6)
+    logp = torch.log_softmax(logits[0, :-1], dim=-1)
+    bits = -logp[torch.arange(len(ids) - 1), ids[1:]] / math.log(2)
+    np.testing.assert_allclose(surprisal(net, ids, topic=topic)[1:], bits.numpy(), rtol=1e-5)
+    other = surprisal(net, ids, topic=1)
+    assert not np.allclose(other[1:], bits.numpy())
 
 
 @pytest.fixture

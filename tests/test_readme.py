@@ -256,3 +256,14 @@ def test_training_command_composes_as_written(cmd, tmp_path):
         key, sep, value = arg.partition("=")
         if sep and "." in key and not key.startswith("hydra"):
             assert str(OmegaConf.select(composed, key)).lower() == value.lower(), (cmd, key)
+
+
+def test_the_readme_promises_what_a_new_user_meets():
+    """What the README says of a Korean prompt and of greedy decoding holds on the default model: a
+    prompt in Hangul needs a model trained on Korean text (AG News has no Hangul), and greedy decoding
+    repeats itself until the model is well trained; each README line that shows it says so."""
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    korean = text.index("prompt=순환")
+    assert "trained on Korean text" in text[korean:korean + 100]
+    greedy = [line for line in README.read_text(encoding="utf-8").splitlines() if "temperature=0 " in line]
+    assert greedy and all("until well trained" in line or "until the model is well trained" in line for line in greedy)
