@@ -34,6 +34,7 @@ from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
 from charlm.module import CharLM, check_checkpoint_fits, read_checkpoint
 from charlm.precision import choose_precision
+from charlm.sampling import check_seed
 
 log = logging.getLogger("charlm")
 
@@ -187,8 +188,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit, test the best checkpoint, and return the final metrics."""
     if rank_zero_only.rank == 0:  # other DDP ranks run this too, in the same folder
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise UserError(f"seed={cfg.seed!r} must be a whole number")
+    check_seed(cfg.seed)  # before numpy's ValueError in seed_everything
     # one line for a missing, truncated, unsafe or foreign file, before any data is prepared
     checkpoint = read_checkpoint(cfg.ckpt_path, key="ckpt_path") if cfg.ckpt_path is not None else None
     L.seed_everything(cfg.seed, workers=True)

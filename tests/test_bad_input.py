@@ -78,7 +78,10 @@ ROWS = [
      "trainer.precision=fp8 is not known; use auto (the fastest that runs here) or one of 32-true, bf16-mixed, "
      "16-mixed, bf16-true, 16-true, 64-true"),
     ("train.py", "data.on_device=yes", HERE, "data.on_device='yes' must be true, false or auto"),
-    ("train.py", "seed=abc", HERE, "seed='abc' must be a whole number"),
+    ("train.py", "seed=abc", HERE, "seed='abc' must be a whole number in 0..4294967295 (2**32 - 1)"),
+    ("train.py", "seed=-1", HERE, "seed=-1 must be a whole number in 0..4294967295 (2**32 - 1)"),
+    ("train.py", "seed=99999999999", HERE, "seed=99999999999 must be a whole number in 0..4294967295 (2**32 - 1)"),
+    ("train.py", "data=text data.path={d}/tiny.txt data.seed=-1", HERE, "data.seed=-1 must be a whole number in 0..4294967295 (2**32 - 1)"),
     ("train.py", "ckpt_path={d}/evil.ckpt", HERE,
      "ckpt_path={d}/evil.ckpt cannot be loaded safely: it holds a pickled object (posix.system) that could run "
      "code; refused without running it — use a checkpoint written by charlm"),
@@ -124,7 +127,11 @@ ROWS = [
     ("sample.py", "top_p=0", HERE, "top_p=0 must be in (0, 1], or null for no limit"),
     ("sample.py", "top_p=1.5", HERE, "top_p=1.5 must be in (0, 1], or null for no limit"),
     ("sample.py", "length=-1", HERE, "length=-1 must be a whole number >= 0"),
-    ("sample.py", "seed=abc", HERE, "seed='abc' must be a whole number, or null for a different text each time"),
+    ("sample.py", "seed=abc", HERE,
+     "seed='abc' must be a whole number in 0..4294967295 (2**32 - 1), or null for a different text each time"),
+    ("sample.py", "ckpt={d}/model.ckpt seed=-1", HERE, "seed=-1 must be a whole number in 0..4294967295 (2**32 - 1), or null for a different text each time"),
+    ("sample.py", "ckpt={d}/model.ckpt seed=99999999999", HERE,
+     "seed=99999999999 must be a whole number in 0..4294967295 (2**32 - 1), or null for a different text each time"),
     ("sample.py", "ckpt={d}/model.ckpt prompt=Today", HERE,
      "prompt='Today' has 1 character not in the model's vocabulary: 'T'; use only these: "
      "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
