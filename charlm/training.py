@@ -33,7 +33,7 @@ from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
 from charlm.module import CharLM, check_checkpoint_fits, read_checkpoint
-from charlm.precision import choose_precision
+from charlm.precision import check_model_memory, choose_precision
 from charlm.sampling import check_seed
 
 log = logging.getLogger("charlm")
@@ -50,6 +50,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     The model and optimizer settings are checked first, so a mistake there costs no data preparation."""
     model_args = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_args(**model_args)
+    check_model_memory(model_args, cfg.trainer.accelerator, cfg.trainer.precision, cfg.optimizer)
     lr = cfg.optimizer.get("lr", 1)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a number > 0")

@@ -325,6 +325,22 @@ def test_failed_runs_leave_nothing_that_breaks_the_next_one(d, cli):
     assert len(dm.train_dataloader()) > 0
 
 
+MEMORY_MESSAGE = ("model.hidden_size=100000 with model.layers=1 needs at least 640 GB for its parameters, gradients "
+                  "and AdamW state, more than the 24 GB of memory free on cpu; choose a smaller model.hidden_size or "
+                  "model.layers")
+
+
+def test_a_model_larger_than_memory_is_refused_before_it_is_allocated(d, capsys, monkeypatch):
+    """Its weights alone would take 160 GB: told with the figure before anything is allocated, on a
+    machine given 24 GB free (the docs row shows that line)."""
+    monkeypatch.setattr("charlm.precision.free_memory", lambda device: 24 * 10**9)
+    with pytest.raises(SystemExit) as exited, exit_on_user_error():
+        run_here("train.py", f"data=text data.path={d}/tiny.txt model.hidden_size=100000".split(), d)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"error: {MEMORY_MESSAGE}\n"
+    assert f"`error: {MEMORY_MESSAGE}`" in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused(d):
     with pytest.raises(UserError, match=r"hydra.sweep.dir=.*notes.txt/sweep is not a writable folder"):
         writable_dir(d / "notes.txt" / "sweep", "hydra.sweep.dir")
