@@ -23,6 +23,8 @@ def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CH
                key: str = "text") -> Inspection:
     """Inspect ``text`` with a ``CharLM`` and write the page to ``out`` atomically (a temporary file, then a
     rename: a failed run leaves no half-written page)."""
+    if out.is_dir():  # else found only by the rename, after all the work
+        raise UserError(f"out={out} is a folder; pass the page's file name, e.g. out={out / 'inspect.html'}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         f = open(tmp, "w", encoding="utf-8")  # before the work: an unwritable out= is told at once
@@ -38,24 +40,29 @@ def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CH
     return inspection
 
 
-def read_text_file(path: str | Path, max_chars: int = MAX_CHARS) -> str:
-    """The UTF-8 text of ``path``, refused with one line when missing, not UTF-8, or over ``max_chars``
-    characters (checked from the size first, so a huge file is not read)."""
+def read_text_file(path: str | Path, max_chars: int | None = MAX_CHARS) -> str:
+    """The UTF-8 text of ``text_file=path`` (inspect, classify), refused with one line when missing, a
+    folder, unreadable, not UTF-8, or over ``max_chars`` characters (checked from the size first, so a
+    huge file is not read; ``None``: no limit)."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"text_file={path} is a folder; pass a UTF-8 text file")
+    if not path.exists():
         raise UserError(f"text_file={path} does not exist; pass a UTF-8 text file")
-    if path.stat().st_size > 4 * max_chars:  # a character is at most 4 bytes in UTF-8
+    if max_chars is not None and path.stat().st_size > 4 * max_chars:  # a character is at most 4 bytes in UTF-8
         raise UserError(f"text_file={path} has more than max_chars={max_chars} characters; inspect a part of it "
                         "or raise max_chars (the page keeps every unit's activation at every character)")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"text_file={path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t utf-8") from None
+    except OSError as err:
+        raise UserError(f"text_file={path} cannot be read ({err.strerror}); pass a UTF-8 text file you can read") from None
 
 
 def run(cfg) -> tuple[Path, Inspection]:
     """What ``python -m charlm.inspect`` does with its config: check it, load the checkpoint, write the page."""
-    from charlm.module import load_checkpoint
+    from charlm.module import load_checkpoint, usable_device
 
     if not cfg.ckpt:
         raise UserError("ckpt is not given; pass ckpt=outputs/runs/<run>/checkpoints/best.ckpt")
@@ -68,12 +75,8 @@ def run(cfg) -> tuple[Path, Inspection]:
     else:
         text, key, source = str(cfg.text), "text", "text"
     check_text(text, cfg.max_chars, key)
-    module = load_checkpoint(cfg.ckpt)
-    try:
-        module = module.to(cfg.device)
-    except (RuntimeError, AssertionError) as err:
-        raise UserError(f"device={cfg.device} is not usable here ({str(err).splitlines()[0]}); use cpu, "
-                        "or cuda on a machine with a GPU") from None
+    device = usable_device(cfg.device)
+    module = load_checkpoint(cfg.ckpt).to(device)
     out = Path(cfg.out).expanduser() if cfg.out else Path(cfg.ckpt).expanduser().parent / "inspect.html"
     inspection = write_page(module, text, out, f"{Path(source).name} \u2014 {Path(cfg.ckpt).name}",
                             cfg.max_chars, cfg.top_units, key)

@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from charlm.config import CONF_DIR, compose_config, writable_dir
 from charlm.data import CharDataModule
+from charlm.classify import run as classify_run
 from charlm.errors import UserError, exit_on_user_error
 from charlm.inspect import run as inspect_run
 from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
@@ -183,6 +184,19 @@ ROWS = [
      "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text=hello out={d}/notes.txt/page.html", HERE,
      "out={d}/notes.txt/page.html cannot be written (Not a directory); pass a path in a folder you can write to"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/texts", HERE,
+     "text_file={d}/texts is a folder; pass a UTF-8 text file"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text=hello out={d}/texts", HERE,
+     "out={d}/texts is a folder; pass the page's file name, e.g. out={d}/texts/inspect.html"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text=hello device=meta", HERE,
+     "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),
+    ("charlm.classify", "ckpt={d}/topics.ckpt text_file={d}/texts", BOTH,
+     "text_file={d}/texts is a folder; pass a UTF-8 text file"),
+    ("charlm.classify", "ckpt={d}/topics.ckpt text=hello device=meta", HERE,
+     "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),
+    ("charlm.classify", "ckpt={d}/topics.ckpt text='日本語のテキスト🚀'", HERE,
+     "text: the model knows none of its characters but spaces (9 of 9 characters are not in its vocabulary: "
+     "'日本語のテキスト' and 1 more); classify text in the language and script it was trained on"),
 ]
 HYDRA_ROWS = [  # Hydra's own multi-line message for a key that does not exist; its first line
     ("train.py", "model.hiden_size=3", "Could not override 'model.hiden_size'."),
@@ -216,9 +230,13 @@ def d(tmp_path_factory):
     (d / "photo.jpg").write_bytes(bytes(range(256)) * 4)
     (d / "people.csv").write_text("name,age\nAnn,31\n")
     (d / "notes.txt").write_text("a regular file, so nothing can be created under it (not even by root)\n")
+    (d / "texts").mkdir()  # a folder where a file belongs
     torch.manual_seed(0)
     module = CharLM(vocab=Vocabulary.from_text(TEXT).chars, model=dict(hidden_size=16, embedding_dim=4))
     save_like_lightning(module, d / "model.ckpt")
+    topics = CharLM(vocab=module.vocab.chars, model=dict(hidden_size=16, embedding_dim=4, topics=4),
+                    topics=["World", "Sports", "Business", "Sci/Tech"], topic_counts=[1, 1, 1, 1])
+    save_like_lightning(topics, d / "topics.ckpt")
     (d / "truncated.ckpt").write_bytes((d / "model.ckpt").read_bytes()[:1000])
     torch.save({"state_dict": {}, "hyper_parameters": {"vocab": Payload(d / "pwned")}}, d / "evil.ckpt")
     module.hparams["format_version"] = FORMAT_VERSION + 1
@@ -239,6 +257,10 @@ def run_here(script: str, args: list[str], d) -> None:
     if script == "charlm.inspect":
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             inspect_run(compose("inspect", overrides=args))
+        return
+    if script == "charlm.classify":
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            classify_run(compose("classify", overrides=args))
         return
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("sample", overrides=args)
@@ -339,6 +361,18 @@ def test_a_model_larger_than_memory_is_refused_before_it_is_allocated(d, capsys,
     assert exited.value.code == 2
     assert capsys.readouterr().err == f"error: {MEMORY_MESSAGE}\n"
     assert f"`error: {MEMORY_MESSAGE}`" in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+
+
+UNKNOWN_WARNING = ("2 of 11 characters of text (18%) are not in the model's vocabulary: 'ÿ'; they say nothing of "
+                   "the topic")
+
+
+def test_classify_says_how_much_of_the_text_it_does_not_know(d, capsys):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        probabilities = classify_run(compose("classify", overrides=[f"ckpt={d}/topics.ckpt", "text='the ÿÿ fox.'"]))
+    assert capsys.readouterr().err == f"warning: {UNKNOWN_WARNING}\n"
+    assert sum(probabilities.values()) == pytest.approx(1)
+    assert f"`warning: {UNKNOWN_WARNING}`" in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused(d):
