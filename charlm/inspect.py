@@ -12,9 +12,10 @@ the command.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from charlm.activations import MAX_CHARS, Inspection, check_text, inspect_text
+from charlm.activations import MAX_CHARS, Inspection, check_text, cut_note, inspect_text
 from charlm.errors import UserError
 from charlm.page import page_html
 
@@ -51,7 +52,7 @@ def read_text_file(path: str | Path, max_chars: int | None = MAX_CHARS) -> str:
         raise UserError(f"text_file={path} does not exist; pass a UTF-8 text file")
     if max_chars is not None and path.stat().st_size > 4 * max_chars:  # a character is at most 4 bytes in UTF-8
         raise UserError(f"text_file={path} has more than max_chars={max_chars} characters; inspect a part of it "
-                        "or raise max_chars (the page keeps every unit's activation at every character)")
+                        "or raise max_chars (every character is scored; the page shows the first ones)")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -80,6 +81,8 @@ def run(cfg) -> tuple[Path, Inspection]:
     out = Path(cfg.out).expanduser() if cfg.out else Path(cfg.ckpt).expanduser().parent / "inspect.html"
     inspection = write_page(module, text, out, f"{Path(source).name} \u2014 {Path(cfg.ckpt).name}",
                             cfg.max_chars, cfg.top_units, key)
+    if len(inspection.text) < len(text):
+        print(f"note: {cut_note(len(inspection.text), len(text))}", file=sys.stderr)
     return out, inspection
 
 
@@ -93,9 +96,9 @@ def _main() -> None:
     def main(cfg) -> None:
         with exit_on_user_error():
             out, inspection = run(cfg)
-            scored = inspection.bits[1:]
-            print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {len(inspection.text):,} characters, "
-                  f"mean {scored.mean():.4f} bits per character; open it in a browser")
+            whole = inspection.whole
+            print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {whole['chars']:,} characters, "
+                  f"mean {whole['mean_bits']:.4f} bits per character; open it in a browser")
 
     main()
 

@@ -173,10 +173,10 @@ ROWS = [
      "text_file={d}/latin1.txt is not UTF-8 (byte 3); convert it, e.g. iconv -t utf-8"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=1000", HERE,
      "text_file={d}/tiny.txt has more than max_chars=1000 characters; inspect a part of it or raise max_chars "
-     "(the page keeps every unit's activation at every character)"),
+     "(every character is scored; the page shows the first ones)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=10000", HERE,
      "text_file={d}/tiny.txt has 16,800 characters, more than max_chars=10000; inspect a part of it or raise "
-     "max_chars (the page keeps every unit's activation at every character)"),
+     "max_chars (every character is scored; the page shows the first ones)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text=a", HERE,
      "text has 1 character; give at least 2 (the first has no context, so it is not scored)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text=hello max_chars=1", HERE, "max_chars=1 must be a whole number >= 2"),
