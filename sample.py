@@ -6,30 +6,12 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from charlm.config import command_line
 from charlm.errors import UserError, exit_on_user_error
-from charlm.module import load_checkpoint, newest_checkpoint
+from charlm.module import load_checkpoint, newest_checkpoint, usable_device
 from charlm.sampling import check_sampling_args, default_prompt, generate, topic_ids
-
-
-def usable_device(name) -> torch.device:
-    """``torch.device(name)`` after a tensor was made and used on it, else a ``UserError``: not a
-    device name, no such device here, a backend this torch lacks, or ``meta`` (holds no data)."""
-    try:
-        device = torch.device(name)
-        if device.type == "meta":
-            raise RuntimeError("a meta tensor holds no data")
-        torch.ones(1, device=device).add_(1)
-    except TypeError:
-        raise UserError(f"device={name} is not a device name; use cpu, or cuda on a machine with a GPU") from None
-    except (RuntimeError, AssertionError, NotImplementedError) as err:
-        reason = str(err).splitlines()[0].split(". ")[0]
-        raise UserError(f"device={name} is not usable here ({reason}); use cpu, "
-                        "or cuda on a machine with a GPU") from None
-    return device
 
 
 def sample(cfg: DictConfig) -> None:

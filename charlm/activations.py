@@ -20,7 +20,14 @@ from charlm.errors import UserError
 from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
 
-MAX_CHARS = 20_000  # the page keeps every unit's activation at every character: ~2 bytes each per state
+MAX_CHARS = 20_000  # longer texts are refused unless max_chars is raised (every character is scored)
+SCORE_CHUNK = 4096  # characters per forward pass when scoring: memory holds one chunk's logits, not the text's
+# The page keeps every unit's activation (h, and c of an LSTM, of every layer; ~1.4 bytes each on the
+# page) at every character it shows, and the browser one element per character: it shows at most
+# the first PAGE_VALUES // activations-per-character characters (21,845 of the default 384-unit
+# LSTM: a 23 MB page), and never more than PAGE_CHARS. The rest of a longer text is scored only.
+PAGE_VALUES = 2**24
+PAGE_CHARS = 100_000
 TOP_K = 5
 SATURATED = (0.1, 0.9)  # a gate below / above these is left / right saturated (Karpathy, Johnson & Fei-Fei 2015)
 SIGMOID_GATES = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"), "rnn": ()}
@@ -117,29 +124,59 @@ def layer_states(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> l
 
 
 @torch.no_grad()
-def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0, topic: int | None = None):
+def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0, topic: int | None = None,
+              top_chars: int | None = None, chunk: int = SCORE_CHUNK):
     """Bits the model pays for each character of ``ids [T]`` read from a fresh state (``nan`` for the
     first, which has no context), from the model's own forward pass; with ``top_k`` also the ids and
-    probabilities of its ``top_k`` guesses for each character (row 0: -1 and 0). ``topic``: the topic
-    id of a conditioned model (``None``: unknown, the unconditioned model)."""
+    probabilities of its ``top_k`` guesses for each of the first ``top_chars`` characters (all by
+    default; row 0: -1 and 0). ``topic``: the topic id of a conditioned model (``None``: unknown, the
+    unconditioned model).
+
+    The text is read ``chunk`` characters per forward pass with the state carried, as evaluation reads
+    its streams: the same numbers as one pass, but memory holds one chunk's logits, whatever the
+    length of the text."""
     topic = topic_of(net, topic)
-    logits, _ = net(ids[None], topic=None if topic is None else torch.tensor([topic], device=ids.device))
-    logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-    bits = torch.full((len(ids),), float("nan"))
-    bits[1:] = (-logp.gather(1, ids[1:, None])[:, 0] / math.log(2)).cpu()
+    topic = None if topic is None else torch.tensor([topic], device=ids.device)
+    n = len(ids)
+    top_chars = n if top_chars is None else min(top_chars, n)
+    k = min(top_k, net.vocab_size)
+    bits = torch.full((n,), float("nan"))
+    top_ids = torch.full((top_chars, k), -1, dtype=torch.long)
+    top_probs = torch.zeros(top_chars, k)
+    state = None
+    for start in range(0, n - 1, chunk):
+        end = min(start + chunk, n - 1)  # reads ids[start:end], scores ids[start + 1:end + 1]
+        logits, state = net(ids[None, start:end], state, topic=topic)
+        logp = torch.log_softmax(logits[0].float(), dim=-1)
+        bits[start + 1:end + 1] = (-logp.gather(1, ids[start + 1:end + 1, None])[:, 0] / math.log(2)).cpu()
+        rows = min(end, top_chars - 1) - start  # of this chunk's guesses, those for the first top_chars
+        if k and rows > 0:
+            values, top = logp[:rows].topk(k, dim=-1)
+            top_ids[start + 1:start + 1 + rows], top_probs[start + 1:start + 1 + rows] = top.cpu(), values.exp().cpu()
     if not top_k:
         return bits.numpy()
-    values, top = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
-    top_ids = torch.full((len(ids), top.shape[1]), -1, dtype=torch.long)
-    top_probs = torch.zeros(len(ids), top.shape[1])
-    top_ids[1:], top_probs[1:] = top.cpu(), values.exp().cpu()
     return bits.numpy(), top_ids.numpy(), top_probs.numpy()
+
+
+def page_chars(net: CharRNN) -> int:
+    """The most characters a page shows for ``net`` (``PAGE_VALUES``, ``PAGE_CHARS``)."""
+    per_char = net.rnn.num_layers * net.rnn.hidden_size * (2 if cell_of(net) == "lstm" else 1)
+    return max(2, min(PAGE_CHARS, PAGE_VALUES // per_char))
+
+
+def cut_note(shown: int, total: int) -> str:
+    """What the page of a text longer than it shows holds (``page_chars``), and what was scored."""
+    return (f"the page shows the first {shown:,} of {total:,} characters, the most it holds for this model "
+            f"({PAGE_VALUES:,} unit activations, at most {PAGE_CHARS:,} characters); the bits per character are "
+            f"of all {total:,}")
 
 
 @dataclass
 class Inspection:
     """What the page shows of one text: its characters and ids, the bits paid for each, the top guesses,
-    every layer's states and gates (numpy, ``[T, H]``), and the units that best track each property."""
+    every layer's states and gates (numpy, ``[T, H]``), and the units that best track each property;
+    all of the characters the page shows (``page_chars``). ``whole``: the text inspected, which may
+    be longer: its characters, total and mean bits, and characters outside the vocabulary."""
     text: str
     ids: np.ndarray
     bits: np.ndarray
@@ -148,6 +185,7 @@ class Inspection:
     layers: list[dict]
     ranking: dict = field(default_factory=dict)
     topic: str | None = None  # a conditioned model's topic the text was read under ("unknown": none)
+    whole: dict = field(default_factory=dict)
 
 
 def check_text(text: str, max_chars: int = MAX_CHARS, key: str = "text") -> None:
@@ -158,28 +196,32 @@ def check_text(text: str, max_chars: int = MAX_CHARS, key: str = "text") -> None
                         "no context, so it is not scored)")
     if len(text) > max_chars:
         raise UserError(f"{key} has {len(text):,} characters, more than max_chars={max_chars}; inspect a part of it "
-                        "or raise max_chars (the page keeps every unit's activation at every character)")
+                        "or raise max_chars (every character is scored; the page shows the first ones)")
 
 
 def inspect_text(net: CharRNN, vocab: Vocabulary, text: str, max_chars: int = MAX_CHARS, top_units: int = 5,
                  key: str = "text", topic: int | None = None) -> Inspection:
-    """Score ``text`` from a fresh state and record every layer's states, and rank the units by the
-    properties of the text (``rank_units``). Characters outside the vocabulary read as id 0, as in
-    evaluation. ``topic``: the topic id of a conditioned model, for the whole text (``None``:
-    unknown, the unconditioned model)."""
+    """Score ``text`` from a fresh state (all of it, in chunks), record every layer's states for the
+    characters the page shows (the first ``page_chars``), and rank the units by the properties of
+    those. Characters outside the vocabulary read as id 0, as in evaluation. ``topic``: the topic id
+    of a conditioned model, for the whole text (``None``: unknown, the unconditioned model)."""
     check_text(text, max_chars, key)
+    shown = min(len(text), page_chars(net))
     was_training = net.training
     net.eval()
     try:
         device = next(net.parameters()).device
         ids = torch.from_numpy(vocab.encode(text).astype(np.int64)).to(device)
-        bits, top_ids, top_probs = surprisal(net, ids, TOP_K, topic)
+        bits, top_ids, top_probs = surprisal(net, ids, TOP_K, topic, top_chars=shown)
         layers = [{k: (v.cpu().numpy() if k != "gates" else {g: a.cpu().numpy() for g, a in v.items()})
-                   for k, v in layer.items()} for layer in layer_states(net, ids, topic)]
+                   for k, v in layer.items()} for layer in layer_states(net, ids[:shown], topic)]
     finally:
         net.train(was_training)
-    inspection = Inspection(text, ids.cpu().numpy(), bits, top_ids, top_probs, layers)
-    inspection.ranking = rank_units(layers, text_properties(text), top_units)
+    ids = ids.cpu().numpy()
+    whole = {"chars": len(text), "total_bits": float(np.nansum(bits, dtype=np.float64)),
+             "mean_bits": float(np.nanmean(bits, dtype=np.float64)), "unknown": int((ids == 0).sum())}
+    inspection = Inspection(text[:shown], ids[:shown], bits[:shown], top_ids, top_probs, layers, whole=whole)
+    inspection.ranking = rank_units(layers, text_properties(text[:shown]), top_units)
     return inspection
 
 

@@ -8,10 +8,13 @@ prior of the training articles give p(topic | text).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from charlm.errors import UserError
-from charlm.module import CharLM, load_checkpoint, newest_checkpoint
+from charlm.inspect import read_text_file
+from charlm.module import CharLM, load_checkpoint, newest_checkpoint, usable_device
 from charlm.sources import SEPARATOR
 from charlm.topics import article_log_likelihoods, log_prior, posterior
 
@@ -28,6 +31,24 @@ def classify(module: CharLM, text: str) -> dict[str, float]:
     return dict(sorted(zip(module.topics, probs.tolist()), key=lambda item: -item[1]))
 
 
+def unknown_characters(vocab, text: str, key: str = "text") -> str | None:
+    """A warning line when some characters of ``text`` are not in the model's vocabulary: they read as
+    the unknown id, which says nothing of the topic. Refused when it knows none but whitespace: the
+    answer would then be the prior's, however sure it looked."""
+    ids = vocab.encode(text).tolist()
+    unknown = [c for c, i in zip(text, ids) if not i]
+    if not unknown:
+        return None
+    distinct = "".join(dict.fromkeys(unknown))
+    shown = repr(distinct[:8]) + (f" and {len(distinct) - 8} more" if len(distinct) > 8 else "")
+    counted = f"{len(unknown):,} of {len(text):,} characters"
+    if all(c.isspace() for c, i in zip(text, ids) if i):
+        raise UserError(f"{key}: the model knows none of its characters but spaces ({counted} are not in its "
+                        f"vocabulary: {shown}); classify text in the language and script it was trained on")
+    return (f"{counted} of {key} ({len(unknown) / len(text):.0%}) are not in the model's vocabulary: {shown}; "
+            "they say nothing of the topic")
+
+
 def run(cfg, notes: list[str] | None = None) -> dict[str, float]:
     """What ``python -m charlm.classify`` does with its config; ``notes`` gets the checkpoint chosen
     when none is given (the newest run trained with topics, as sample.py takes the newest run)."""
@@ -35,16 +56,12 @@ def run(cfg, notes: list[str] | None = None) -> dict[str, float]:
         raise UserError("give the text to classify as text_file=FILE or 'text=\"...\"' (one of them)")
     ckpt = cfg.ckpt
     if cfg.text_file is not None:
-        try:
-            text = open(cfg.text_file, encoding="utf-8").read()
-        except FileNotFoundError:
-            raise UserError(f"text_file={cfg.text_file} does not exist; pass a UTF-8 text file") from None
-        except UnicodeDecodeError as err:
-            raise UserError(f"text_file={cfg.text_file} is not UTF-8 (byte {err.start}); convert it") from None
+        text = read_text_file(cfg.text_file, max_chars=None)  # inspect's: one line for a folder, a missing file ...
     else:
         text = str(cfg.text)
     if not text.strip():
         raise UserError("the text is empty; give some to classify")
+    device = usable_device(cfg.device)
     if not ckpt:
         ckpt = newest_checkpoint(cfg.runs_dir, topics=True)
         if notes is not None:
@@ -52,10 +69,10 @@ def run(cfg, notes: list[str] | None = None) -> dict[str, float]:
     module = load_checkpoint(ckpt)
     if not module.topics:
         raise UserError(f"ckpt={ckpt} has no topics; classify needs a model trained with model.topics=true")
-    try:
-        module = module.to(cfg.device)
-    except (RuntimeError, AssertionError) as err:
-        raise UserError(f"device={cfg.device} is not usable here ({str(err).splitlines()[0]}); use cpu") from None
+    module = module.to(device)
+    note = unknown_characters(module.vocab, text, "text" if cfg.text_file is None else f"text_file={cfg.text_file}")
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     return classify(module, text)
 
 

@@ -25,6 +25,7 @@ from charlm.cache import (CACHE_VERSION, DamagedCache, map_labels, map_tokens, r
                           write_cache)
 from charlm.config import writable_dir
 from charlm.errors import UserError
+from charlm.sampling import check_seed
 from charlm.sources import (SEPARATOR, SPLITS, Corpus, load_hub_ag_news, read_ag_news_csv, read_text_chunks,
                             split_off, split_sizes, split_tail, topic_names, train_vocabulary)
 from charlm.vocabulary import Vocabulary
@@ -106,6 +107,7 @@ class CharDataModule(L.LightningDataModule):
                                 ("eval_rows", eval_rows, 1), ("eval_chunk", eval_chunk, 1), ("num_workers", num_workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"data.{key}={value!r} must be a whole number >= {low}")
+        check_seed(seed, "data.seed")
         if on_device not in (True, False, "auto"):
             raise UserError(f"data.on_device={on_device!r} must be true, false or auto")
         self.on_device = on_device

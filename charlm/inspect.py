@@ -12,9 +12,10 @@ the command.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from charlm.activations import MAX_CHARS, Inspection, check_text, inspect_text
+from charlm.activations import MAX_CHARS, Inspection, check_text, cut_note, inspect_text
 from charlm.errors import UserError
 from charlm.page import page_html
 from charlm.sampling import topic_ids
@@ -25,6 +26,8 @@ def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CH
     """Inspect ``text`` with a ``CharLM`` (under topic id ``topic`` of a conditioned model; ``None``:
     unknown) and write the page to ``out`` atomically (a temporary file, then a rename: a failed run
     leaves no half-written page)."""
+    if out.is_dir():  # else found only by the rename, after all the work
+        raise UserError(f"out={out} is a folder; pass the page's file name, e.g. out={out / 'inspect.html'}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         f = open(tmp, "w", encoding="utf-8")  # before the work: an unwritable out= is told at once
@@ -40,24 +43,29 @@ def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CH
     return inspection
 
 
-def read_text_file(path: str | Path, max_chars: int = MAX_CHARS) -> str:
-    """The UTF-8 text of ``path``, refused with one line when missing, not UTF-8, or over ``max_chars``
-    characters (checked from the size first, so a huge file is not read)."""
+def read_text_file(path: str | Path, max_chars: int | None = MAX_CHARS) -> str:
+    """The UTF-8 text of ``text_file=path`` (inspect, classify), refused with one line when missing, a
+    folder, unreadable, not UTF-8, or over ``max_chars`` characters (checked from the size first, so a
+    huge file is not read; ``None``: no limit)."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"text_file={path} is a folder; pass a UTF-8 text file")
+    if not path.exists():
         raise UserError(f"text_file={path} does not exist; pass a UTF-8 text file")
-    if path.stat().st_size > 4 * max_chars:  # a character is at most 4 bytes in UTF-8
+    if max_chars is not None and path.stat().st_size > 4 * max_chars:  # a character is at most 4 bytes in UTF-8
         raise UserError(f"text_file={path} has more than max_chars={max_chars} characters; inspect a part of it "
-                        "or raise max_chars (the page keeps every unit's activation at every character)")
+                        "or raise max_chars (every character is scored; the page shows the first ones)")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"text_file={path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t utf-8") from None
+    except OSError as err:
+        raise UserError(f"text_file={path} cannot be read ({err.strerror}); pass a UTF-8 text file you can read") from None
 
 
 def run(cfg) -> tuple[Path, Inspection]:
     """What ``python -m charlm.inspect`` does with its config: check it, load the checkpoint, write the page."""
-    from charlm.module import load_checkpoint
+    from charlm.module import load_checkpoint, usable_device
 
     if not cfg.ckpt:
         raise UserError("ckpt is not given; pass ckpt=outputs/runs/<run>/checkpoints/best.ckpt")
@@ -70,19 +78,18 @@ def run(cfg) -> tuple[Path, Inspection]:
     else:
         text, key, source = str(cfg.text), "text", "text"
     check_text(text, cfg.max_chars, key)
+    device = usable_device(cfg.device)
     module = load_checkpoint(cfg.ckpt)
     topic = topic_ids(module.topics, cfg.get("topic"), every=False)  # None: unknown, as sample.py
     topic = None if topic is None else topic[0]
-    try:
-        module = module.to(cfg.device)
-    except (RuntimeError, AssertionError) as err:
-        raise UserError(f"device={cfg.device} is not usable here ({str(err).splitlines()[0]}); use cpu, "
-                        "or cuda on a machine with a GPU") from None
+    module = module.to(device)
     out = Path(cfg.out).expanduser() if cfg.out else Path(cfg.ckpt).expanduser().parent / "inspect.html"
     name = None if not module.topics else "unknown" if topic is None else module.topics[topic]
     title = f"{Path(source).name} \u2014 {Path(cfg.ckpt).name}" + (f", topic {name}" if name else "")
     inspection = write_page(module, text, out, title, cfg.max_chars, cfg.top_units, key, topic)
     inspection.topic = name
+    if len(inspection.text) < len(text):
+        print(f"note: {cut_note(len(inspection.text), len(text))}", file=sys.stderr)
     return out, inspection
 
 
@@ -98,10 +105,10 @@ def _main() -> None:
     def main(cfg) -> None:
         with exit_on_user_error():
             out, inspection = run(cfg)
-            scored = inspection.bits[1:]
+            whole = inspection.whole
             topic = f" (topic {inspection.topic})" if inspection.topic else ""
-            print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {len(inspection.text):,} characters, "
-                  f"mean {scored.mean():.4f} bits per character{topic}; open it in a browser")
+            print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {whole['chars']:,} characters, "
+                  f"mean {whole['mean_bits']:.4f} bits per character{topic}; open it in a browser")
 
     command_line(sys.argv, "python -m charlm.inspect", "inspect", "text", "text_file", "ckpt", "out", "topic")
     main()

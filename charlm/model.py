@@ -53,6 +53,26 @@ def matmul_flops_per_char(cell: str, hidden_size: int, layers: int, vocab_size: 
     return sum(2 * GATES[cell] * hidden_size * (n + hidden_size) for n in inputs) + 2 * hidden_size * vocab_size
 
 
+def parameter_count(vocab_size: int, cell: str = "lstm", hidden_size: int = 256, layers: int = 1,
+                    embedding_dim: int = 0, topics: int | bool = 0, topic_dim: int = 16, topic_mode: str = "input",
+                    **_) -> int:
+    """The parameters of ``CharRNN(vocab_size, ...)``, counted from its settings without building it
+    (so a model too large for memory is told before it is allocated): every recurrent layer's
+    input and recurrent weights and their two biases, the embedding, the head, and the topic
+    embedding and initial-state projection of a topic-conditioned model (``topics=true``: one topic)."""
+    topics = int(topics)
+    extra = topic_dim if topics and topic_mode == "input" else 0
+    inputs = [(embedding_dim or vocab_size) + extra] + [hidden_size] * (layers - 1)
+    count = sum(GATES[cell] * hidden_size * (n + hidden_size + 2) for n in inputs)
+    count += embedding_dim * vocab_size + (hidden_size + 1) * vocab_size
+    if topics:
+        count += (topics + 1) * topic_dim
+        if topic_mode == "state":
+            states = (2 if cell == "lstm" else 1) * layers * hidden_size
+            count += (topic_dim + 1) * states
+    return count
+
+
 class CharRNN(nn.Module):
     """Character-level recurrent language model.
 

@@ -312,3 +312,22 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
         raise UserError(f"ckpt={path} does not match its own model settings ({str(err).splitlines()[0]}); "
                         "it was edited or written by another version") from None
     return module.eval()
+
+
+def usable_device(name) -> torch.device:
+    """``torch.device(name)`` (``device=`` of sample.py, classify and inspect: cpu, cuda, cuda:N, mps ...)
+    after a tensor was made and used on it, else a ``UserError``: not a device name, no such device
+    here, a backend this torch lacks, or ``meta`` (holds no data; a model moved there fails only
+    when it computes)."""
+    try:
+        device = torch.device(name)
+        if device.type == "meta":
+            raise RuntimeError("a meta tensor holds no data")
+        torch.ones(1, device=device).add_(1)
+    except TypeError:
+        raise UserError(f"device={name} is not a device name; use cpu, or cuda on a machine with a GPU") from None
+    except (RuntimeError, AssertionError, NotImplementedError) as err:
+        reason = str(err).splitlines()[0].split(". ")[0]
+        raise UserError(f"device={name} is not usable here ({reason}); use cpu, "
+                        "or cuda on a machine with a GPU") from None
+    return device

@@ -37,17 +37,19 @@ def _quantized(a: np.ndarray) -> dict:
 
 def page_data(inspection: Inspection, vocab: Vocabulary, title: str, model: dict) -> dict:
     """Everything the page shows, as JSON-ready data (what ``page_html`` embeds and tests read back)."""
-    bits = inspection.bits
-    scored = bits[1:]
+    scored = inspection.bits[1:]
+    whole = inspection.whole or {"chars": len(inspection.text), "total_bits": float(scored.sum()),
+                                 "mean_bits": float(scored.mean()), "unknown": int((inspection.ids == 0).sum())}
     states = [{"layer": i, "kind": kind, **_quantized(layer[kind])}
               for i, layer in enumerate(inspection.layers) for kind in ("h", "c") if kind in layer]
     return {
         "title": title, "model": model, "vocab": vocab.chars, "chars": list(inspection.text),
-        "unknown": int((inspection.ids == 0).sum()),
+        "total_chars": whole["chars"],  # more than the characters shown when the text was cut (page_chars)
+        "unknown": whole["unknown"],
         "bits": [None] + [round(float(b), 4) for b in scored],
         "top_ids": inspection.top_ids.tolist(),
         "top_probs": [[round(float(p), 5) for p in row] for row in inspection.top_probs],
-        "total_bits": round(float(scored.sum()), 3), "mean_bits": round(float(scored.mean()), 4),
+        "total_bits": round(whole["total_bits"], 3), "mean_bits": round(whole["mean_bits"], 4),
         "hidden_size": int(inspection.layers[0]["h"].shape[1]), "layers": len(inspection.layers),
         "states": states, "ranking": inspection.ranking,
         "scale": {"stops": [[s, list(c)] for s, c in BITS_STOPS]},
@@ -260,7 +262,9 @@ D.chars.forEach((c, i) => {
 });
 textEl.appendChild(frag);
 document.getElementById("summary").textContent =
-  `${N.toLocaleString()} characters, ${D.total_bits.toLocaleString()} bits in all, ` +
+  (D.total_chars > N ? `the first ${N.toLocaleString()} of ${D.total_chars.toLocaleString()} characters (the most a ` +
+   `page shows for this model; units and gates are of these), and over all ${D.total_chars.toLocaleString()}: `
+   : `${N.toLocaleString()} characters, `) + `${D.total_bits.toLocaleString()} bits in all, ` +
   `mean ${fmt(D.mean_bits, 3)} bits per character (the first character has no context and is not scored)` +
   (D.unknown ? `; ${D.unknown} characters are outside the model's vocabulary` : "") +
   ` \u2014 ${D.model.cell} \u00d7 ${D.layers} layer(s) of ${H}, embedding ${D.model.embedding_dim || "one-hot"}`;

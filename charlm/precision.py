@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm.errors import UserError
-from charlm.model import CharRNN
+from charlm.model import CharRNN, parameter_count
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,54 @@ def training_device(accelerator: str) -> torch.device:
     if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for a new model on ``device``: a GPU's free memory, the CPU's available memory
+    (``MemAvailable`` of /proc/meminfo, which counts the page cache the kernel can drop, else the
+    free pages); ``None`` where it is not known (MPS, another OS)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.0f} GB" if n >= 1e11 else f"{n / 1e9:.3g} GB"
+
+
+def check_model_memory(model_args: dict, accelerator: str, precision, optimizer: dict) -> None:
+    """Refuse, in one line and before anything is allocated, a model whose parameters, gradients
+    and optimizer state alone (Adam-type: two more copies; SGD with momentum: one) need more
+    memory than is free on the training device; activations come on top, so this is a lower
+    bound (the vocabulary, not known yet, counts as one character). Otherwise the first
+    allocation fails with a traceback (``model.hidden_size=100000``: 160 GB for one matrix)."""
+    device = training_device(accelerator)
+    free = free_memory(device)
+    if free is None:
+        return
+    name = str(optimizer.get("_target_", "")).rsplit(".", 1)[-1]
+    extra, state = 0, ""
+    if "adam" in name.lower():
+        extra, state = 2, f"{name} state"  # exp_avg and exp_avg_sq
+    elif optimizer.get("momentum"):
+        extra, state = 1, f"{name} momentum"
+    width = {"64-true": 8, "16-true": 2, "bf16-true": 2}.get(SHORT.get(str(precision), str(precision)), 4)
+    need = parameter_count(1, **model_args) * width * (2 + extra)
+    if need > free:
+        what = "its parameters, gradients" + (f" and {state}" if state else "")
+        raise UserError(f"model.hidden_size={model_args['hidden_size']} with model.layers={model_args['layers']} needs "
+                        f"at least {_gb(need)} for {what}, more than the {_gb(free)} of memory free on {device}; "
+                        "choose a smaller model.hidden_size or model.layers")
 
 
 def on_gpu(device: torch.device) -> bool:

@@ -13,6 +13,16 @@ from charlm.vocabulary import Vocabulary
 
 
 DEFAULT_PROMPT = "today "  # how AG News articles often start
+MAX_SEED = 2**32 - 1  # numpy's seeds (and so Lightning's seed_everything) are 0..2**32-1; one range for every seed
+
+
+def check_seed(seed, key: str = "seed", null: str = "") -> None:
+    """Refuse a ``seed`` that is not a whole number in ``0..MAX_SEED``, naming ``key``; ``null``: what
+    ``null`` means where it is allowed (the refusal then offers it)."""
+    if (seed is None and null) or (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        return
+    raise UserError(f"{key}={seed!r} must be a whole number in 0..{MAX_SEED} (2**32 - 1)"
+                    + (f", or null {null}" if null else ""))
 
 
 def default_prompt(vocab: Vocabulary) -> tuple[str, str | None]:
@@ -47,8 +57,7 @@ def check_sampling_args(length: int, temperature: float, top_k: int | None, top_
         raise UserError(f"top_p={top_p!r} must be in (0, 1], or null for no limit")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise UserError(f"num_samples={num_samples!r} must be a whole number >= 1")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise UserError(f"seed={seed!r} must be a whole number, or null for a different text each time")
+    check_seed(seed, null="for a different text each time")
 
 
 def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,

@@ -33,7 +33,8 @@ from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
 from charlm.module import CharLM, check_checkpoint_fits, read_checkpoint
-from charlm.precision import choose_precision
+from charlm.precision import check_model_memory, choose_precision
+from charlm.sampling import check_seed
 from charlm.summary import undertrained
 
 log = logging.getLogger("charlm")
@@ -54,6 +55,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     The model and optimizer settings are checked first, so a mistake there costs no data preparation."""
     model_args = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_args(**model_args)
+    check_model_memory(model_args, cfg.trainer.accelerator, cfg.trainer.precision, cfg.optimizer)
     lr = cfg.optimizer.get("lr", 1)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a number > 0")
@@ -199,8 +201,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit, test the best checkpoint, and return the final metrics."""
     if rank_zero_only.rank == 0:  # other DDP ranks run this too, in the same folder
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise UserError(f"seed={cfg.seed!r} must be a whole number")
+    check_seed(cfg.seed)  # before numpy's ValueError in seed_everything
     # one line for a missing, truncated, unsafe or foreign file, before any data is prepared
     checkpoint = read_checkpoint(cfg.ckpt_path, key="ckpt_path") if cfg.ckpt_path is not None else None
     L.seed_everything(cfg.seed, workers=True)

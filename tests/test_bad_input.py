@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from charlm.config import CONF_DIR, compose_config, writable_dir
 from charlm.data import CharDataModule
+from charlm.classify import run as classify_run
 from charlm.errors import UserError, exit_on_user_error
 from charlm.inspect import run as inspect_run
 from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
@@ -79,7 +80,10 @@ ROWS = [
      "trainer.precision=fp8 is not known; use auto (the fastest that runs here) or one of 32-true, bf16-mixed, "
      "16-mixed, bf16-true, 16-true, 64-true"),
     ("train.py", "data.on_device=yes", HERE, "data.on_device='yes' must be true, false or auto"),
-    ("train.py", "seed=abc", HERE, "seed='abc' must be a whole number"),
+    ("train.py", "seed=abc", HERE, "seed='abc' must be a whole number in 0..4294967295 (2**32 - 1)"),
+    ("train.py", "seed=-1", HERE, "seed=-1 must be a whole number in 0..4294967295 (2**32 - 1)"),
+    ("train.py", "seed=99999999999", HERE, "seed=99999999999 must be a whole number in 0..4294967295 (2**32 - 1)"),
+    ("train.py", "data=text data.path={d}/tiny.txt data.seed=-1", HERE, "data.seed=-1 must be a whole number in 0..4294967295 (2**32 - 1)"),
     ("train.py", "ckpt_path={d}/evil.ckpt", HERE,
      "ckpt_path={d}/evil.ckpt cannot be loaded safely: it holds a pickled object (posix.system) that could run "
      "code; refused without running it — use a checkpoint written by charlm"),
@@ -125,7 +129,11 @@ ROWS = [
     ("sample.py", "top_p=0", HERE, "top_p=0 must be in (0, 1], or null for no limit"),
     ("sample.py", "top_p=1.5", HERE, "top_p=1.5 must be in (0, 1], or null for no limit"),
     ("sample.py", "length=-1", HERE, "length=-1 must be a whole number >= 0"),
-    ("sample.py", "seed=abc", HERE, "seed='abc' must be a whole number, or null for a different text each time"),
+    ("sample.py", "seed=abc", HERE,
+     "seed='abc' must be a whole number in 0..4294967295 (2**32 - 1), or null for a different text each time"),
+    ("sample.py", "ckpt={d}/model.ckpt seed=-1", HERE, "seed=-1 must be a whole number in 0..4294967295 (2**32 - 1), or null for a different text each time"),
+    ("sample.py", "ckpt={d}/model.ckpt seed=99999999999", HERE,
+     "seed=99999999999 must be a whole number in 0..4294967295 (2**32 - 1), or null for a different text each time"),
     ("sample.py", "ckpt={d}/model.ckpt prompt=Today", HERE,
      "prompt='Today' has 1 character not in the model's vocabulary: 'T'; use only these: "
      "'\\n .0123456789:abcdefghijklmnopqrstuvwxyz'"),
@@ -166,10 +174,10 @@ ROWS = [
      "text_file={d}/latin1.txt is not UTF-8 (byte 3); convert it, e.g. iconv -t utf-8"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=1000", HERE,
      "text_file={d}/tiny.txt has more than max_chars=1000 characters; inspect a part of it or raise max_chars "
-     "(the page keeps every unit's activation at every character)"),
+     "(every character is scored; the page shows the first ones)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/tiny.txt max_chars=10000", HERE,
      "text_file={d}/tiny.txt has 16,800 characters, more than max_chars=10000; inspect a part of it or raise "
-     "max_chars (the page keeps every unit's activation at every character)"),
+     "max_chars (every character is scored; the page shows the first ones)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text=a", HERE,
      "text has 1 character; give at least 2 (the first has no context, so it is not scored)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text=hello max_chars=1", HERE, "max_chars=1 must be a whole number >= 2"),
@@ -177,6 +185,19 @@ ROWS = [
      "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text=hello out={d}/notes.txt/page.html", HERE,
      "out={d}/notes.txt/page.html cannot be written (Not a directory); pass a path in a folder you can write to"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/texts", HERE,
+     "text_file={d}/texts is a folder; pass a UTF-8 text file"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text=hello out={d}/texts", HERE,
+     "out={d}/texts is a folder; pass the page's file name, e.g. out={d}/texts/inspect.html"),
+    ("charlm.inspect", "ckpt={d}/model.ckpt text=hello device=meta", HERE,
+     "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),
+    ("charlm.classify", "ckpt={d}/topics.ckpt text_file={d}/texts", BOTH,
+     "text_file={d}/texts is a folder; pass a UTF-8 text file"),
+    ("charlm.classify", "ckpt={d}/topics.ckpt text=hello device=meta", HERE,
+     "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),
+    ("charlm.classify", "ckpt={d}/topics.ckpt text='日本語のテキスト🚀'", HERE,
+     "text: the model knows none of its characters but spaces (9 of 9 characters are not in its vocabulary: "
+     "'日本語のテキスト' and 1 more); classify text in the language and script it was trained on"),
 ]
 HYDRA_ROWS = [  # Hydra's own multi-line message for a key that does not exist; its first line
     ("train.py", "model.hiden_size=3", "Could not override 'model.hiden_size'."),
@@ -210,9 +231,13 @@ def d(tmp_path_factory):
     (d / "photo.jpg").write_bytes(bytes(range(256)) * 4)
     (d / "people.csv").write_text("name,age\nAnn,31\n")
     (d / "notes.txt").write_text("a regular file, so nothing can be created under it (not even by root)\n")
+    (d / "texts").mkdir()  # a folder where a file belongs
     torch.manual_seed(0)
     module = CharLM(vocab=Vocabulary.from_text(TEXT).chars, model=dict(hidden_size=16, embedding_dim=4))
     save_like_lightning(module, d / "model.ckpt")
+    topics = CharLM(vocab=module.vocab.chars, model=dict(hidden_size=16, embedding_dim=4, topics=4),
+                    topics=["World", "Sports", "Business", "Sci/Tech"], topic_counts=[1, 1, 1, 1])
+    save_like_lightning(topics, d / "topics.ckpt")
     (d / "truncated.ckpt").write_bytes((d / "model.ckpt").read_bytes()[:1000])
     torch.save({"state_dict": {}, "hyper_parameters": {"vocab": Payload(d / "pwned")}}, d / "evil.ckpt")
     module.hparams["format_version"] = FORMAT_VERSION + 1
@@ -233,6 +258,10 @@ def run_here(script: str, args: list[str], d) -> None:
     if script == "charlm.inspect":
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             inspect_run(compose("inspect", overrides=args))
+        return
+    if script == "charlm.classify":
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            classify_run(compose("classify", overrides=args))
         return
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("sample", overrides=args)
@@ -353,6 +382,34 @@ def test_a_refused_run_removes_only_a_folder_it_created_that_holds_no_checkpoint
     with pytest.raises(RuntimeError), removed_if_refused(bug):
         raise RuntimeError("a bug, not a refusal: the folder keeps its train.log for the report")
     assert bug.exists()
+
+
+MEMORY_MESSAGE = ("model.hidden_size=100000 with model.layers=1 needs at least 640 GB for its parameters, gradients "
+                  "and AdamW state, more than the 24 GB of memory free on cpu; choose a smaller model.hidden_size or "
+                  "model.layers")
+
+
+def test_a_model_larger_than_memory_is_refused_before_it_is_allocated(d, capsys, monkeypatch):
+    """Its weights alone would take 160 GB: told with the figure before anything is allocated, on a
+    machine given 24 GB free (the docs row shows that line)."""
+    monkeypatch.setattr("charlm.precision.free_memory", lambda device: 24 * 10**9)
+    with pytest.raises(SystemExit) as exited, exit_on_user_error():
+        run_here("train.py", f"data=text data.path={d}/tiny.txt model.hidden_size=100000".split(), d)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"error: {MEMORY_MESSAGE}\n"
+    assert f"`error: {MEMORY_MESSAGE}`" in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+
+
+UNKNOWN_WARNING = ("2 of 11 characters of text (18%) are not in the model's vocabulary: 'ÿ'; they say nothing of "
+                   "the topic")
+
+
+def test_classify_says_how_much_of_the_text_it_does_not_know(d, capsys):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        probabilities = classify_run(compose("classify", overrides=[f"ckpt={d}/topics.ckpt", "text='the ÿÿ fox.'"]))
+    assert capsys.readouterr().err == f"warning: {UNKNOWN_WARNING}\n"
+    assert sum(probabilities.values()) == pytest.approx(1)
+    assert f"`warning: {UNKNOWN_WARNING}`" in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused(d):

@@ -19,7 +19,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from charlm.callbacks import SurprisalImage
 from charlm.data import CharDataModule
 from charlm.errors import UserError
-from charlm.activations import _inputs, inspect_text, layer_states, rank_units, surprisal, text_properties
+from charlm.inspect import run as inspect_run
+from charlm import activations
+from charlm.activations import (SCORE_CHUNK, _inputs, cut_note, inspect_text, layer_states, page_chars, rank_units,
+                                surprisal, text_properties)
 from charlm.model import CharRNN
 from charlm.module import CharLM
 from charlm.page import page_html, read_page_data, surprisal_image
@@ -166,6 +169,46 @@ def test_long_texts_are_refused_with_one_line(module):
         inspect_text(module.net, module.vocab, "a" * 12, max_chars=10)
     with pytest.raises(UserError, match="give at least 2"):
         inspect_text(module.net, module.vocab, "a")
+
+
+def test_a_long_text_is_scored_in_chunks_as_in_one_pass(module):
+    """Memory does not grow with the text: the network never reads more than SCORE_CHUNK characters at
+    once (the state carried, as evaluation does), and the numbers are those of one pass."""
+    text = (TEXT * 40)[: 2 * SCORE_CHUNK + 123]
+    read = []
+    hook = module.net.register_forward_hook(lambda net, args, output: read.append(args[0].shape[1]))
+    try:
+        inspection = inspect_text(module.net, module.vocab, text)
+    finally:
+        hook.remove()
+    assert max(read) == SCORE_CHUNK and sum(read) == len(text) - 1
+    one_pass = surprisal(module.net, ids_of(text), 5, chunk=len(text))
+    np.testing.assert_allclose(inspection.whole["mean_bits"], np.nanmean(one_pass[0]), rtol=1e-5)
+    np.testing.assert_allclose(inspection.bits[1:], one_pass[0][1:len(inspection.text)], atol=1e-4)
+    chunked = surprisal(module.net, ids_of(text), 5, top_chars=200, chunk=64)
+    np.testing.assert_allclose(chunked[0][1:], one_pass[0][1:], atol=1e-4)
+    assert (chunked[1][1:] == one_pass[1][1:200]).all() and chunked[1].shape == (200, 5)
+
+
+def test_the_page_of_a_long_text_is_cut_with_a_note(module, tmp_path, monkeypatch, capsys):
+    """A page shows at most page_chars characters (with every unit's activation at each): a longer
+    text is scored whole, its page cut, and one note says so; the mean bits are of the whole text."""
+    assert page_chars(CharRNN(100, "lstm", hidden_size=384)) == 21_845  # the default model: docs/inspect.md
+    note = f"`note: {cut_note(21_845, 5_000_000)}`"
+    assert note in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    monkeypatch.setattr(activations, "PAGE_VALUES", 300 * 2 * 16 * 2)  # 2 layers of 16, h and c: 300 characters
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    (tmp_path / "long.txt").write_text(TEXT * 6)  # 1,152 characters
+    out, inspection = inspect_run(types.SimpleNamespace(ckpt=str(ckpt), text=None, text_file=str(tmp_path / "long.txt"),
+                                                        out=str(tmp_path / "page.html"), max_chars=20_000, top_units=5,
+                                                        device="cpu"))
+    assert capsys.readouterr().err == f"note: {cut_note(300, len(TEXT) * 6)}\n"
+    data = read_page_data(out.read_text(encoding="utf-8"))
+    assert len(data["chars"]) == len(data["bits"]) == len(data["top_ids"]) == 300 and data["total_chars"] == len(TEXT) * 6
+    assert len(base64.b64decode(data["states"][0]["q"])) == 300 * 16
+    bits = surprisal(module.net, ids_of(TEXT * 6))
+    assert data["mean_bits"] == pytest.approx(np.nanmean(bits), abs=1e-4)
 
 
 def test_command_writes_a_page_a_browser_renders(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from charlm.errors import UserError
-from charlm.model import CharRNN
+from charlm.model import CharRNN, parameter_count
 
 
 @pytest.mark.parametrize("cell, layers, embedding_dim", list(itertools.product(["lstm", "gru", "rnn"], [1, 2, 3], [0, 8])))
@@ -48,3 +48,12 @@ def test_dropout_regularizes_a_one_layer_model_in_training_only():
 def test_bad_model_settings_are_refused(kwargs, message):
     with pytest.raises(UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
         CharRNN(vocab_size=5, **kwargs)
+
+
+@pytest.mark.parametrize("cell, layers, embedding_dim, topics, topic_mode",
+                         list(itertools.product(["lstm", "gru", "rnn"], [1, 3], [0, 5], [0, 4], ["input", "state"])))
+def test_parameter_count_from_the_settings_is_the_modules(cell, layers, embedding_dim, topics, topic_mode):
+    """What ``charlm.precision.check_model_memory`` counts before building a model is what it holds."""
+    args = dict(cell=cell, hidden_size=7, layers=layers, embedding_dim=embedding_dim, topics=topics, topic_dim=3,
+                topic_mode=topic_mode)
+    assert parameter_count(11, **args) == sum(p.numel() for p in CharRNN(11, **args).parameters())
