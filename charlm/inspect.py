@@ -80,7 +80,7 @@ def run(cfg) -> tuple[Path, Inspection]:
     check_text(text, cfg.max_chars, key)
     device = usable_device(cfg.device)
     module = load_checkpoint(cfg.ckpt)
-    topic = topic_ids(module.topics, cfg.get("topic"), every=False)  # None: unknown, as sample.py
+    topic = topic_ids(module.topics, cfg.topic, every=False)  # None: unknown, as sample.py
     topic = None if topic is None else topic[0]
     module = module.to(device)
     out = Path(cfg.out).expanduser() if cfg.out else Path(cfg.ckpt).expanduser().parent / "inspect.html"

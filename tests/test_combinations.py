@@ -162,7 +162,8 @@ def test_text_with_commas_and_apostrophes_as_typed(runs, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["classify", "text=Oil prices rise, dollar weakens"])
     classify._main()
     out, err = capsys.readouterr()
-    assert err == f"note: no ckpt given: using the newest topic run's {ckpts['topics'].relative_to(folder)}\n"
+    # (the tiny test corpus lacks most of these letters: classify says so in a warning line first)
+    assert err.splitlines()[-1] == f"note: no ckpt given: using the newest topic run's {ckpts['topics'].relative_to(folder)}"
     assert sorted(line.split()[0] for line in out.splitlines()) == sorted(TOPICS)
     text = "Sudan's talks, again"
     monkeypatch.setattr("sys.argv", ["inspect", f"ckpt={ckpts['topics']}", f"text={text}", "topic=Sports",

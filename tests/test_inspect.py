@@ -200,7 +200,7 @@ def test_the_page_of_a_long_text_is_cut_with_a_note(module, tmp_path, monkeypatc
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
     (tmp_path / "long.txt").write_text(TEXT * 6)  # 1,152 characters
-    out, inspection = inspect_run(types.SimpleNamespace(ckpt=str(ckpt), text=None, text_file=str(tmp_path / "long.txt"),
+    out, inspection = inspect_run(types.SimpleNamespace(ckpt=str(ckpt), topic=None, text=None, text_file=str(tmp_path / "long.txt"),
                                                         out=str(tmp_path / "page.html"), max_chars=20_000, top_units=5,
                                                         device="cpu"))
     assert capsys.readouterr().err == f"note: {cut_note(300, len(TEXT) * 6)}\n"
