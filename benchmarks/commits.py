@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import os
 
-from common import ROOT, AG_NEWS_TEST, median, print_table, require
+from common import AG_NEWS_TEST, median, print_table, require, worktrees
 
 # run inside the commit's worktree: its own charlm and its own throughput.py
 PROBE = """
@@ -32,17 +31,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     require(AG_NEWS_TEST)
-    trees = {}
     results: dict[str, list[tuple[float, float]]] = {c: [] for c in args.commits}
-    try:  # every worktree made is removed, also when a later one or a probe fails
-        for commit in args.commits:
-            # beside the checkout, where each commit's benchmarks find the shared data (../shared)
-            tree = ROOT.parent / f".charlm-{commit.replace('/', '_')}-{os.getpid()}"
-            add = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT,
-                                 capture_output=True, text=True)
-            if add.returncode:
-                sys.exit(f"error: no worktree for {commit}: {add.stderr.strip().splitlines()[-1]}")
-            trees[commit] = tree
+    with worktrees(args.commits) as trees:
         for _ in range(args.rounds):
             for commit, tree in trees.items():
                 run = subprocess.run([sys.executable, "-c", PROBE.format(steps=args.steps)], cwd=tree,
@@ -52,9 +42,6 @@ def main() -> None:
                 out = run.stdout.split()
                 results[commit].append((float(out[-2]), float(out[-1])))
                 print(commit, results[commit][-1], file=sys.stderr, flush=True)
-    finally:
-        for tree in trees.values():
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     rows = [[c, " / ".join(f"{p:,.0f}" for p, _ in r), f"{median(p for p, _ in r):,.0f}",
              " / ".join(f"{q:,.0f}" for _, q in r), f"{median(q for _, q in r):,.0f}"] for c, r in results.items()]
     print(f"\ndefault model, {args.steps} steps a measurement, {args.rounds} alternated rounds\n")

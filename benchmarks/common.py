@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -64,3 +65,22 @@ def train_together(overrides: list[list[str]], run_dirs: list[Path], threads: in
             sys.exit(f"error: {' '.join(cmd)} failed:\n{stderr[-2000:]}")
     return [json.loads((Path(run_dir) / "metrics.json").read_text()) for run_dir in run_dirs]
 
+
+@contextlib.contextmanager
+def worktrees(commits: list[str]):
+    """A git worktree of each commit (commit -> folder), beside the checkout, where each commit's own
+    benchmarks find the shared data (../shared); every one made is removed on the way out, also when
+    a later one or a measurement fails."""
+    trees = {}
+    try:
+        for commit in commits:
+            tree = ROOT.parent / f".charlm-{commit.replace('/', '_')}-{os.getpid()}"
+            add = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT,
+                                 capture_output=True, text=True)
+            if add.returncode:
+                sys.exit(f"error: no worktree for {commit}: {add.stderr.strip().splitlines()[-1]}")
+            trees[commit] = tree
+        yield trees
+    finally:
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import AG_NEWS_TEST, ROOT, duration, median, print_table, require
+from common import AG_NEWS_TEST, duration, median, print_table, require, worktrees
 
 HOG = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
 
@@ -59,24 +59,14 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=20, help="seconds both cores are held at the start")
     args = parser.parse_args()
     require(AG_NEWS_TEST)
-    trees, results = {}, {c: [] for c in args.commits}
-    try:  # every worktree made is removed, also when a later one or a run fails
-        for commit in args.commits:
-            tree = ROOT.parent / f".charlm-{commit.replace('/', '_')}-{os.getpid()}"
-            add = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT,
-                                 capture_output=True, text=True)
-            if add.returncode:
-                sys.exit(f"error: no worktree for {commit}: {add.stderr.strip().splitlines()[-1]}")
-            trees[commit] = tree
+    results = {c: [] for c in args.commits}
+    with worktrees(args.commits) as trees:
         for _ in range(args.rounds):
             for commit, tree in trees.items():
                 with tempfile.TemporaryDirectory() as tmp:
                     started = time.monotonic()
                     results[commit].append(one_run(tree, args.budget, args.busy, Path(tmp)))
                 print(commit, results[commit][-1], f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    finally:
-        for tree in trees.values():
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     print(f"\ndefault model on AG News, trainer.max_time={args.budget} s, both cores busy for the first {args.busy} s, "
           f"{args.rounds} alternated rounds (median; each round's figure after the slash)\n")
     rows = []

@@ -1,4 +1,5 @@
 import csv
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -41,3 +42,16 @@ def run_script(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedPr
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def started_together(target, path, cache_dir, built_log, n: int = 3) -> list[int]:
+    """``target(path, cache_dir, barrier, built_log)`` in ``n`` forked processes that pass one barrier
+    together (to race for a cache); their exit codes."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(n)
+    workers = [context.Process(target=target, args=(path, cache_dir, barrier, built_log)) for _ in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    return [w.exitcode for w in workers]

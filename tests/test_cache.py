@@ -5,7 +5,6 @@ No damage leaves a state that fails every later run."""
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
@@ -16,6 +15,7 @@ import pytest
 import charlm.cache
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
+from conftest import started_together
 
 SPLIT_FILES = ("train", "val", "test", "train_labels", "val_labels", "test_labels")
 
@@ -186,15 +186,8 @@ def test_processes_opening_a_damaged_cache_together_encode_it_once(tiny_csv, tmp
     cache = make_dm(tiny_csv, tmp_path / "cache").cache_path
     good = contents(cache)
     delete("meta.json")(cache)  # the case that failed every later run with "Errno 39: Directory not empty"
-    context = multiprocessing.get_context("fork")
-    barrier, built_log = context.Barrier(3), tmp_path / "built.txt"
-    workers = [context.Process(target=_open_together, args=(tiny_csv, tmp_path / "cache", barrier, built_log))
-               for _ in range(3)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-    assert [w.exitcode for w in workers] == [0, 0, 0]
+    built_log = tmp_path / "built.txt"
+    assert started_together(_open_together, tiny_csv, tmp_path / "cache", built_log) == [0, 0, 0]
     assert len(built_log.read_text().split()) == 1
     assert same(contents(cache), good)
 

@@ -1,5 +1,4 @@
 import csv
-import multiprocessing
 import os
 import time
 
@@ -11,6 +10,7 @@ from charlm.data import CharDataModule
 from charlm.sources import SEPARATOR, read_ag_news_csv
 from charlm.windows import IGNORE, ORDER_VERSION
 from charlm.errors import UserError
+from conftest import started_together
 
 
 def make_dm(path, tmp_path, **kwargs):
@@ -310,15 +310,8 @@ def _prepare_together(path, cache_dir, barrier, built_log):
 
 
 def test_processes_starting_together_build_the_cache_once(tiny_csv, tmp_path):
-    context = multiprocessing.get_context("fork")
-    barrier, built_log = context.Barrier(3), tmp_path / "built.txt"
-    workers = [context.Process(target=_prepare_together, args=(tiny_csv, tmp_path / "cache", barrier, built_log))
-               for _ in range(3)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-    assert [w.exitcode for w in workers] == [0, 0, 0]
+    built_log = tmp_path / "built.txt"
+    assert started_together(_prepare_together, tiny_csv, tmp_path / "cache", built_log) == [0, 0, 0]
     assert len(built_log.read_text().split()) == 1  # one encoded, the others waited and read its cache
     dm = make_dm(tiny_csv, tmp_path)
     assert dm.meta["characters"]["val"] > 0
