@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import lightning as L
@@ -57,6 +58,9 @@ class CharLM(L.LightningModule):
         self._eval_state = self._uncond_state = None
         self.topic_confusion: dict[str, list[list[int]]] = {}  # per stage, for metrics.json
         self._train_state = None  # carried across training batches (data.order=streams), detached
+        # The time spent in fit, also by the runs this one resumes: saved in checkpoints (fit_seconds)
+        self._fit_started: float | None = None
+        self._fit_seconds_before = 0.0
 
     @staticmethod
     def _state_tensors(state) -> list[torch.Tensor]:
@@ -90,6 +94,17 @@ class CharLM(L.LightningModule):
         if self.trainer._logger_connector.should_update_logs:
             self.log("train/loss", loss.detach().cpu(), on_step=True, prog_bar=True)
         return loss
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Lightning decides which steps to log (every trainer.log_every_n_steps) by a count of optimizer
+        # steps of its own, a private one; restored from a checkpoint it comes back one off (one way
+        # or the other, by where in the step the checkpoint was written), and a resumed run would log
+        # at other steps (301, 351, ...) than an uninterrupted one, with a stale final train/loss.
+        # With one optimizer it equals global_step, which checkpoints restore exactly.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # Lightning writes a step's metrics at its batch index (0 after the first step) and adds an
@@ -164,6 +179,8 @@ class CharLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save random states; dropout needs them for an exact resume.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if self._fit_started is not None:  # the fit time so far, which a resumed run adds to its own
+            checkpoint["fit_seconds"] = self._fit_seconds_before + time.perf_counter() - self._fit_started
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
         # The state carried into the next training batch (data.order=streams) is part of where
@@ -176,6 +193,7 @@ class CharLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states", {})
+        self._fit_seconds_before = float(checkpoint.get("fit_seconds", 0.0))
         if "torch" in states:
             torch.set_rng_state(states["torch"].cpu())
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():

@@ -197,7 +197,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         check_checkpoint_fits(checkpoint, cfg.ckpt_path, datamodule.vocab.chars, dict(model.hparams.model))
         if not Path(cfg.ckpt_path).resolve().is_relative_to(run_dir.resolve()):
             check_budget_left(checkpoint, cfg.ckpt_path, trainer, datamodule)
+        seconds_before = float(checkpoint.get("fit_seconds", 0.0))  # the training time that led to it
         del checkpoint  # Lightning reads the file again in fit
+    else:
+        seconds_before = 0.0
     parameters = sum(p.numel() for p in model.parameters())
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
     log.info("run folder: %s | %s, %d parameters, vocabulary %d | %d %s device(s), precision %s", run_dir,
@@ -207,7 +210,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = logged_metrics(trainer, model)
-    metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, **fit_outcome(trainer))
+    metrics.update(parameters=parameters, fit_seconds=seconds_before + time.perf_counter() - started,
+                   **fit_outcome(trainer))
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
     if stop is not None:
         log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
