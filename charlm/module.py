@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import math
@@ -216,22 +217,52 @@ def _update(metric: MeanMetric, logits: torch.Tensor, y: torch.Tensor, scored: t
         metric.update(loss_sum / scored, weight=scored)
 
 
+class DiskFull(UserError):
+    """A checkpoint could not be written: its folder's disk (or quota) is full."""
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _full_disk_error(err: BaseException | None) -> OSError | None:
+    """The "no space" ``OSError`` behind ``err``, if any: torch's writer reports a failed write as a
+    ``RuntimeError`` ("enforce fail ... unexpected pos") raised while handling it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in FULL:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames
     it over the old one, so a process killed while saving leaves the previous checkpoint whole.
 
     Lightning's own save stages the file in the system temp folder (fsspec), and where that is
-    another filesystem (a tmpfs ``/tmp``) the final move is a copy that a kill can cut short."""
+    another filesystem (a tmpfs ``/tmp``) the final move is a copy that a kill can cut short.
+
+    A write that fails removes its temporary file, which would otherwise hold the space a resume
+    needs; on a full disk it raises ``DiskFull`` naming the folder, in one line."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            full = _full_disk_error(err)
+            if full is None:
+                raise
+            raise DiskFull(f"the folder {path.parent} is full ({full.strerror}) writing {path.name}; the checkpoints "
+                           "saved before are kept") from None
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> dict:

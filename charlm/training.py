@@ -32,7 +32,7 @@ from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
-from charlm.module import CharLM, check_checkpoint_fits, read_checkpoint
+from charlm.module import CharLM, DiskFull, check_checkpoint_fits, read_checkpoint
 from charlm.precision import choose_precision
 
 log = logging.getLogger("charlm")
@@ -208,7 +208,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
              trainer.precision)
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    except DiskFull as err:
+        raise DiskFull(f"{err}: free space there, then continue from the last good one with python train.py ... "
+                       f"resume={run_dir}") from None
     metrics = logged_metrics(trainer, model)
     metrics.update(parameters=parameters, fit_seconds=seconds_before + time.perf_counter() - started,
                    **fit_outcome(trainer))
