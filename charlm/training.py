@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from charlm.callbacks import GracefulStop
-from charlm.progress import BudgetValidation
+from charlm.progress import BudgetValidation, _timer
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
@@ -60,6 +60,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     loggers = [instantiate(c) for c in cfg.logger.values()]
     precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator, model_args)  # tried on the device
     trainer = instantiate_trainer(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
+    check_budget(cfg.trainer, trainer)
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
     if model_args.get("topics"):
@@ -102,8 +103,8 @@ def check_checkpoint_callback(name: str, callback) -> None:
 # Trainer settings Lightning refuses when the Trainer is built: what a good value looks like.
 TRAINER_VALUES = {
     "max_time": "must be a duration DD:HH:MM:SS, e.g. 00:00:30:00, or null for no limit",
-    "max_epochs": "must be a whole number >= 0, or -1 for no limit",
-    "max_steps": "must be a whole number >= 0, or -1 for no limit",
+    "max_epochs": "must be a whole number >= 1, or -1 for no limit",
+    "max_steps": "must be a whole number >= 1, or -1 for no limit",
     "val_check_interval": "must be a fraction of an epoch in (0, 1], a whole number of training batches, or null "
                           "(once per epoch)",
     "devices": "must be a whole number >= 1, a list of device ids, or auto",
@@ -137,6 +138,23 @@ def instantiate_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
         value = OmegaConf.to_container(trainer_cfg, resolve=True)[key]
         fix = TRAINER_VALUES.get(key, "is not valid ({lightning})").format(lightning=message[:200].rstrip("."))
         raise UserError(f"trainer.{key}={value!r} {fix}") from None
+
+
+def check_budget(trainer_cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Refuse a budget of zero (``trainer.max_time=00:00:00:00``, ``max_steps=0``, ``max_epochs=0``):
+    nothing would be trained or saved, yet the run would end as "finished" with a test of the
+    untrained model and a sample command for a checkpoint that does not exist."""
+    timer = _timer(trainer)
+    seconds = timer.time_remaining("train") if timer is not None else None  # the whole budget, before the start
+    zero = {"max_time": seconds is not None and seconds <= 0, "max_steps": trainer.max_steps == 0,
+            "max_epochs": trainer.max_epochs == 0}
+    key = next((key for key, empty in zero.items() if empty), None)
+    if key is None:
+        return
+    fix = ("a duration > 0, e.g. 00:00:30:00, or null for no limit" if key == "max_time"
+           else f"a number of {key.removeprefix('max_')} >= 1, or -1 for no limit")
+    value = OmegaConf.to_container(trainer_cfg, resolve=True)[key]
+    raise UserError(f"trainer.{key}={value!r} is a budget of zero: nothing would be trained; give {fix}")
 
 
 def check_launch_mode(trainer: L.Trainer, multirun: bool) -> None:
