@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -225,20 +226,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
              dict(cfg.model), parameters, len(datamodule.vocab), trainer.num_devices * trainer.num_nodes, device,
              trainer.precision)
 
+    graceful_stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
     started = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        with graceful_stop.watch_spawned_ranks(trainer) if graceful_stop else contextlib.nullcontext():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     except DiskFull as err:
         raise DiskFull(f"{err}: free space there, then continue from the last good one with python train.py ... "
                        f"resume={run_dir}") from None
     metrics = logged_metrics(trainer, model)
     metrics.update(parameters=parameters, fit_seconds=seconds_before + time.perf_counter() - started,
                    **fit_outcome(trainer))
-    stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
-    if stop is not None:
+    stopped_by = graceful_stop.stopped_by(trainer) if graceful_stop else None
+    if stopped_by is not None:
         log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
-                    signal.Signals(stop.signal).name, trainer.global_step, run_dir)
-        raise SystemExit(128 + stop.signal)
+                    signal.Signals(stopped_by).name, metrics["steps"], run_dir)
+        raise SystemExit(128 + stopped_by)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and not Path(best).resolve().is_relative_to(run_dir.resolve()):
         best = ""  # restored from the checkpoint of another run (ckpt_path=): not this run's model
@@ -257,7 +260,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 def logged_metrics(trainer: L.Trainer, model: CharLM) -> dict:
     """What the fit or test logged (as numbers, without the ``step`` that only sets TensorBoard's x
     axis), and the topic confusion matrices of a topic-conditioned model."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in ("step", GracefulStop.RESULT)}
     return {**metrics, **{f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()}}
 
 
