@@ -4,8 +4,10 @@ validation schedule are in ``charlm.progress``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -218,9 +220,18 @@ class GracefulStop(L.Callback):
     Under DDP the ranks may receive the signal at different steps, or only one of them may (a
     ``kill`` of one process): every ``sync_every_n_steps`` steps they agree on it with one
     all-reduce, so all stop after the same step and none waits forever for the others; they
-    agree once more when training ends, for a signal that came after the last comparison."""
+    agree once more when training ends, for a signal that came after the last comparison.
+
+    Under ``ddp_spawn`` the ranks are worker processes and ``train.py`` waits in the main one:
+    the ranks' stop reaches it in ``trainer.callback_metrics`` (what Lightning sends back from
+    rank 0, key ``RESULT``), and ``watch_spawned_ranks`` keeps a Ctrl-C in the main process from
+    becoming Lightning's ``KeyboardInterrupt``, which would kill the ranks and exit with status 1.
+
+    The signal handlers are put back when training ends, and also when it ends in an exception
+    (``on_exception``), so that afterwards Ctrl-C interrupts again (in a notebook, in tests)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    RESULT = "graceful_stop/signal"
 
     def __init__(self, sync_every_n_steps: int = 10):
         self.signal: int | None = None
@@ -228,14 +239,24 @@ class GracefulStop(L.Callback):
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        self.signal = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
+        if self.signal is not None:
+            return  # the same stop again (e.g. a SIGTERM to the process group and one passed on by the main process)
+        self.signal = signum
         log.warning("received %s: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)",
                     signal.Signals(signum).name)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+    def _install(self, handler) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._install(self._handle)
 
     def _agree(self, trainer: L.Trainer, pl_module) -> None:
         """Every rank takes the signal any rank received (one all-reduce)."""
@@ -253,9 +274,43 @@ class GracefulStop(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             self._agree(trainer, pl_module)  # all ranks then stop here, or all go on to the test
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+        if self.signal is not None:
+            trainer.callback_metrics[self.RESULT] = torch.tensor(self.signal)  # for the main process of ddp_spawn
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        self._restore()
+
+    def stopped_by(self, trainer: L.Trainer) -> int | None:
+        """The signal that stopped the fit, received here or by the ranks (``RESULT``); ``None`` if none did."""
+        result = trainer.callback_metrics.get(self.RESULT)
+        return (int(result) if result is not None else None) or self.signal
+
+    @contextlib.contextmanager
+    def watch_spawned_ranks(self, trainer: L.Trainer):
+        """Around ``trainer.fit`` in the main process of ``ddp_spawn`` (elsewhere it does nothing): a
+        signal here is recorded, so that the run ends as stopped once the ranks have saved. SIGTERM
+        and SIGUSR2 are passed on to the ranks (a ``kill`` of this process); Ctrl-C is not, since a
+        terminal sends it to every process already. A second Ctrl-C stops at once."""
+        launcher = trainer.strategy.launcher
+        if not isinstance(launcher, _MultiProcessingLauncher):
+            yield
+            return
+
+        def handle(signum, frame):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.signal = self.signal or signum
+            if signum != signal.SIGINT:
+                for process in launcher.procs:
+                    if process.is_alive() and process.pid is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(process.pid, signum)
+
+        self._install(handle)
+        try:
+            yield
+        finally:
+            self._restore()
 
 
 class NonFiniteLoss(UserError):

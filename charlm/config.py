@@ -145,13 +145,24 @@ def writable_dir(path: str | Path, key: str) -> Path:
     return path
 
 
+def check_resume_folder(resume) -> None:
+    """``resume=<folder>`` must name a folder that exists: it becomes the run folder, and a mistyped
+    one would otherwise be created (empty, but for the log of the refusal) before train.py finds
+    no checkpoint in it."""
+    if isinstance(resume, str) and resume not in ("true", "false") and not Path(resume).is_dir():
+        raise UserError(f"resume={resume} does not exist; pass the folder of a run that saved checkpoints/last.ckpt, "
+                        "e.g. resume=outputs/runs/<run>")
+
+
 class OutputDirCheck(Callback):
     """Creates the run (or sweep) folder before Hydra does, so one that cannot be written gives
-    one line ``error: hydra.run.dir=...`` and exit status 2 instead of Hydra's traceback."""
+    one line ``error: hydra.run.dir=...`` and exit status 2 instead of Hydra's traceback; a
+    ``resume=`` folder that does not exist is refused before anything is created."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         note_created(config.hydra.run.dir)  # a new folder is removed again if the run is refused (charlm.rundirs)
         with exit_on_user_error():
+            check_resume_folder(config.get("resume"))
             writable_dir(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import lightning as L
@@ -57,6 +59,9 @@ class CharLM(L.LightningModule):
         self._eval_state = self._uncond_state = None
         self.topic_confusion: dict[str, list[list[int]]] = {}  # per stage, for metrics.json
         self._train_state = None  # carried across training batches (data.order=streams), detached
+        # The time spent in fit, also by the runs this one resumes: saved in checkpoints (fit_seconds)
+        self._fit_started: float | None = None
+        self._fit_seconds_before = 0.0
 
     @staticmethod
     def _state_tensors(state) -> list[torch.Tensor]:
@@ -90,6 +95,17 @@ class CharLM(L.LightningModule):
         if self.trainer._logger_connector.should_update_logs:
             self.log("train/loss", loss.detach().cpu(), on_step=True, prog_bar=True)
         return loss
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Lightning decides which steps to log (every trainer.log_every_n_steps) by a count of optimizer
+        # steps of its own, a private one; restored from a checkpoint it comes back one off (one way
+        # or the other, by where in the step the checkpoint was written), and a resumed run would log
+        # at other steps (301, 351, ...) than an uninterrupted one, with a stale final train/loss.
+        # With one optimizer it equals global_step, which checkpoints restore exactly.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # Lightning writes a step's metrics at its batch index (0 after the first step) and adds an
@@ -167,6 +183,8 @@ class CharLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save random states; dropout needs them for an exact resume.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if self._fit_started is not None:  # the fit time so far, which a resumed run adds to its own
+            checkpoint["fit_seconds"] = self._fit_seconds_before + time.perf_counter() - self._fit_started
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
         # The state carried into the next training batch (data.order=streams) is part of where
@@ -179,6 +197,7 @@ class CharLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states", {})
+        self._fit_seconds_before = float(checkpoint.get("fit_seconds", 0.0))
         if "torch" in states:
             torch.set_rng_state(states["torch"].cpu())
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
@@ -201,22 +220,52 @@ def _update(metric: MeanMetric, logits: torch.Tensor, y: torch.Tensor, scored: t
         metric.update(loss_sum / scored, weight=scored)
 
 
+class DiskFull(UserError):
+    """A checkpoint could not be written: its folder's disk (or quota) is full."""
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _full_disk_error(err: BaseException | None) -> OSError | None:
+    """The "no space" ``OSError`` behind ``err``, if any: torch's writer reports a failed write as a
+    ``RuntimeError`` ("enforce fail ... unexpected pos") raised while handling it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in FULL:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames
     it over the old one, so a process killed while saving leaves the previous checkpoint whole.
 
     Lightning's own save stages the file in the system temp folder (fsspec), and where that is
-    another filesystem (a tmpfs ``/tmp``) the final move is a copy that a kill can cut short."""
+    another filesystem (a tmpfs ``/tmp``) the final move is a copy that a kill can cut short.
+
+    A write that fails removes its temporary file, which would otherwise hold the space a resume
+    needs; on a full disk it raises ``DiskFull`` naming the folder, in one line."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            full = _full_disk_error(err)
+            if full is None:
+                raise
+            raise DiskFull(f"the folder {path.parent} is full ({full.strerror}) writing {path.name}; the checkpoints "
+                           "saved before are kept") from None
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> dict:

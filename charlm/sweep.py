@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import logging
+import os
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -10,6 +12,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from charlm.summary import ERROR_FILE, find_runs, print_summary
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: through a temporary file renamed into place,
+    so a full disk leaves no empty ``error.txt`` (which would hide the job's error); then the
+    error is logged instead."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        logging.getLogger("charlm").warning("could not write %s (%s): %s", path, err.strerror, text.strip())
 
 
 class SweepCallback(Callback):
@@ -33,7 +48,7 @@ class SweepCallback(Callback):
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value  # the public return_value raises it
             message = (str(error).strip().splitlines() or [""])[0]
-            (Path(config.hydra.runtime.output_dir) / ERROR_FILE).write_text(f"{type(error).__name__}: {message}\n")
+            write_whole(Path(config.hydra.runtime.output_dir) / ERROR_FILE, f"{type(error).__name__}: {message}\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         atexit.unregister(self.summarize)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -27,12 +28,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from charlm.callbacks import CharThroughput, GracefulStop
-from charlm.progress import BudgetTimer, BudgetValidation
+from charlm.progress import BudgetTimer, BudgetValidation, budget_timer, timer_duration
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import check_model_args
-from charlm.module import CharLM, check_checkpoint_fits, read_checkpoint
+from charlm.module import CharLM, DiskFull, check_checkpoint_fits, read_checkpoint
 from charlm.precision import check_model_memory, choose_precision
 from charlm.sampling import check_seed
 from charlm.summary import undertrained
@@ -67,6 +68,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     loggers = [instantiate(c) for c in cfg.logger.values()]
     precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator, model_args)  # tried on the device
     trainer = instantiate_trainer(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
+    check_budget(cfg.trainer, trainer)
     check_launch_mode(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
     datamodule = instantiate(cfg.data)
     if model_args.get("topics"):
@@ -109,8 +111,8 @@ def check_checkpoint_callback(name: str, callback) -> None:
 # Trainer settings Lightning refuses when the Trainer is built: what a good value looks like.
 TRAINER_VALUES = {
     "max_time": "must be a duration DD:HH:MM:SS, e.g. 00:00:30:00, or null for no limit",
-    "max_epochs": "must be a whole number >= 0, or -1 for no limit",
-    "max_steps": "must be a whole number >= 0, or -1 for no limit",
+    "max_epochs": "must be a whole number >= 1, or -1 for no limit",
+    "max_steps": "must be a whole number >= 1, or -1 for no limit",
     "val_check_interval": "must be a fraction of an epoch in (0, 1], a whole number of training batches, or null "
                           "(once per epoch)",
     "devices": "must be a whole number >= 1, a list of device ids, or auto",
@@ -151,6 +153,23 @@ def instantiate_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
         value = OmegaConf.to_container(trainer_cfg, resolve=True)[key]
         fix = TRAINER_VALUES.get(key, "is not valid ({lightning})").format(lightning=message[:200].rstrip("."))
         raise UserError(f"trainer.{key}={value!r} {fix}") from None
+
+
+def check_budget(trainer_cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Refuse a budget of zero (``trainer.max_time=00:00:00:00``, ``max_steps=0``, ``max_epochs=0``):
+    nothing would be trained or saved, yet the run would end as "finished" with a test of the
+    untrained model and a sample command for a checkpoint that does not exist."""
+    timer = budget_timer(trainer)
+    seconds = timer_duration(timer) if timer is not None else None
+    zero = {"max_time": seconds is not None and seconds <= 0, "max_steps": trainer.max_steps == 0,
+            "max_epochs": trainer.max_epochs == 0}
+    key = next((key for key, empty in zero.items() if empty), None)
+    if key is None:
+        return
+    fix = ("a duration > 0, e.g. 00:00:30:00, or null for no limit" if key == "max_time"
+           else f"a number of {key.removeprefix('max_')} >= 1, or -1 for no limit")
+    value = OmegaConf.to_container(trainer_cfg, resolve=True)[key]
+    raise UserError(f"trainer.{key}={value!r} is a budget of zero: nothing would be trained; give {fix}")
 
 
 def check_launch_mode(trainer: L.Trainer, multirun: bool) -> None:
@@ -210,23 +229,32 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         check_checkpoint_fits(checkpoint, cfg.ckpt_path, datamodule.vocab.chars, dict(model.hparams.model))
         if not Path(cfg.ckpt_path).resolve().is_relative_to(run_dir.resolve()):
             check_budget_left(checkpoint, cfg.ckpt_path, trainer, datamodule)
+        seconds_before = float(checkpoint.get("fit_seconds", 0.0))  # the training time that led to it
         del checkpoint  # Lightning reads the file again in fit
+    else:
+        seconds_before = 0.0
     parameters = sum(p.numel() for p in model.parameters())
     log_start(cfg, run_dir, trainer, datamodule, parameters)
 
+    graceful_stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    try:
+        with graceful_stop.watch_spawned_ranks(trainer) if graceful_stop else contextlib.nullcontext():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    except DiskFull as err:
+        raise DiskFull(f"{err}: free space there, then continue from the last good one with python train.py ... "
+                       f"resume={run_dir}") from None
     metrics = logged_metrics(trainer, model)
-    metrics.update(parameters=parameters, fit_seconds=time.perf_counter() - started, vocab_size=len(datamodule.vocab),
-                   **fit_outcome(trainer))
+    metrics.update(parameters=parameters, fit_seconds=seconds_before + time.perf_counter() - started,
+                   vocab_size=len(datamodule.vocab), **fit_outcome(trainer))
     throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
     if throughput is not None and throughput.mean(trainer) is not None:
         metrics["chars_per_sec"] = throughput.mean(trainer)
-    stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop) and c.signal), None)
-    if stop is not None:
+    stopped_by = graceful_stop.stopped_by(trainer) if graceful_stop else None
+    if stopped_by is not None:
         log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
-                    signal.Signals(stop.signal).name, trainer.global_step, run_dir)
-        raise SystemExit(128 + stop.signal)
+                    signal.Signals(stopped_by).name, metrics["steps"], run_dir)
+        raise SystemExit(128 + stopped_by)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and not Path(best).resolve().is_relative_to(run_dir.resolve()):
         best = ""  # restored from the checkpoint of another run (ckpt_path=): not this run's model
@@ -265,7 +293,7 @@ def log_start(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, datamodule: Ch
 def logged_metrics(trainer: L.Trainer, model: CharLM) -> dict:
     """What the fit or test logged (as numbers, without the ``step`` that only sets TensorBoard's x
     axis), and the topic confusion matrices of a topic-conditioned model."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in ("step", GracefulStop.RESULT)}
     return {**metrics, **{f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()}}
 
 

@@ -100,7 +100,19 @@ ROWS = [
      "or leave out ckpt_path"),
     ("train.py", "trainer.max_time=banana", HERE,
      "trainer.max_time='banana' must be a duration DD:HH:MM:SS, e.g. 00:00:30:00, or null for no limit"),
-    ("train.py", "trainer.max_epochs=-5", HERE, "trainer.max_epochs=-5 must be a whole number >= 0, or -1 for no limit"),
+    ("train.py", "trainer.max_epochs=-5", HERE, "trainer.max_epochs=-5 must be a whole number >= 1, or -1 for no limit"),
+    ("train.py", "trainer.max_time=00:00:00:00", HERE,
+     "trainer.max_time='00:00:00:00' is a budget of zero: nothing would be trained; give a duration > 0, e.g. "
+     "00:00:30:00, or null for no limit"),
+    ("train.py", "trainer.max_steps=0", HERE,
+     "trainer.max_steps=0 is a budget of zero: nothing would be trained; give a number of steps >= 1, or -1 for no "
+     "limit"),
+    ("train.py", "trainer.max_epochs=0", HERE,
+     "trainer.max_epochs=0 is a budget of zero: nothing would be trained; give a number of epochs >= 1, or -1 for "
+     "no limit"),
+    ("train.py", "resume={d}/outputs/runs/typo", CLI,
+     "resume={d}/outputs/runs/typo does not exist; pass the folder of a run that saved checkpoints/last.ckpt, e.g. "
+     "resume=outputs/runs/<run>"),
     ("train.py", "trainer.devices=abc", HERE,
      "trainer.devices='abc' must be a whole number >= 1, a list of device ids, or auto"),
     ("train.py", "trainer.val_check_interval=2.5", HERE,
@@ -410,6 +422,13 @@ def test_classify_says_how_much_of_the_text_it_does_not_know(d, capsys):
     assert capsys.readouterr().err == f"warning: {UNKNOWN_WARNING}\n"
     assert sum(probabilities.values()) == pytest.approx(1)
     assert f"`warning: {UNKNOWN_WARNING}`" in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+
+
+def test_a_mistyped_resume_folder_is_not_created(d, cli):
+    """Hydra makes the run folder from ``resume=`` (its hydra.run.dir): one that does not exist is
+    refused before that, so no stray folder is left at the mistyped path."""
+    assert cli["train.py", "resume={d}/outputs/runs/typo"].returncode == 2
+    assert not (d / "outputs" / "runs" / "typo").exists()
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused(d):

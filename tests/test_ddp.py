@@ -152,3 +152,55 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
     assert stopped % 10 == 0  # saved at the step where the ranks compared notes (periodic saves: every 7)
     for log in ("train.log", "train_ddp_process_1.log"):  # rank 0, and rank 1 in its own log
         assert f"stopped by SIGTERM at step {stopped}" in (run / log).read_text(), log
+
+
+def spawned_ranks(pid):
+    """The worker processes ``ddp_spawn`` started from ``pid``, rank 0 first (started in rank order)."""
+    children = map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    return sorted(child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, signum", [("rank 1", signal.SIGTERM), ("process group", signal.SIGINT),
+                                         ("main process", signal.SIGTERM)])
+def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, signum):
+    """Under ddp_spawn the ranks are worker processes and train.py waits in the main one. A SIGTERM
+    to rank 1 only, a terminal's Ctrl-C (SIGINT to the whole process group), or a SIGTERM to the
+    main process only (passed on to the ranks) is a stop there too: exit status 128 + the signal
+    with the resume line, no test and no metrics.json; resume= then continues the run (not
+    "already finished; skipped"; run once, the stop being the same)."""
+    run = tmp_path / "run"
+    settings = ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.accelerator=cpu", "data=text",
+                f"data.path={random_text(tmp_path / 'c.txt')}", "data.val_size=3000", "data.test_size=3000",
+                "data.nchars=32", "data.stride=32", "data.batch_size=8", "model.hidden_size=16",
+                "callbacks.last_checkpoint.every_n_train_steps=7", "callbacks.samples.length=10"]
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *settings, "trainer.max_steps=1000000",
+                                 f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "checkpoints" / "last.ckpt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()[-2000:]
+            time.sleep(0.2)
+        if how == "rank 1":
+            os.kill(spawned_ranks(proc.pid)[1], signum)
+        elif how == "process group":
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
+        assert proc.wait(timeout=180) == 128 + signum, (tmp_path / "stderr.txt").read_text()[-2000:]
+    finally:
+        proc.kill()
+    output, log = (tmp_path / "stderr.txt").read_text(), (run / "train.log").read_text()
+    stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"stopped by {signal.Signals(signum).name} at step {stopped}; checkpoints saved. Continue with: python " \
+           f"train.py ... resume={run}" in log
+    assert "KeyboardInterrupt" not in output + log and "Traceback" not in output + log
+    assert not (run / "metrics.json").exists() and "test (" not in log
+    if how != "rank 1":
+        return
+    resumed = run_script(ROOT / "train.py", *settings, f"trainer.max_steps={stopped + 10}", f"resume={run}",
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == stopped + 10

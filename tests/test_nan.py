@@ -1,6 +1,7 @@
 """A NaN loss stops training with one clear line and leaves the good checkpoints alone."""
 
 import math
+import signal
 
 import lightning as L
 import pytest
@@ -33,3 +34,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_t
     assert last["global_step"] == 20 and best["global_step"] == 20
     for checkpoint in (last, best):
         assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
+
+
+def test_signal_handlers_come_back_after_a_fit_that_raises(tiny_text, tmp_path):
+    """GracefulStop takes Ctrl-C during training; after a fit that ends in an exception (here the
+    NaN stop) Ctrl-C must interrupt again, not only set a flag."""
+    cfg = compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
+                          "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=16",
+                          "trainer.max_steps=20", "callbacks.samples.length=5", "~callbacks.progress_bar",
+                          "+trainer.enable_progress_bar=false"], tmp_path)
+    datamodule, model, trainer = build(cfg)
+    model.training_step = lambda batch, batch_idx: torch.tensor(math.nan, requires_grad=True)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    with pytest.raises(NonFiniteLoss):
+        trainer.fit(model, datamodule=datamodule)
+    assert {s: signal.getsignal(s) for s in before} == before

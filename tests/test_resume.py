@@ -77,6 +77,25 @@ def interrupt(overrides, run_dir, signum, after_step):
     return proc.wait(timeout=300)
 
 
+TIMED = ("fit_seconds", "train/chars_per_sec")  # wall-clock figures, never the same twice
+TEST = ("test/loss", "test/bpc", "test/ppl")
+
+
+def logged_steps(run_dir, tags=("train/loss", "lr-AdamW")):
+    """The steps at which each of ``tags`` was logged to TensorBoard (a step logged again after a
+    resume counted once). Not validation's: a stop validates where it lands, and a SIGKILL can
+    lose the last events written before the checkpoint it resumes from."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = {}
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in set(tags) & set(accumulator.Tags()["scalars"]):
+            steps.setdefault(tag, set()).update(e.step for e in accumulator.Scalars(tag))
+    return {tag: sorted(found) for tag, found in steps.items()}
+
+
 def assert_same_run(straight, resumed, test_too=True):
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
@@ -85,9 +104,12 @@ def assert_same_run(straight, resumed, test_too=True):
         assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resuming"
     assert a["CharDataModule"] == b["CharDataModule"]
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, resumed))
-    assert ma["val/bpc"] == mb["val/bpc"] and ma["steps"] == mb["steps"] == STEPS
-    if test_too:  # the best checkpoint is the same (not so after continuing in another folder, which starts its own)
-        assert ma["test/bpc"] == mb["test/bpc"]
+    assert ma["steps"] == mb["steps"] == STEPS
+    # every metric the weights decide is the same (the test too, but not after continuing in
+    # another folder, which starts its own best checkpoint), and logged at the same steps
+    same = [key for key in ma if key not in TIMED and (test_too or key not in TEST)]
+    assert {key: mb.get(key) for key in same} == {key: ma[key] for key in same}
+    assert logged_steps(resumed) == logged_steps(straight)
 
 
 def stopped_mid_epoch(run_dir, per_epoch=PER_EPOCH):
@@ -112,9 +134,14 @@ def test_stopped_run_resumes_to_the_same_weights_and_metrics(corpus, tmp_path, s
         log = (stopped / "train.log").read_text()
         assert f"stopped by {signal.Signals(signum).name}" in log and f"resume={stopped}" in log
 
+    seconds_before = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)["fit_seconds"]
+    started = time.monotonic()
     resumed = run_script("train.py", *overrides, f"resume={stopped}", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_run(straight[group], stopped)
+    # the wall time counts the stopped segment too (up to its checkpoint), not only the last one
+    seconds = json.loads((stopped / "metrics.json").read_text())["fit_seconds"]
+    assert 0 < seconds_before < seconds < seconds_before + time.monotonic() - started
 
 
 def test_run_ended_by_its_budget_continues_with_a_larger_one_to_the_same_weights(corpus, tmp_path, straight):
