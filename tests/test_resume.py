@@ -77,7 +77,7 @@ def interrupt(overrides, run_dir, signum, after_step):
     return proc.wait(timeout=300)
 
 
-TIMED = ("fit_seconds", "train/chars_per_sec")  # wall-clock figures, never the same twice
+TIMED = ("fit_seconds", "train/chars_per_sec", "chars_per_sec")  # wall-clock figures, never the same twice
 TEST = ("test/loss", "test/bpc", "test/ppl")
 
 
