@@ -55,3 +55,14 @@ def started_together(target, path, cache_dir, built_log, n: int = 3) -> list[int
     for w in workers:
         w.join(60)
     return [w.exitcode for w in workers]
+
+
+# Fixtures that run the real entry points (train.py, sweeps, DDP): every test using one is in the slow
+# lane. The fast lane, pytest -m "not slow", is the rest: in-process tests of seconds.
+SLOW_FIXTURES = {"cli", "ddp_run", "ran", "straight", "sweep", "seeded", "trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -13,6 +13,7 @@ TINY = ["model.hidden_size=32", "model.embedding_dim=8", "data.nchars=32", "data
         "trainer.log_every_n_steps=4", "callbacks.samples.length=20"]
 
 
+@pytest.mark.slow
 def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
     run = tmp_path / "run"
     result = run_script("train.py", f"data.path={ag_news_test_csv}", f"data.cache_dir={tmp_path / 'cache'}",

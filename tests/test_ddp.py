@@ -17,6 +17,8 @@ from charlm.data import CharDataModule
 from charlm.module import load_checkpoint
 from conftest import ROOT, run_script
 
+pytestmark = pytest.mark.slow  # every test here starts train.py processes
+
 NCHARS, BATCH = 32, 8
 
 

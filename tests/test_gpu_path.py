@@ -321,6 +321,7 @@ def test_a_run_on_device_resumes_mid_epoch_with_the_host_paths_batches(tiny_text
 # --- several sweep jobs side by side
 
 
+@pytest.mark.slow
 def test_two_jobs_side_by_side_give_the_results_of_the_same_jobs_one_after_another(ag_news_test_csv, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     from conftest import run_script
@@ -388,6 +389,7 @@ def test_the_gpu_preset_scales_the_learning_rate_with_the_square_root_of_the_bat
         assert cfg.optimizer.lr == pytest.approx(0.006 * (batch / 16) ** 0.5)
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_says_in_one_line_that_it_needs_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: run benchmarks/gpu.py itself")

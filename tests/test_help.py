@@ -88,6 +88,7 @@ def test_the_commands_own_settings_pass(config_name):
                               COMMANDS[config_name], config_name)
 
 
+@pytest.mark.slow
 def test_the_real_commands(tmp_path):
     """sample.py --help and a training setting given to sample.py, as a user types them."""
     commands = [("--help",), ("model=gru",)]

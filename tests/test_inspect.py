@@ -211,6 +211,7 @@ def test_the_page_of_a_long_text_is_cut_with_a_note(module, tmp_path, monkeypatc
     assert data["mean_bits"] == pytest.approx(np.nanmean(bits), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_command_writes_a_page_a_browser_renders(tmp_path):
     """python -m charlm.inspect on a checkpoint of a Korean and English model, with a text file;
     then, where Chromium is installed, the page as a browser builds it: one span per character and

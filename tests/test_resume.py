@@ -18,6 +18,8 @@ import torch
 
 from conftest import ROOT, run_script
 
+pytestmark = pytest.mark.slow  # every test here starts train.py processes
+
 STEPS, PER_EPOCH = 80, 48  # 48 batches an epoch: 779 windows of 32 every 16 characters, 16 a batch
 STREAM_CHUNKS = 24  # data.order=streams: (12720 - 32) // (16 rows * 32) chunks an epoch
 ENV = {"OMP_NUM_THREADS": "1"}  # a tiny model: one thread is as fast, and lets runs overlap

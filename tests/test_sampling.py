@@ -133,6 +133,7 @@ def test_text_samples_adapt_the_default_prompt_and_refuse_a_bad_one_before_train
     assert TextSamples(temperatures=0.5).temperatures == [0.5]
 
 
+@pytest.mark.slow
 def test_sample_py_as_typed(tmp_path):
     """The real sample.py: a prompt typed with a trailing space or in Hangul is taken as typed, a
     temperature of 1e-300 is greedy, the default prompt adapts to a model without its letters,
@@ -182,6 +183,7 @@ def test_a_prompt_on_the_command_line_is_taken_as_typed(typed, prompt):
         assert OverridesParser.create().parse_override(argv[2]).value() == prompt
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_long_text_without_a_traceback(tmp_path):
     """length=10**9 streams for hours: Ctrl-C ends the line and exits with 130, nothing else."""
     import os

@@ -386,6 +386,7 @@ def test_summary_without_matplotlib_still_writes_the_tables(sweep, tmp_path, mon
     assert len(read_csv(copy / "summary.csv")) == 4 and not list(copy.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_listed_with_its_error_and_the_others_finish(ag_news_test_csv, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = multirun(sweep_dir, ag_news_test_csv, "model.layers=0,1")
@@ -436,6 +437,7 @@ def test_presets_compose():
         assert searched == {"model.hidden_size", "model.layers", "optimizer.lr", "model.dropout"}
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_with_its_storage_in_the_sweep_folder(ag_news_test_csv, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "optuna"
