@@ -153,6 +153,8 @@ class BudgetProgressBar(TQDMProgressBar):
         self._redirect.close()
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        if self._train_progress_bar is not None:  # ends the line: the error comes on its own line, not after the bar
+            self._train_progress_bar.close()
         if self._redirect is not None:
             self._redirect.close()
 

@@ -217,3 +217,22 @@ def test_run_folders_start_with_the_settings_given_and_need_no_quoting():
     path = f"{folder}/checkpoints/best.ckpt"
     assert OverridesParser.create().parse_override(f"ckpt={path}").value() == path
     assert override_arg("ckpt", path) == f"ckpt={path}"
+
+
+def test_an_error_during_training_starts_on_a_line_of_its_own(tiny_text, tmp_path, capsys):
+    """The bar redraws its line with carriage returns; a run that stops with an error (a full disk)
+    ends that line first, so the error line that follows is not glued to the bar."""
+    from charlm.errors import UserError
+
+    class Fail(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                raise UserError("the disk is full")
+
+    datamodule, model, trainer = tiny(tiny_text, tmp_path, "trainer.max_steps=20")
+    trainer.callbacks.append(Fail())
+    capsys.readouterr()
+    with pytest.raises(UserError):
+        trainer.fit(model, datamodule=datamodule)
+    out = capsys.readouterr().out
+    assert "step 3/20" in out and out.endswith("\n")  # before: the bar's line, unterminated
