@@ -18,6 +18,7 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from torchmetrics import MeanMetric
 
 from charlm.errors import UserError
+from charlm.loggers import write_image, write_text, writers
 from charlm.progress import budget_progress, budget_seconds, budget_steps, budget_timer, timer_duration
 from charlm.sampling import check_sampling_args, default_prompt, generate, generate_text
 
@@ -52,19 +53,17 @@ class TextSamples(L.Callback):
             raise UserError(f"callbacks.samples.{err}".replace(".temperature=", ".temperatures: ")) from None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+        if trainer.sanity_checking or not writers(trainer, "add_text"):
             return
         for temperature in self.temperatures:
             text = generate_text(pl_module.net, pl_module.vocab, self._prompt, self.length,
                                  temperature=temperature, seed=self.seed)[0]
             # Markdown renders newlines only as hard breaks; keep the text literal in a code block.
-            trainer.logger.experiment.add_text(f"samples/T={temperature:g}", f"    {text}".replace("\n", "\n    "),
-                                               trainer.global_step)
+            write_text(trainer, f"samples/T={temperature:g}", f"    {text}".replace("\n", "\n    "))
         for topic, name in enumerate(getattr(pl_module, "topics", None) or []):  # a topic-conditioned model
             text = generate_text(pl_module.net, pl_module.vocab, self._prompt, self.length,
                                  temperature=self.temperatures[-1], seed=self.seed, topic=topic)[0]
-            trainer.logger.experiment.add_text(f"samples/topic={name}", f"    {text}".replace("\n", "\n    "),
-                                               trainer.global_step)
+            write_text(trainer, f"samples/topic={name}", f"    {text}".replace("\n", "\n    "))
 
 
 class CharThroughput(L.Callback):
@@ -430,9 +429,7 @@ class SurprisalImage(L.Callback):
         return torch.from_numpy(tokens[start : start + self.chars].copy())
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self._skip or trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
-            return
-        if not hasattr(trainer.logger.experiment, "add_image"):
+        if self._skip or trainer.sanity_checking or not writers(trainer, "add_image"):
             return
         if self._ids is None:
             self._ids = self._paragraph(trainer)
@@ -457,5 +454,5 @@ class SurprisalImage(L.Callback):
         caption = (f"step {trainer.global_step}: mean {np.nanmean(bits):.3f} bits/char over the first "
                    f"{len(chars)} characters of val")
         image = surprisal_image(chars, bits, columns=self.columns, caption=caption)
-        trainer.logger.experiment.add_image("inspect/surprisal", image, trainer.global_step, dataformats="HWC")
+        write_image(trainer, "inspect/surprisal", image, dataformats="HWC")
         log.debug("surprisal image: %.1f ms", (time.perf_counter() - started) * 1e3)

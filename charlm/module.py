@@ -22,6 +22,7 @@ from charlm.windows import IGNORE, unpack_batch
 from charlm.errors import UserError
 from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
+from charlm.loggers import write_figure, writers
 
 FORMAT_VERSION = 1  # bump when the checkpoint layout changes
 VAL_ARTICLES_CLASSIFIED = 2000  # held-out articles classified at each validation (test: all of them)
@@ -159,13 +160,12 @@ class CharLM(L.LightningModule):
         true = torch.from_numpy(true)
         matrix = confusion(true, predicted, self.net.topics)
         self.topic_confusion[stage] = matrix
-        logger = self.trainer.logger
-        if self.trainer.is_global_zero and logger is not None and hasattr(logger.experiment, "add_figure"):
+        if writers(self.trainer, "add_figure"):
             figure = confusion_figure(matrix, self.topics)
             if figure is None:
                 log.info("matplotlib is not installed: no confusion-matrix image (the matrix is in metrics.json)")
             else:
-                logger.experiment.add_figure(f"{stage}/topic_confusion", figure, self.trainer.global_step)
+                write_figure(self.trainer, f"{stage}/topic_confusion", figure)
         return float((predicted == true).float().mean()) if len(true) else 0.0
 
     def validation_step(self, batch, batch_idx):

@@ -32,6 +32,7 @@ from charlm.progress import BudgetTimer, BudgetValidation, budget_timer, timer_d
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
+from charlm.loggers import write_text
 from charlm.model import check_model_args
 from charlm.module import CharLM, DiskFull, check_checkpoint_fits, read_checkpoint
 from charlm.precision import check_model_memory, choose_precision
@@ -390,9 +391,9 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) 
     summary = "\n".join(["| result | value |", "|---|---|", *(f"| {k} | {v:.4g} |" for k, v in results.items()),
                          "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in params.items())])
     params.update(results)
+    write_text(trainer, "summary", summary)  # TEXT tab: the run on one page
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_text("summary", summary, trainer.global_step)  # TEXT tab: the run on one page
             # Not logger.log_hyperparams(params, metrics): it also writes an experiment summary in every
             # run, and TensorBoard then takes the hparam and metric lists of whichever run it reads first,
             # with no hparam marked as differing (its HPARAMS tab shows 5 hparams, differing ones first).

@@ -236,3 +236,22 @@ def test_an_error_during_training_starts_on_a_line_of_its_own(tiny_text, tmp_pat
         trainer.fit(model, datamodule=datamodule)
     out = capsys.readouterr().out
     assert "step 3/20" in out and out.endswith("\n")  # before: the bar's line, unterminated
+
+
+def test_a_csv_logger_alone_trains_with_samples_and_images(tiny_text, tmp_path):
+    """Text samples, the surprisal image and the run summary go to the loggers that take them; with
+    Lightning's CSVLogger alone (scalars only) the run trains, validates and logs its scalars
+    (before: AttributeError 'ExperimentWriter' object has no attribute 'add_text' at the first validation)."""
+    from charlm.training import log_hparams
+
+    cfg = compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
+                          "data.nchars=32", "data.stride=32", "data.batch_size=16", "data.val_size=0.05",
+                          "data.test_size=0.05", "model.hidden_size=8", "model.embedding_dim=4",
+                          "trainer.max_steps=6", "callbacks.samples.length=10", "logger=csv",
+                          f"logger.csv.save_dir={tmp_path / 'csv'}"], tmp_path)
+    L.seed_everything(0)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    log_hparams(trainer, cfg, {"parameters": 1, "test/bpc": 2.0})
+    rows = (next((tmp_path / "csv").rglob("metrics.csv"))).read_text()
+    assert "val/bpc" in rows.splitlines()[0] and len(rows.splitlines()) > 2

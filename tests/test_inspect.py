@@ -262,7 +262,7 @@ def test_surprisal_image_is_written_at_validation_by_rank_0(tmp_path, tiny_text)
     assert images[0].width <= 500 and images[0].encoded_image_string.startswith(b"\x89PNG")
 
     # other ranks draw nothing; without matplotlib the image is skipped with one info line
-    not_zero = types.SimpleNamespace(sanity_checking=False, is_global_zero=False, logger=object())
+    not_zero = types.SimpleNamespace(sanity_checking=False, is_global_zero=False, loggers=[object()])
     SurprisalImage().on_validation_epoch_end(not_zero, model)  # would fail if it used the logger
 
 
@@ -272,7 +272,7 @@ def test_without_matplotlib_the_image_is_skipped_with_one_line(tmp_path, monkeyp
     logger = types.SimpleNamespace(experiment=types.SimpleNamespace(add_image=lambda *a, **k: written.append(a)))
     callback = SurprisalImage()
     callback._ids = ids_of(TEXT)
-    trainer = types.SimpleNamespace(sanity_checking=False, is_global_zero=True, logger=logger, global_step=1)
+    trainer = types.SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[logger], global_step=1)
     with caplog.at_level("INFO", logger="charlm.callbacks"):
         callback.on_validation_epoch_end(trainer, None)
         callback.on_validation_epoch_end(trainer, None)
