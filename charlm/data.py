@@ -198,11 +198,13 @@ class CharDataModule(L.LightningDataModule):
         if self.cache_path is not None:
             return
         if self.path is None:
-            train, test, source_key, hub_topics = load_hub_ag_news(self.hub_dataset)
-            topics = None if hub_topics is None else (
-                *split_off(hub_topics[0], self.val_size, "data.val_size"), hub_topics[1], hub_topics[2])
-            corpus = lambda: self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"), test,  # noqa: E731
-                                                  topics=topics)
+            source_key, columns = load_hub_ag_news(self.hub_dataset)
+
+            def corpus() -> Corpus:  # the articles are read only when the cache must be built
+                train, test, hub_topics = columns()
+                topics = None if hub_topics is None else (
+                    *split_off(hub_topics[0], self.val_size, "data.val_size"), hub_topics[1], hub_topics[2])
+                return self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"), test, topics=topics)
         else:
             source_key, corpus = self._local_key(), self._local_corpus
         cache = self._cache_dir_for(source_key)

@@ -132,9 +132,11 @@ def hub_offline_mode(on: bool):
 
 
 def load_hub_ag_news(name: str):
-    """AG News train and test articles from the Hugging Face Hub (cached by ``datasets``), with
-    their topics: ``(train, test, fingerprint, topics)``, where ``topics`` is ``(train labels,
-    test labels, names)`` from the ``label`` column and its names (``None`` without one).
+    """AG News from the Hugging Face Hub (cached by ``datasets``): ``(fingerprint, columns)``.
+    ``columns()`` reads the train and test articles with their topics, ``(train, test, topics)``,
+    where ``topics`` is ``(train labels, test labels, names)`` from the ``label`` column and its
+    names (``None`` without one). Only the fingerprint is read here: a run whose token cache is
+    built already never turns the 120,000 articles into Python lists.
 
     A Hub that cannot be reached is found by one request (``hub_unreachable``); ``datasets`` then
     loads its local copy in offline mode, or the run stops at once with one line."""
@@ -153,12 +155,16 @@ def load_hub_ag_news(name: str):
             "data.path=/path/to/ag_news (a folder with train.csv and test.csv, or one CSV file)"
         ) from None
     fingerprint = ds["train"]._fingerprint + ds["test"]._fingerprint
-    topics = None
-    if "label" in ds["train"].column_names and "label" in ds["test"].column_names:
-        feature = ds["train"].features.get("label")
-        names = list(getattr(feature, "names", None) or [str(i + 1) for i in range(4)])
-        topics = list(ds["train"]["label"]), list(ds["test"]["label"]), names
-    return list(ds["train"]["text"]), list(ds["test"]["text"]), fingerprint, topics
+
+    def columns():
+        topics = None
+        if "label" in ds["train"].column_names and "label" in ds["test"].column_names:
+            feature = ds["train"].features.get("label")
+            names = list(getattr(feature, "names", None) or [str(i + 1) for i in range(4)])
+            topics = list(ds["train"]["label"]), list(ds["test"]["label"]), names
+        return list(ds["train"]["text"]), list(ds["test"]["text"]), topics
+
+    return fingerprint, columns
 
 
 def count(size: int | float, total: int, key: str) -> int:

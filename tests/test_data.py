@@ -170,6 +170,15 @@ def test_hub_path_uses_test_split_and_a_tail_of_train_for_val(tmp_path, monkeypa
     assert decode("val") == SEPARATOR + SEPARATOR.join(train[36:])
     assert decode("test") == SEPARATOR + SEPARATOR.join(test)
 
+    # a second run finds the cache by the fingerprint alone: no article is read into Python lists
+    def read_column(self, key):
+        raise AssertionError(f"column {key!r} read although the cache exists")
+
+    monkeypatch.setattr(datasets.Dataset, "__getitem__", read_column)
+    again = CharDataModule(path=None, val_size=4, nchars=8, stride=8, batch_size=2, cache_dir=str(tmp_path))
+    again.setup("fit")
+    assert again.cache_path == dm.cache_path and calls == ["fancyzhx/ag_news"] * 2
+
 
 def test_hub_unreachable_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
