@@ -14,9 +14,9 @@ import time
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from torchmetrics import MeanMetric
 
+from charlm.compat import spawns_ranks
 from charlm.errors import UserError
 from charlm.loggers import write_image, write_text, writers
 from charlm.progress import budget_progress, budget_seconds, budget_steps, budget_timer, timer_duration
@@ -291,8 +291,7 @@ class GracefulStop(L.Callback):
         signal here is recorded, so that the run ends as stopped once the ranks have saved. SIGTERM
         and SIGUSR2 are passed on to the ranks (a ``kill`` of this process); Ctrl-C is not, since a
         terminal sends it to every process already. A second Ctrl-C stops at once."""
-        launcher = trainer.strategy.launcher
-        if not isinstance(launcher, _MultiProcessingLauncher):
+        if not spawns_ranks(trainer):
             yield
             return
 
@@ -394,7 +393,7 @@ class EndSpawnedProcessGroup(L.Callback):
     on the CPU with gloo)."""
 
     def teardown(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+        spawned = spawns_ranks(trainer)
         if spawned and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()

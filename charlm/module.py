@@ -22,6 +22,7 @@ from charlm.windows import IGNORE, unpack_batch
 from charlm.errors import UserError
 from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
+from charlm.compat import align_logging_step, logs_this_step
 from charlm.loggers import write_figure, writers
 
 FORMAT_VERSION = 1  # bump when the checkpoint layout changes
@@ -93,7 +94,7 @@ class CharLM(L.LightningModule):
         # each self.log call costs about 0.7 ms of bookkeeping, ~3% of a CPU step here.
         # A host copy (one host-device sync, on these steps only): Lightning converts the progress
         # bar's values with .item() after every step, and a GPU tensor there would sync every step.
-        if self.trainer._logger_connector.should_update_logs:
+        if logs_this_step(self.trainer):
             self.log("train/loss", loss.detach().cpu(), on_step=True, prog_bar=True)
         return loss
 
@@ -101,18 +102,14 @@ class CharLM(L.LightningModule):
         self._fit_started = time.perf_counter()
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
-        # Lightning decides which steps to log (every trainer.log_every_n_steps) by a count of optimizer
-        # steps of its own, a private one; restored from a checkpoint it comes back one off (one way
-        # or the other, by where in the step the checkpoint was written), and a resumed run would log
-        # at other steps (301, 351, ...) than an uninterrupted one, with a stale final train/loss.
-        # With one optimizer it equals global_step, which checkpoints restore exactly.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+        # a resumed run logs at the steps an uninterrupted one does (see compat.align_logging_step)
+        align_logging_step(self.trainer)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # Lightning writes a step's metrics at its batch index (0 after the first step) and adds an
         # `epoch` scalar; a logged "step" replaces both (Lightning's documented way), so scalars,
         # text samples and checkpoints all count optimizer steps, as max_steps does.
-        if self.trainer._logger_connector.should_update_logs:
+        if logs_this_step(self.trainer):
             self.log("step", float(self.trainer.global_step))
 
     def _eval_step(self, batch, batch_idx, metric: MeanMetric, uncond: MeanMetric | None = None):

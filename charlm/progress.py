@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Timer, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from charlm.compat import progress_bar_line, validate_after_this_batch
 from charlm.errors import UserError
 
 
@@ -153,14 +154,14 @@ class BudgetProgressBar(TQDMProgressBar):
         self._redirect.close()
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        if self._train_progress_bar is not None:  # ends the line: the error comes on its own line, not after the bar
-            self._train_progress_bar.close()
+        if progress_bar_line(self) is not None:  # ends the line: the error comes on its own line, not after the bar
+            progress_bar_line(self).close()
         if self._redirect is not None:
             self._redirect.close()
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx: int = 0) -> None:
-        bar = self._train_progress_bar
+        bar = progress_bar_line(self)
         n = batch_idx + 1
         if trainer.state.fn == "fit" and not trainer.sanity_checking and bar is not None and not bar.disable \
                 and self._should_update(n, self.total_val_batches_current_dataloader):
@@ -171,7 +172,7 @@ class BudgetProgressBar(TQDMProgressBar):
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         self.val_progress_bar.close()
         self.reset_dataloader_idx_tracker()
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._train_progress_bar is not None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and progress_bar_line(self) is not None:
             self._show(trainer)
 
     def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
@@ -269,8 +270,7 @@ class BudgetValidation(L.Callback):
         return self._spent + self._last <= self.max_share * budget_seconds(_timer(trainer))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        # Lightning's own schedule off: it validates after a training batch when
-        # (batch index + 1) % val_check_batch == 0, with val_check_batch = val_check_interval.
+        # Lightning's own schedule off (public settings); each batch then says whether it validates
         trainer.check_val_every_n_epoch = None
         trainer.val_check_interval = self.NEVER
 
@@ -282,7 +282,7 @@ class BudgetValidation(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
         self._count_validation()
-        trainer.val_check_batch = self.NEVER
+        validate_after_this_batch(trainer, False)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         crossed = self._crossed(trainer)
@@ -292,4 +292,4 @@ class BudgetValidation(L.Callback):
         if crossed > self._reached:
             self._reached = crossed  # a skipped point stays skipped: the next one is the next crossing
             if validate:
-                trainer.val_check_batch = 1  # validate after this batch
+                validate_after_this_batch(trainer, True)

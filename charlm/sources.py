@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm.compat import dataset_fingerprint
 from charlm.errors import UserError
 from charlm.vocabulary import Vocabulary, distinct_codepoints
 
@@ -154,7 +155,7 @@ def load_hub_ag_news(name: str):
             f"could not load {name} from the Hugging Face Hub ({reason}); offline? use a local copy: "
             "data.path=/path/to/ag_news (a folder with train.csv and test.csv, or one CSV file)"
         ) from None
-    fingerprint = ds["train"]._fingerprint + ds["test"]._fingerprint
+    fingerprint = dataset_fingerprint(ds["train"]) + dataset_fingerprint(ds["test"])
 
     def columns():
         topics = None

@@ -11,6 +11,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from charlm.compat import job_error
 from charlm.summary import ERROR_FILE, find_runs, print_summary
 
 
@@ -46,7 +47,7 @@ class SweepCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         if job_return.status == JobStatus.FAILED:
-            error = job_return._return_value  # the public return_value raises it
+            error = job_error(job_return)
             message = (str(error).strip().splitlines() or [""])[0]
             write_whole(Path(config.hydra.runtime.output_dir) / ERROR_FILE, f"{type(error).__name__}: {message}\n")
 

@@ -20,8 +20,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +27,8 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from charlm.callbacks import CharThroughput, GracefulStop
 from charlm.progress import BudgetTimer, BudgetValidation, budget_timer, timer_duration
+from charlm.compat import (HYDRA_BASIC_LAUNCHER, relaunches_script, saves_on_train_epoch_end, spawns_ranks,
+                           tensorboard_file_writer)
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
@@ -103,8 +103,8 @@ def check_checkpoint_callback(name: str, callback) -> None:
     """A ``ModelCheckpoint`` must not save at the end of a training epoch (see
     conf/callbacks/default.yaml): after a stop in the middle of an epoch Lightning still ends
     that epoch, and a checkpoint written then would resume as if the epoch were done."""
-    if isinstance(callback, ModelCheckpoint) and callback._save_on_train_epoch_end is not False:
-        raise UserError(f"callbacks.{name}.save_on_train_epoch_end={str(callback._save_on_train_epoch_end).lower()} would write "
+    if isinstance(callback, ModelCheckpoint) and saves_on_train_epoch_end(callback) is not False:
+        raise UserError(f"callbacks.{name}.save_on_train_epoch_end={str(saves_on_train_epoch_end(callback)).lower()} would write "
                         "checkpoints that do not resume exactly after a stop in mid-epoch; set it to false "
                         "(checkpoints are then written when validation ends)")
 
@@ -177,11 +177,8 @@ def check_launch_mode(trainer: L.Trainer, multirun: bool) -> None:
     """Refuse a Hydra multirun whose DDP strategy would start the other ranks by re-running the
     command line: each child would run the whole sweep again. Processes started by SLURM,
     torchrun or ``ddp_spawn`` are fine, as is a single run with ``ddp``."""
-    launcher = trainer.strategy.launcher
-    relaunches = (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
-                  and not launcher.cluster_environment.creates_processes_externally)
-    if multirun and relaunches:
-        raise UserError(f"{type(trainer.strategy).__name__} on {launcher.num_processes} devices would "
+    if multirun and relaunches_script(trainer):
+        raise UserError(f"{type(trainer.strategy).__name__} on {trainer.strategy.launcher.num_processes} devices would "
                         "re-run the whole sweep in every rank under -m; use trainer.strategy=ddp_spawn for multirun "
                         "sweeps, one run per command, or a SLURM launcher (hydra/launcher=slurm)")
 
@@ -193,7 +190,7 @@ class MultirunLaunchCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # Only Hydra's basic launcher runs the jobs in this process; cluster launchers (SLURM)
         # start every rank themselves, on other machines than this one.
-        if config.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher":
+        if config.hydra.launcher._target_ == HYDRA_BASIC_LAUNCHER:
             with exit_on_user_error():
                 check_multirun_launch_mode(config.trainer)
 
@@ -363,7 +360,7 @@ def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
     if callback.best_model_score is not None:
         return {**outcome, "best/val_bpc": float(callback.best_model_score)}
     last = Path(callback.dirpath or "") / "last.ckpt"
-    if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) or not last.is_file():
+    if not spawns_ranks(trainer) or not last.is_file():
         return outcome
     checkpoint = read_checkpoint(last)
     score = checkpoint["callbacks"].get(callback.state_key, {}).get("best_model_score")
@@ -399,7 +396,7 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) 
             # with no hparam marked as differing (its HPARAMS tab shows 5 hparams, differing ones first).
             # With session summaries only, TensorBoard builds both lists from all the runs.
             _, session_start, session_end = hparams_summaries(params, {})
-            writer = logger.experiment._get_file_writer()
+            writer = tensorboard_file_writer(logger.experiment)
             writer.add_summary(session_start)
             writer.add_summary(session_end)
             logger.finalize("success")  # flush; fit and test closed the event file already, this one is new
