@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from charlm.config import command_line
-from charlm.errors import UserError, exit_on_user_error
+from charlm.errors import exit_on_user_error
 from charlm.module import load_checkpoint, newest_checkpoint, usable_device
 from charlm.sampling import check_sampling_args, default_prompt, generate, topic_ids
 

@@ -294,6 +294,7 @@ class GracefulStop(L.Callback):
         if not spawns_ranks(trainer):
             yield
             return
+        launcher = trainer.strategy.launcher
 
         def handle(signum, frame):
             signal.signal(signal.SIGINT, signal.default_int_handler)
