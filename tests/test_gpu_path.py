@@ -268,7 +268,7 @@ def batches_of(dm, epoch):
 
 @pytest.mark.parametrize("rank, world_size", [(0, 1), (0, 2), (1, 2)])
 def test_windows_on_the_device_are_the_host_paths_batches_in_the_same_order(tiny_csv, tmp_path, rank, world_size):
-    from charlm.windows import DeviceWindows
+    from charlm.windows import DeviceWindows, WindowDataset
 
     host = as_rank(data_module(tiny_csv, tmp_path, False, num_workers=1, pin_memory=True), rank, world_size)
     device = as_rank(data_module(tiny_csv, tmp_path, True, num_workers=1, pin_memory=True), rank, world_size)
@@ -280,8 +280,8 @@ def test_windows_on_the_device_are_the_host_paths_batches_in_the_same_order(tiny
         assert len(device_batches) == len(host_batches) > 1
         for (hx, hy), (dx, dy) in zip(host_batches, device_batches):
             assert dx.dtype == hx.dtype == torch.int64 and torch.equal(dx, hx) and torch.equal(dy, hy)
-    assert data_module(tiny_csv, tmp_path, "auto").train_dataloader().dataset is not None  # auto on the CPU: host
-    assert not isinstance(data_module(tiny_csv, tmp_path, "auto").train_dataloader().dataset, DeviceWindows)
+    # auto on the CPU: the host path
+    assert isinstance(data_module(tiny_csv, tmp_path, "auto").train_dataloader().dataset, WindowDataset)
 
 
 class RecordInputs(L.Callback):

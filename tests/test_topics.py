@@ -39,7 +39,7 @@ def test_every_character_carries_its_articles_label(tmp_path):
     dm = CharDataModule(path=str(path), val_size=10, test_size=10, nchars=16, stride=5, batch_size=4,
                         eval_rows=3, eval_chunk=7, cache_dir=str(tmp_path / "cache"))
     assert dm.use_topics() == ["World", "Sports", "Business", "Sci/Tech"]
-    sep = dm.vocab.chars.index(SEPARATOR)
+    separators = 0
     for split in ("train", "val", "test"):
         tokens, labels = dm.held_out_topics(split)
         assert len(tokens) == len(labels) and labels.dtype == np.uint8
@@ -49,8 +49,8 @@ def test_every_character_carries_its_articles_label(tmp_path):
             if ch in LETTERS:
                 assert labels[i] == LETTERS.index(ch), (split, i)
             elif ch == SEPARATOR:
-                nxt = text[i + 1]
-                assert labels[i] == LETTERS.index(nxt)
+                separators += 1
+                assert labels[i] == LETTERS.index(text[i + 1])
     x, y, topic = dm.train_set.__getitems__(list(range(len(dm.train_set))))
     letters = torch.tensor([dm.vocab.chars.index(c) for c in LETTERS])
     is_letter = (x[..., None] == letters).any(-1)
@@ -60,7 +60,7 @@ def test_every_character_carries_its_articles_label(tmp_path):
         x, y, topic = stream[i]
         is_letter = (x[..., None] == letters).any(-1)
         assert torch.equal(topic[is_letter], (x[..., None] == letters).int().argmax(-1)[is_letter])
-    assert sep is not None
+    assert separators >= 3 * 9  # the separator rule above was checked, in every split
 
 
 def test_unconditioned_batches_are_unchanged(tmp_path):
