@@ -57,7 +57,8 @@ ROWS = [
     ("train.py", "data.batch_size=-8", HERE, "data.batch_size=-8 must be a whole number >= 1"),
     ("train.py", "data.order=shuffled", HERE, "data.order='shuffled' is not known; use windows, streams, articles"),
     ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/cache data.order=articles", HERE,
-     "data.order=articles needs articles (data=ag_news); a text file has none: use data.order=windows or streams"),
+     "data.order=articles needs articles (data=ag_news, data=folder); data.corpus=text has none: use "
+     "data.order=windows or streams"),
     ("train.py", "model.topics=true data.order=streams", HERE,
      "model.topics=true trains on data.order=windows only, not data.order=streams; leave out one of them"),
     ("train.py", "callbacks.validation.max_share=2", HERE,
