@@ -147,3 +147,20 @@ def test_the_cache_follows_a_change_to_any_file_of_the_folder(folder, tmp_path):
 def test_a_folder_with_too_many_held_out_files_is_refused(folder, tmp_path):
     with pytest.raises(UserError, match=r"^data.val_size \+ data.test_size = 20 leaves nothing of 20 to train on"):
         folder_dm(folder, tmp_path, val_size=10, test_size=10)
+
+
+@pytest.mark.slow
+def test_train_py_trains_and_tests_on_a_folder_in_the_articles_order(folder, tmp_path):
+    """``conf/data/folder.yaml`` as a user runs it: a tiny run to its test score."""
+    import json
+
+    from conftest import ROOT, run_script
+
+    run = tmp_path / "run"
+    result = run_script(ROOT / "train.py", "data=folder", f"data.path={folder}", f"data.cache_dir={tmp_path / 'cache'}",
+                        "data.order=articles", "data.nchars=16", "data.val_size=3", "data.test_size=2",
+                        "model.hidden_size=16", "model.embedding_dim=8", "trainer.max_steps=6",
+                        "callbacks.samples.length=5", f"hydra.run.dir={run}", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["test/bpc"] > 0
