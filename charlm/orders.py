@@ -70,8 +70,9 @@ class Order:
     def check_topics(cls) -> None:
         """``model.topics=true`` needs an order whose batches cut the topics."""
         if not cls.takes_topics:
-            raise UserError(f"model.topics=true trains on data.order={' or '.join(n for n, o in ORDERS.items() if o.takes_topics)} "
-                            f"only, not data.order={cls.name}; leave out one of them")
+            takes = " or ".join(name for name, order in ORDERS.items() if order.takes_topics)
+            raise UserError(f"model.topics=true trains on data.order={takes} only, not data.order={cls.name}; "
+                            "leave out one of them")
 
     # --- batches
 
@@ -198,4 +199,5 @@ class Articles(Order):
         return ArticleBatches(self.bounds, self.nchars, rank, world_size, position)
 
     def too_few(self, world_size: int) -> str:
-        return f"no training article (per device) is longer than data.nchars={self.nchars} characters; lower data.nchars"
+        return (f"no training article (per device) is longer than data.nchars={self.nchars} characters; "
+                "lower data.nchars")

@@ -55,7 +55,8 @@ def test_a_new_order_is_one_registered_class(tiny_text, tmp_path, monkeypatch):
 
 # --- data=folder
 
-ARTICLES = [f"article {i:02d}\nline two of article {i:02d}: {'lorem ipsum ' * (i % 5 + 3)}\nthe end.\n" for i in range(20)]
+ARTICLES = [f"article {i:02d}\nline two of article {i:02d}: {'lorem ipsum ' * (i % 5 + 3)}\nthe end.\n"
+            for i in range(20)]
 
 
 @pytest.fixture
