@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm.errors import UserError
-from charlm.sources import SEPARATOR, SPLITS, Corpus
+from charlm.sources import SPLITS, Corpus
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,12 @@ def article_starts(tokens: np.ndarray, separator_id: int) -> np.ndarray:
     return starts if len(starts) and starts[0] == 0 else np.concatenate([[0], starts]).astype(np.int64)
 
 
-def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, source: str, kind: str) -> None:
+def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, source: str, kind: str,
+                separator: str | None) -> None:
     """Encode ``corpus`` into the cache folder ``cache`` (built in a temporary folder under
     ``cache_root``, then renamed into place, so a reader sees the whole cache or none). A damaged
-    folder already at ``cache`` is replaced. Call it under the cache's lock."""
+    folder already at ``cache`` is replaced. ``source`` names it, ``kind`` is its ``data.corpus``
+    and ``separator`` the character between its articles (``None``: none). Call it under the cache's lock."""
     if corpus.sizes["train"] < nchars + 1:
         raise UserError(f"the training text of {source} has {corpus.sizes['train']} "
                         f"characters, fewer than one window (data.nchars + 1 = {nchars + 1}); lower "
@@ -177,7 +179,7 @@ def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, sour
             raise UserError(f"data.path={source} changed while it was read ({position} characters, not "
                             f"{ends['test']}); run again once it is complete")
         meta = {"vocab": vocab.chars, "source": source, "corpus": kind,
-                "separator": SEPARATOR if kind == "ag_news" else None, "characters": corpus.sizes,
+                "separator": separator, "characters": corpus.sizes,
                 "unknown": unknown, "topics": corpus.topics,
                 "topic_counts": corpus.topic_counts, "version": CACHE_VERSION,
                 "files": {f.name: {"bytes": f.stat().st_size, "checksum": file_checksum(f)}

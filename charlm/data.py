@@ -1,11 +1,12 @@
-"""The LightningDataModule: a corpus (AG News from the Hub or a local CSV, or a UTF-8 text file)
--> the token cache (``charlm.cache``) -> training batches in ``data.order`` (shuffled equal-size
-windows, contiguous streams with the state carried, or the lesson's articles) and
+"""The LightningDataModule: a corpus source (``data.corpus``, a ``charlm.sources.Source``: AG News
+from the Hub or a local CSV, a UTF-8 text file, a folder of text files) -> the token cache
+(``charlm.cache``) -> training batches in ``data.order`` (a ``charlm.orders.Order``: shuffled
+equal-size windows, contiguous streams with the state carried, or the lesson's articles) and
 carried-state streams for validation and test (``charlm.windows``).
 
-Sources are read by ``charlm.sources``. Each split is encoded once into a token array under
-``cache_dir``, keyed by the source and the split sizes, and memory-mapped by every later run and
-sweep job.
+Sources and orders are plug-ins picked by name from their registries; this module knows none of
+them by name. Each split is encoded once into a token array under ``cache_dir``, keyed by the
+source and the split sizes, and memory-mapped by every later run and sweep job.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from charlm.cache import (CACHE_VERSION, DamagedCache, map_labels, map_tokens, r
                           write_cache)
 from charlm.config import writable_dir
 from charlm.errors import UserError
+from charlm.orders import order_class
 from charlm.sampling import check_seed
-from charlm.sources import (SEPARATOR, SPLITS, Corpus, load_hub_ag_news, read_ag_news_csv, read_text_chunks,
-                            split_off, split_sizes, split_tail, topic_names, train_vocabulary)
+from charlm.sources import SOURCES, Corpus, source_for
 from charlm.vocabulary import Vocabulary
-from charlm.windows import (ORDER_VERSION, ORDERS, ArticleBatches, CarryingWindows, DeviceWindows, EvalStream,
-                            ShuffledBatches, StreamBatches, WindowDataset, article_bounds, as_batch)
+from charlm.windows import DeviceWindows, EvalStream, WindowDataset, as_batch
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,18 @@ def _checked_meta(cache: Path) -> tuple[dict | None, str | None]:
 
 
 class CharDataModule(L.LightningDataModule):
-    """AG News (Hub or local CSV) or a plain-text file as shuffled equal-size window batches.
+    """A corpus source as training batches in a training order, and held-out streams.
 
     Args:
-        corpus: ``ag_news`` or ``text``.
-        path: local AG News CSV file or folder (train.csv + test.csv), or the text file;
-            ``None`` with ``ag_news`` downloads ``hub_dataset`` from the Hugging Face Hub.
+        corpus: the source's name in ``charlm.sources.SOURCES``: ``ag_news``, ``text`` or ``folder``.
+        path: local AG News CSV file or folder (train.csv + test.csv), the text file, or the
+            folder of text files; ``None`` with ``ag_news`` downloads ``hub_dataset`` from the
+            Hugging Face Hub.
         hub_dataset: the Hub name of AG News.
         val_size, test_size: held-out sizes, a count (articles for AG News, characters for
-            text) or a fraction in (0, 1). Val is cut from the tail of the training data
-            and test from the tail of the file; a source with its own test split uses it
-            and ignores ``test_size``.
+            text, files for a folder) or a fraction in (0, 1). Val is cut from the tail of the
+            training data and test from the tail of the source; a source with its own test
+            split uses it and ignores ``test_size``.
         nchars: window length in characters; stride: characters between window starts.
         batch_size: windows per training batch (every batch has exactly this many).
         eval_rows, eval_chunk: rows and chunk length of the held-out streams.
@@ -66,11 +67,12 @@ class CharDataModule(L.LightningDataModule):
             the array takes at most ``ON_DEVICE_AUTO_FRACTION`` of its memory (AG News: 27 MB).
         cache_dir: where encoded token arrays are kept and shared between runs.
         seed: seeds the order of the training windows (a new order each epoch).
-        order: the order of the training batches (``charlm.windows``): ``windows`` (``batch_size``
-            windows every ``stride`` characters, shuffled), ``streams`` (``batch_size`` contiguous
-            rows served as consecutive chunks of ``nchars``, the state carried; ``stride`` unused)
-            or ``articles`` (the lesson's: one batch per article of all its windows at stride 1,
-            articles in file order; ``stride`` and ``batch_size`` unused; AG News only).
+        order: the order of the training batches, its name in ``charlm.orders.ORDERS``: ``windows``
+            (``batch_size`` windows every ``stride`` characters, shuffled), ``streams``
+            (``batch_size`` contiguous rows served as consecutive chunks of ``nchars``, the state
+            carried; ``stride`` unused) or ``articles`` (the lesson's: one batch per article of all
+            its windows at stride 1, articles in file order; ``stride`` and ``batch_size`` unused;
+            a source of articles only).
     """
 
     def __init__(
@@ -93,16 +95,10 @@ class CharDataModule(L.LightningDataModule):
         order: str = "windows",
     ):
         super().__init__()
-        if order not in ORDERS:
-            raise UserError(f"data.order={order!r} is not known; use {', '.join(ORDERS)}")
-        if order == "articles" and corpus != "ag_news":
-            raise UserError("data.order=articles needs articles (data=ag_news); a text file has none: "
-                            "use data.order=windows or streams")
-        self.order = order
-        if corpus not in ("ag_news", "text"):
-            raise UserError(f"data.corpus={corpus!r} is not known; use ag_news or text")
-        if corpus == "text" and not path:
-            raise UserError("data=text needs a file: data.path=/path/to/file.txt")
+        order_type = order_class(order)
+        self.path = Path(path).expanduser().resolve() if path else None
+        self.source = source_for(corpus, self.path, val_size, test_size, hub_dataset)
+        order_type.check_source(self.source)
         for key, value, low in (("nchars", nchars, 1), ("stride", stride, 1), ("batch_size", batch_size, 1),
                                 ("eval_rows", eval_rows, 1), ("eval_chunk", eval_chunk, 1), ("num_workers", num_workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -113,7 +109,6 @@ class CharDataModule(L.LightningDataModule):
         self.on_device = on_device
         self._device_windows: DeviceWindows | None = None
         self.corpus, self.hub_dataset = corpus, hub_dataset
-        self.path = Path(path).expanduser().resolve() if path else None
         self.val_size, self.test_size = val_size, test_size
         self.nchars, self.stride, self.batch_size = nchars, stride, batch_size
         self.eval_rows, self.eval_chunk = eval_rows, eval_chunk
@@ -123,94 +118,27 @@ class CharDataModule(L.LightningDataModule):
         self.vocab: Vocabulary | None = None
         self.cache_path: Path | None = None
         self._cache_meta: dict | None = None  # the cache's meta.json, checked (prepare_data)
-        self._train_batches: ShuffledBatches | StreamBatches | ArticleBatches | None = None
+        # the training order: its batches, its position in them (for resuming), its sharding
+        self.order = order_type(nchars, stride, batch_size, seed)
         self._device_windows_of: WindowDataset | None = None  # the windows _device_windows copies
-        self._position = 0  # batch rounds trained before this process, from a checkpoint (load_state_dict)
         self.with_topics = False  # batches carry the topic of each input character (use_topics)
 
     # --- preparing the cache
 
-    def _local_key(self) -> str:
-        if not self.path.exists():
-            raise UserError(f"data.path={self.path} does not exist; pass an existing file or folder")
-        files = sorted(self.path.glob("*.csv")) if self.path.is_dir() else [self.path]
-        return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-
-    def _local_corpus(self) -> Corpus:
-        """The local source as a ``Corpus``; a text file is streamed, never read whole."""
-        if self.corpus == "text":
-            if self.path.is_dir():
-                raise UserError(f"data.path={self.path} is a folder; data=text needs one text file")
-            n = sum(len(piece) for piece in read_text_chunks(self.path))
-            if not n:
-                raise UserError(f"data.path={self.path} is empty; pass a file with text in it")
-            sizes = dict(zip(SPLITS, split_sizes(n, self.val_size, self.test_size)))
-            return Corpus(train_vocabulary(read_text_chunks(self.path), sizes["train"]), sizes,
-                          lambda: read_text_chunks(self.path))
-        names = topic_names(self.path)
-        if not self.path.is_dir():
-            labels = []
-            articles = read_ag_news_csv(self.path, labels)
-            return self._ag_news_corpus(*split_tail(articles, self.val_size, self.test_size),
-                                        topics=(*split_tail(labels, self.val_size, self.test_size), names))
-        if not (self.path / "train.csv").exists() or not (self.path / "test.csv").exists():
-            raise UserError(f"data.path={self.path} is a folder without train.csv and test.csv; "
-                            "pass one CSV file or a folder with both")
-        train_labels, test_labels = [], []
-        train = read_ag_news_csv(self.path / "train.csv", train_labels)
-        return self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"),
-                                    read_ag_news_csv(self.path / "test.csv", test_labels),
-                                    topics=(*split_off(train_labels, self.val_size, "data.val_size"), test_labels, names))
-
-    def _ag_news_corpus(self, train: list[str], val: list[str], test: list[str], topics=None) -> Corpus:
-        """``topics``: (train, val, test labels (0-based), names), or ``None`` for a source without them."""
-        if not test:
-            raise UserError(f"AG News source {self.path} has no test articles; pass a file with some")
-        # Held-out streams start with a separator, so their first article is scored from its start.
-        texts = [(SEPARATOR if s != "train" else "") + SEPARATOR.join(docs) for s, docs in zip(SPLITS, (train, val, test))]
-        corpus = Corpus(Vocabulary.from_text(texts[0]), dict(zip(SPLITS, map(len, texts))), lambda: iter(texts))
-        if topics is not None:
-            # The topic of every character: an article's characters and the separator that starts it.
-            corpus.labels = {}
-            for split, docs, labels in zip(SPLITS, (train, val, test), topics[:3]):
-                lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) + 1
-                if split == "train" and len(lengths):
-                    lengths[0] -= 1  # the training text does not start with a separator
-                corpus.labels[split] = np.repeat(np.asarray(labels, dtype=np.uint8), lengths)
-            corpus.topics = list(topics[3])
-            corpus.topic_counts = np.bincount(np.asarray(topics[0], dtype=np.int64),
-                                              minlength=len(corpus.topics)).tolist()
-        return corpus
-
-    def _cache_dir_for(self, source_key: str) -> Path:
-        spec = [CACHE_VERSION, self.corpus, self.hub_dataset if self.path is None else "",
-                source_key, self.val_size, self.test_size]
-        if self.corpus == "ag_news":  # AG News caches carry the topic of every character (an older one lacks them)
-            spec.append("topics")
-            if self.path is not None:  # and the topics' names, from classes.txt beside a local copy
-                spec.append(topic_names(self.path))
-        spec = json.dumps(spec)
+    def _cache_dir_for(self, source_key: list) -> Path:
+        spec = json.dumps([CACHE_VERSION, *source_key])
         return self.cache_root / hashlib.sha1(spec.encode()).hexdigest()[:16]
 
     def prepare_data(self) -> None:
         """Encode the corpus into the cache unless an earlier run did already; a cache found
-        damaged is encoded again (``charlm.cache.read_cache_meta`` checks it)."""
+        damaged is encoded again (``charlm.cache.read_cache_meta`` checks it). The source is read
+        only when the cache must be built: a cache lookup reads its key alone."""
         if self.cache_path is not None:
             return
-        if self.path is None:
-            source_key, columns = load_hub_ag_news(self.hub_dataset)
-
-            def corpus() -> Corpus:  # the articles are read only when the cache must be built
-                train, test, hub_topics = columns()
-                topics = None if hub_topics is None else (
-                    *split_off(hub_topics[0], self.val_size, "data.val_size"), hub_topics[1], hub_topics[2])
-                return self._ag_news_corpus(*split_off(train, self.val_size, "data.val_size"), test, topics=topics)
-        else:
-            source_key, corpus = self._local_key(), self._local_corpus
-        cache = self._cache_dir_for(source_key)
+        cache = self._cache_dir_for(self.source.key())
         meta, damage = _checked_meta(cache)  # a finished cache is only read: it may be read-only
         if meta is None:
-            meta = self._build_cache(cache, corpus, damage)
+            meta = self._build_cache(cache, self.source.corpus, damage)
         self.cache_path, self._cache_meta = cache, meta
 
     def _build_cache(self, cache: Path, corpus, damage: str | None) -> dict:
@@ -245,12 +173,13 @@ class CharDataModule(L.LightningDataModule):
             if meta is None:  # the disk or the file system fails
                 raise cannot_rebuild(written_damage, "it reads back damaged once written")
             if damage is not None:  # after the work: a failed one says so in its one error line instead
-                log.warning("the token cache %s was damaged (%s); encoded %s into it again", cache, damage,
-                            self.path or self.hub_dataset)
+                log.warning("the token cache %s was damaged (%s); encoded %s into it again", cache, damage, self.source)
             return meta
 
     def _write_cache(self, cache: Path, corpus: Corpus) -> None:
-        write_cache(cache, corpus, self.cache_root, self.nchars, str(self.path or self.hub_dataset), self.corpus)
+        write_cache(cache, corpus, self.cache_root, self.nchars, str(self.source), self.source.name,
+                    self.source.separator)
+
     # --- loading
 
     def setup(self, stage: str | None = None) -> None:
@@ -262,11 +191,7 @@ class CharDataModule(L.LightningDataModule):
         self.meta = meta
         self.separator_id = self.vocab.chars.index(meta["separator"]) if meta["separator"] in self.vocab.chars else None
         self.train_set = WindowDataset(self.cache_path / "train.npy", self.nchars, self.stride)
-        # streams and articles give the windows' starts themselves: the windows at stride 1
-        self._starts_set = (self.train_set if self.stride == 1 or self.order == "windows"
-                            else WindowDataset(self.cache_path / "train.npy", self.nchars, 1))
-        self._bounds = (article_bounds(self.train_set.tokens, self.separator_id)
-                        if self.order == "articles" and self.separator_id is not None else None)
+        self.order.setup(self.train_set, self.separator_id)
         for split in ("val", "test"):
             if meta["characters"][split] < 2:
                 raise UserError(f"the {split} split has {meta['characters'][split]} characters; raise data.{split}_size")
@@ -281,57 +206,34 @@ class CharDataModule(L.LightningDataModule):
         The topics' names; a corpus without topics is refused in one line."""
         self.setup()
         if not self.topics:
-            raise UserError(f"model.topics=true needs a corpus with topics (data=ag_news); data.corpus={self.corpus} has "
-                            "none: leave out model.topics")
+            with_topics = ", ".join(f"data={name}" for name, source in SOURCES.items() if source.topics)
+            raise UserError(f"model.topics=true needs a corpus with topics ({with_topics}); data.corpus={self.corpus} "
+                            "has none: leave out model.topics")
         self.check_order_has_topics()
         self.with_topics = True
         self.train_set.labels_path = self.cache_path / "train_labels.npy"
         return self.topics
 
     def check_order_has_topics(self) -> None:
-        """``model.topics=true`` needs batches that cut the topics: ``data.order=windows`` only (the
-        streams and articles batches do not yet). Needs no data, so it can run before preparing it."""
-        if self.order != "windows":
-            raise UserError(f"model.topics=true trains on data.order=windows only, not data.order={self.order}; "
-                            "leave out one of them")
+        """``model.topics=true`` needs batches that cut the topics (``Order.takes_topics``). Needs no
+        data, so it can run before preparing it."""
+        self.order.check_topics()
 
     def held_out_topics(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The tokens and the per-character topics of a held-out split (val or test)."""
         return map_tokens(self.cache_path / f"{split}.npy"), map_labels(self.cache_path, split)
 
-    def _batch_sampler(self, rank: int, world_size: int, position: int = 0):
-        """The training batches of ``order`` for ``rank`` of ``world_size``."""
-        if self.order == "streams":
-            return StreamBatches(len(self.train_set.tokens), self.nchars, self.batch_size, self.seed, rank, world_size,
-                                 position)
-        if self.order == "articles":
-            return ArticleBatches(self._bounds, self.nchars, rank, world_size, position)
-        return ShuffledBatches(len(self.train_set), self.batch_size, self.seed, rank, world_size, position)
-
     def train_dataloader(self) -> DataLoader:
-        batches = self._batch_sampler(*self._rank(), position=self.position)
-        if len(batches) == 0:
-            if self.order == "streams":
-                raise UserError(f"data.batch_size={self.batch_size} rows of at least data.nchars={self.nchars} characters "
-                                f"(per device) do not fit in the {len(self.train_set.tokens)} training characters; "
-                                "lower data.batch_size or data.nchars")
-            if self.order == "articles":
-                raise UserError(f"no training article (per device) is longer than data.nchars={self.nchars} characters; "
-                                "lower data.nchars")
-            raise UserError(f"data.batch_size={self.batch_size} is more than the {len(self.train_set)} training "
-                            f"windows (per device); lower it or data.stride")
-        self._train_batches = batches
-        base = self.train_set if self.order == "windows" else self._starts_set
+        batches = self.order.sampler(*self._rank())
+        base = self.order.windows
         windows = self._training_windows(base)
         workers = self.num_workers if windows is base else 0  # on the device: nothing to prepare ahead
         pin = self.pin_memory and windows is base
-        if self.order == "streams":
-            windows = CarryingWindows(windows)
         # Its own generator: creating an iterator then draws no number from the global random
         # state, which a resumed run restores and must advance exactly as the first run did.
-        return DataLoader(windows, batch_sampler=batches, collate_fn=as_batch, num_workers=workers,
-                          pin_memory=pin,
-                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(self.order.dataset(windows), batch_sampler=batches, collate_fn=as_batch,
+                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def _training_windows(self, base: WindowDataset) -> WindowDataset | DeviceWindows:
         """The training windows: ``base`` (on the memory-mapped array), or ``DeviceWindows`` on the
@@ -352,49 +254,35 @@ class CharDataModule(L.LightningDataModule):
 
     # --- the position in the data, for resuming
     #
-    # The data module counts the batches trained itself instead of reading Lightning's loop
+    # The training order counts the batches trained itself instead of reading Lightning's loop
     # progress: when a run stops in the middle of an epoch (Ctrl-C, max_time, max_steps, early
     # stopping), Lightning still ends that epoch (its epoch counter moves on) and checkpoints
     # written then pair the next epoch number with the batch count of the stopped one. A count
-    # of trained batches has one meaning wherever it is saved, and ``ShuffledBatches`` derives
-    # the epoch and the batch within it from it.
+    # of trained batches has one meaning wherever it is saved, and the order's sampler derives
+    # the epoch and the batch within it from it (``charlm.orders.Order``).
 
     @property
     def position(self) -> int:
         """Rounds of training batches (one batch per rank) trained since the run started, over all epochs."""
-        return self._train_batches.position if self._train_batches is not None else self._position
+        return self.order.position
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Counts a training batch when it reaches the training step: counting batches as the
         loader draws them would be ahead by the batches it fetches in advance."""
-        if self._train_batches is not None and self.trainer is not None and self.trainer.training:
-            self._train_batches.position += 1
+        if self.trainer is not None and self.trainer.training:
+            self.order.advance()
         return batch
 
     def state_dict(self) -> dict:
-        """Where training stands in the data: ``position`` (batch rounds trained, see ``position``);
-        ``epoch`` and ``batches`` (of it trained) are the same, spelled out for people reading it."""
-        per_epoch = self._batches_per_epoch()
-        return {"position": self.position, "epoch": self.position // per_epoch, "batches": self.position % per_epoch,
-                "order": ORDER_VERSION, "data_order": self.order}
+        """Where training stands in the data (``charlm.orders.Order.state_dict``)."""
+        return self.order.state_dict(self._rank()[1])
 
     def load_state_dict(self, state: dict) -> None:
-        per_epoch = self._batches_per_epoch()
-        # Checkpoints of charlm before ``position`` saved only epoch and batches.
-        position = state["position"] if "position" in state else state["epoch"] * per_epoch + state["batches"]
-        other_order = state.get("order") != ORDER_VERSION or state.get("data_order", "windows") != self.order
-        if other_order and position % per_epoch:
-            log.warning("this checkpoint was written with another training order (data.order, or a charlm with another "
-                        "window order); the rest of epoch %d "
-                        "will not be exactly the windows the run had left; later epochs are whole shuffles as usual",
-                        position // per_epoch)
-        self._position = position
-        if self._train_batches is not None:
-            self._train_batches.position = position
+        self.order.load_state_dict(state, self._rank()[1])
 
     def _batches_per_epoch(self, world_size: int | None = None) -> int:
         """Rounds of batches in an epoch, at least 1 (the loader refuses fewer with a clear message)."""
-        return max(1, len(self._batch_sampler(0, world_size or self._rank()[1])))
+        return self.order.batches_per_epoch(world_size or self._rank()[1])
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer

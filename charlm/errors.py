@@ -37,3 +37,11 @@ def exit_on_user_error(reraise: bool = False):
             raise user_error from None
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def known(registry: dict, key: str, value):
+    """``registry[value]`` (a plug-in chosen by the setting ``key``, e.g. ``data.order``), or one
+    line naming the value and the known ones."""
+    if not isinstance(value, str) or value not in registry:
+        raise UserError(f"{key}={value!r} is not known; use {', '.join(registry)}")
+    return registry[value]

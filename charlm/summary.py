@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from charlm.errors import UserError, exit_on_user_error
 from charlm.model import matmul_flops_per_char
+from charlm.orders import ORDERS
 
 UNDERTRAINED_STEPS = 100  # fewer optimizer steps than this: the run measured its start, not the model
 UNIFORM_SHARE = 0.95  # best val bpc above this share of log2(vocabulary): it never left the uniform guess
@@ -78,9 +79,11 @@ def _flat(value, prefix: str = "") -> dict:
 def chars_per_step(cfg) -> int | None:
     """Training characters per optimizer step: ``data.batch_size × data.nchars`` on every device
     (``trainer.devices × trainer.num_nodes``; a ``devices`` that is not a number counts as 1). None
-    for ``data.order=articles``, whose batches differ in size: such a run has no curve against characters."""
+    for an order whose batches differ in size (``Order.equal_batches``, e.g. ``data.order=articles``):
+    such a run has no curve against characters."""
     batch, nchars = OmegaConf.select(cfg, "data.batch_size"), OmegaConf.select(cfg, "data.nchars")
-    if OmegaConf.select(cfg, "data.order") == "articles" or not isinstance(batch, int) or not isinstance(nchars, int):
+    order = ORDERS.get(OmegaConf.select(cfg, "data.order", default="windows"))
+    if order is None or not order.equal_batches or not isinstance(batch, int) or not isinstance(nchars, int):
         return None
     world = 1
     for key in ("trainer.devices", "trainer.num_nodes"):

@@ -8,7 +8,8 @@ recurrent state carried.
 
 That is ``data.order=windows``; ``streams`` (``StreamBatches``) feeds contiguous rows chunk by chunk
 with the state carried, and ``articles`` (``ArticleBatches``) one article's windows at stride 1 per
-batch. All three are batch samplers driven by the same ``position`` (batch rounds trained).
+batch. All three are batch samplers driven by the same ``position`` (batch rounds trained); the
+orders that pick them by ``data.order`` are in ``charlm.orders``.
 """
 
 from __future__ import annotations
@@ -175,9 +176,6 @@ class ShuffledBatches(Sampler[list[int]]):
             rounds = np.arange(first, min(first + self.BATCH_ROUNDS_PER_CALL, len(self)))
             positions = (rounds[:, None] * per_round + own_slots).ravel()
             yield from permutation(positions).reshape(-1, self.batch_size).tolist()
-
-
-ORDERS = ("windows", "streams", "articles")  # data.order: the training batches' order
 
 
 def unpack_batch(batch):

@@ -45,6 +45,23 @@ ROWS = [
     ("train.py", "data.path={d}/people.csv", HERE,
      "data.path={d}/people.csv: line 1 is not AG News CSV (class index 1-4, title, description), got "
      "['name', 'age']; for plain text use data=text"),
+    ("train.py", "data=folder data.path={d}/missing", HERE,
+     "data.path={d}/missing does not exist; pass an existing folder of .txt files"),
+    ("train.py", "data=folder data.path={d}/tiny.txt", HERE,
+     "data.path={d}/tiny.txt is a file; data=folder needs a folder of .txt files (for one text file use data=text)"),
+    ("train.py", "data=folder data.path={d}/empty", HERE,
+     "data.path={d}/empty is an empty folder; put .txt files in it, one article each"),
+    ("train.py", "data=folder data.path={d}/notes", HERE,
+     "data.path={d}/notes has no .txt files (2 other entries, e.g. a.md); put the articles in .txt files, one "
+     "article each"),
+    ("train.py", "data=folder data.path={d}/two", HERE,
+     "data.path={d}/two has 2 .txt files; data=folder needs at least 3 (train, val and test are split by file): "
+     "add files"),
+    ("train.py", "data=folder data.path={d}/mixed", HERE,
+     "data.path={d}/mixed: b.txt is not UTF-8 (byte 3); convert it, e.g. iconv -t utf-8"),
+    ("train.py", "data=folder data.path={d}/etx", HERE,
+     "data.path={d}/etx: b.txt holds the character '\\x03' that data=folder puts between files; remove it from "
+     "the file"),
     ("train.py", "data=text data.path={d}/short.txt", BOTH,
      "the training text of {d}/short.txt has 45 characters, fewer than one window (data.nchars + 1 = 101); "
      "lower data.nchars or use a longer corpus"),
@@ -57,7 +74,8 @@ ROWS = [
     ("train.py", "data.batch_size=-8", HERE, "data.batch_size=-8 must be a whole number >= 1"),
     ("train.py", "data.order=shuffled", HERE, "data.order='shuffled' is not known; use windows, streams, articles"),
     ("train.py", "data=text data.path={d}/tiny.txt data.cache_dir={d}/cache data.order=articles", HERE,
-     "data.order=articles needs articles (data=ag_news); a text file has none: use data.order=windows or streams"),
+     "data.order=articles needs articles (data=ag_news, data=folder); data.corpus=text has none: use "
+     "data.order=windows or streams"),
     ("train.py", "model.topics=true data.order=streams", HERE,
      "model.topics=true trains on data.order=windows only, not data.order=streams; leave out one of them"),
     ("train.py", "callbacks.validation.max_share=2", HERE,
@@ -244,6 +262,13 @@ def d(tmp_path_factory):
     (d / "people.csv").write_text("name,age\nAnn,31\n")
     (d / "notes.txt").write_text("a regular file, so nothing can be created under it (not even by root)\n")
     (d / "texts").mkdir()  # a folder where a file belongs
+    for folder, files in {"empty": {}, "notes": {"a.md": b"notes", "b.csv": b"1,2"},  # data=folder inputs
+                          "two": {"a.txt": b"one", "b.txt": b"two"},
+                          "mixed": {"a.txt": b"fine", "b.txt": "caf\u00e9".encode("latin-1"), "c.txt": b"fine"},
+                          "etx": {"a.txt": b"fine", "b.txt": b"end\x03of text", "c.txt": b"fine"}}.items():
+        (d / folder).mkdir()
+        for name, content in files.items():
+            (d / folder / name).write_bytes(content)
     torch.manual_seed(0)
     module = CharLM(vocab=Vocabulary.from_text(TEXT).chars, model=dict(hidden_size=16, embedding_dim=4))
     save_like_lightning(module, d / "model.ckpt")

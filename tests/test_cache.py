@@ -15,6 +15,7 @@ import pytest
 import charlm.cache
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
+from charlm.sources import AgNewsCsv
 from conftest import started_together
 
 SPLIT_FILES = ("train", "val", "test", "train_labels", "val_labels", "test_labels")
@@ -130,7 +131,7 @@ def test_a_damaged_cache_without_its_source_stops_with_one_line_naming_the_folde
     def gone(self):  # the source cannot be read any more (a removed disk, a file deleted since)
         raise FileNotFoundError(2, "No such file or directory", str(tiny_csv))
 
-    monkeypatch.setattr(CharDataModule, "_local_corpus", gone)
+    monkeypatch.setattr(AgNewsCsv, "corpus", gone)
     with pytest.raises(SystemExit) as exited, exit_on_user_error(), caplog.at_level(logging.WARNING):
         make_dm(tiny_csv, tmp_path / "cache")
     assert exited.value.code == 2 and not caplog.records  # the error line only

@@ -145,7 +145,7 @@ def test_ranks_score_disjoint_rows_that_make_up_the_whole_stream(tiny_csv, tmp_p
 
 def test_cache_is_reused_by_later_runs(tiny_csv, tmp_path, monkeypatch):
     first = make_dm(tiny_csv, tmp_path)
-    monkeypatch.setattr("charlm.data.read_ag_news_csv", lambda path: pytest.fail("re-read a cached corpus"))
+    monkeypatch.setattr("charlm.sources.read_ag_news_csv", lambda *a: pytest.fail("re-read a cached corpus"))
     second = make_dm(tiny_csv, tmp_path)
     assert second.cache_path == first.cache_path and second.vocab.chars == first.vocab.chars
     assert np.load(first.cache_path / "train.npy", mmap_mode="r").dtype == np.uint8
@@ -283,14 +283,14 @@ def test_text_is_read_in_pieces_and_decoded_across_piece_boundaries(tmp_path):
 
 @pytest.mark.parametrize("chunk_bytes, val_size, test_size", [(1000, 0.1, 3000), (1 << 23, 10, 10)])
 def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(tmp_path, monkeypatch, chunk_bytes, val_size, test_size):
-    import charlm.data
+    import charlm.sources
     from charlm.vocabulary import Vocabulary
 
     text = "".join(f"{i}: ünïcode and ascii, row {i * 7919 % 1000}.\n" for i in range(2000))
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    original = charlm.data.read_text_chunks
-    monkeypatch.setattr(charlm.data, "read_text_chunks", lambda p: original(p, chunk_bytes=chunk_bytes))
+    original = charlm.sources.read_text_chunks
+    monkeypatch.setattr(charlm.sources, "read_text_chunks", lambda p: original(p, chunk_bytes=chunk_bytes))
     dm = make_dm(path, tmp_path, corpus="text", val_size=val_size, test_size=test_size)
     n_val = val_size if isinstance(val_size, int) else round(val_size * len(text))
     n_train = len(text) - n_val - test_size
@@ -372,14 +372,14 @@ def test_a_leading_bom_is_dropped_and_line_ends_read_as_newlines_in_any_pieces(t
 def test_a_windows_text_file_gives_the_corpus_of_its_unix_copy(tmp_path, monkeypatch):
     """Same vocabulary (no BOM, no \\r), same split sizes and tokens, also read in small pieces
     whose ends fall between \\r and \\n (sizes come from one pass, tokens from another)."""
-    import charlm.data
+    import charlm.sources
 
     text = "".join(f"line {i}: héllo wörld\n" for i in range(400))
     unix, windows = tmp_path / "unix.txt", tmp_path / "windows.txt"
     unix.write_text(text, encoding="utf-8", newline="\n")
     windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
-    original = charlm.data.read_text_chunks
-    monkeypatch.setattr(charlm.data, "read_text_chunks", lambda p: original(p, chunk_bytes=97))
+    original = charlm.sources.read_text_chunks
+    monkeypatch.setattr(charlm.sources, "read_text_chunks", lambda p: original(p, chunk_bytes=97))
     a, b = (make_dm(p, tmp_path, corpus="text", val_size=0.1, test_size=0.1) for p in (unix, windows))
     assert b.vocab.chars == a.vocab.chars and "\r" not in b.vocab.chars and "\ufeff" not in b.vocab.chars
     assert b.meta["characters"] == a.meta["characters"]
@@ -471,7 +471,8 @@ def test_articles_of_a_short_article_are_skipped_and_ranks_take_turns(tmp_path):
 
 
 def test_articles_of_a_text_file_and_an_unknown_order_are_refused(tiny_text, tmp_path):
-    with pytest.raises(UserError, match=r"data.order=articles needs articles \(data=ag_news\)"):
+    with pytest.raises(UserError, match=r"^data.order=articles needs articles \(data=ag_news, data=folder\); "
+                                        r"data.corpus=text has none: use data.order=windows or streams$"):
         make_dm(tiny_text, tmp_path, corpus="text", order="articles")
     with pytest.raises(UserError, match=r"data.order='shuffled' is not known; use windows, streams, articles"):
         make_dm(tiny_text, tmp_path, corpus="text", order="shuffled")
