@@ -160,6 +160,16 @@ def check_loggers(logger_cfg) -> None:
                                 f"pip install -e \".[{extra}]\" (or use another logger, e.g. logger=csv)")
 
 
+def allow_mlflow_file_store(logger_cfg) -> None:
+    """An MLflow logger writing to a local file store (``tracking_uri: file:...``, logger=mlflow's): MLflow 3
+    refuses that backend unless ``MLFLOW_ALLOW_FILE_STORE`` is set (it would have a database, which needs
+    the full mlflow package and its SQLAlchemy); set here for this process, unless the user set it."""
+    for cfg in (logger_cfg or {}).values():
+        if (str((cfg or {}).get("_target_", "")).endswith("MLFlowLogger")
+                and str(cfg.get("tracking_uri") or "").startswith("file:")):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
 def check_no_clash(loggers: list, metrics_path: Path) -> None:
     """A ``CSVLogger`` writing into the run folder itself would write its own ``metrics.csv`` over
     charlm's (``MetricsFile``): refused in one line naming a folder of its own."""

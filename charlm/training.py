@@ -30,7 +30,8 @@ from charlm.compat import HYDRA_BASIC_LAUNCHER, relaunches_script, saves_on_trai
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
-from charlm.loggers import METRICS_FILE, MetricsFile, check_loggers, check_no_clash, write_hparams, write_text
+from charlm.loggers import (METRICS_FILE, MetricsFile, allow_mlflow_file_store, check_loggers, check_no_clash,
+                            write_hparams, write_text)
 from charlm.model import check_model_args
 from charlm.module import CharLM, DiskFull, check_checkpoint_fits, read_checkpoint
 from charlm.precision import check_model_memory, choose_precision
@@ -66,6 +67,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
         check_checkpoint_callback(name, callback)
     if cfg.trainer.get("val_check_interval") is not None or cfg.trainer.get("check_val_every_n_epoch") is not None:
         callbacks = [c for c in callbacks if not isinstance(c, BudgetValidation)]  # the user's schedule wins
+    allow_mlflow_file_store(cfg.get("logger"))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     # whatever the loggers chosen, the run's scalars in its own file: the sweep summary reads them there
     metrics_file = MetricsFile(Path(HydraConfig.get().runtime.output_dir) / METRICS_FILE)

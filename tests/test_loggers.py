@@ -195,6 +195,7 @@ def test_the_presets_compose(tmp_path):
                        "many": {"tensorboard": "TensorBoardLogger", "csv": "CSVLogger"}}
 
 
+@pytest.mark.slow  # a fit, and wandb's service started
 def test_wandb_offline_logs_into_the_run_folder(tiny_text, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is not installed (an extra: pip install -e \".[wandb]\")")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -209,8 +210,12 @@ def test_wandb_offline_logs_into_the_run_folder(tiny_text, tmp_path, monkeypatch
     wandb.finish()
 
 
-def test_mlflow_logs_to_a_local_file_store(tiny_text, tmp_path):
+@pytest.mark.slow  # a fit
+def test_mlflow_logs_to_a_local_file_store(tiny_text, tmp_path, monkeypatch):
+    """MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE is set: charlm sets it for logger=mlflow."""
     pytest.importorskip("mlflow", reason="mlflow is not installed (an extra: pip install -e \".[mlflow]\")")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # unset, and unset again afterwards
     store = tmp_path / "mlruns"
     run_dir = tmp_path / "run"
     run_here(run_dir, ["logger=mlflow", f"logger.mlflow.tracking_uri=file:{store}"], tiny_text)
@@ -281,6 +286,7 @@ def test_csv_alone_sweep_summary_has_its_curves_and_plots(csv_sweep):
     assert all(r["val_bpc"] and r["train_eval_bpc"] and float(r["seconds"]) > 0 for r in curve)
     for name in ("best_val_bpc.png", "learning_curves.png", "overfitting.png"):
         assert (sweep_dir / name).stat().st_size > 10_000
-    # the command that rebuilds it (in this process), with the interpolated override in its resume command
+    # the command that rebuilds it (in this process; it reads the interpolated override for its resume command)
+    (sweep_dir / "summary.md").unlink()
     main([str(sweep_dir)])
-    assert f"'{INTERPOLATED}'" in (sweep_dir / "summary.md").read_text()
+    assert (sweep_dir / "summary.md").read_text() == summary
