@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from charlm.config import SweptKeys, compose_config
-from charlm.errors import UserError, exit_on_user_error
+from charlm.errors import exit_on_user_error
 from charlm.loggers import METRICS_FILE, MetricsFile, read_metrics
 from charlm.summary import curves, main, resume_command
 from charlm.training import build, end_summary, train
