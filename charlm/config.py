@@ -78,11 +78,14 @@ class SweptKeys(Callback):
     override there; the same command (e.g. with ``resume=true``) gives the same folder names."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _, constant = swept_keys(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
+        # the overrides as typed: one such as logger.csv.save_dir='${hydra:runtime.output_dir}/csv' is
+        # resolved in each job, and cannot be here (HydraConfig is not set before the jobs)
+        given = OmegaConf.to_container(config.hydra.overrides, resolve=False)
+        _, constant = swept_keys(given["task"], config.hydra.sweeper.get("params"))
         exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
         exclude += sorted(constant - set(exclude))
         with read_write(config.hydra):
-            overrides = [o for o in config.hydra.overrides.hydra if not o.startswith(EXCLUDE_KEYS_OVERRIDE)]
+            overrides = [o for o in given["hydra"] if not o.startswith(EXCLUDE_KEYS_OVERRIDE)]
             config.hydra.overrides.hydra = [*overrides, EXCLUDE_KEYS_OVERRIDE + "[" + ",".join(exclude) + "]"]
 
 

@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from charlm.errors import UserError, exit_on_user_error
+from charlm.loggers import METRICS_FILE, read_metrics
 from charlm.model import matmul_flops_per_char
 from charlm.orders import ORDERS
 
@@ -141,14 +142,29 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
 
 def curves(run: Path, chars_per_step: int | None) -> dict[str, dict[str, list]]:
     """``val/bpc`` and ``train_eval/bpc`` of a run, each as lists ``step``, ``characters``,
-    ``seconds`` and ``value``, from its TensorBoard event files.
+    ``seconds`` and ``value``, from its metrics.csv (``charlm.loggers.MetricsFile``, written whatever
+    the run's loggers), or from the TensorBoard event files of a run of a charlm before it.
 
     ``characters``: training characters up to that step (``step × chars_per_step``; None each
     without ``chars_per_step``).
-    ``seconds``: wall-clock seconds since the fit started (its event file's first event),
-    validation included, since that is what the run spent and what ``trainer.max_time`` counts. A
-    resumed run's later event files continue from where the earlier ones ended (the pause between
-    them left out), and their points replace the earlier ones from the step they restart at."""
+    ``seconds``: wall-clock seconds since the fit started, validation included, since that is what
+    the run spent and what ``trainer.max_time`` counts; a resumed run's continue from where the
+    checkpoint it resumed was saved (the pause left out)."""
+    path = run / METRICS_FILE
+    found = read_metrics(path, CURVE_TAGS) if path.exists() else event_points(run)
+    result = {}
+    for tag, by_step in found.items():
+        steps = sorted(by_step)
+        result[tag] = {"step": steps, "characters": [step * chars_per_step if chars_per_step else None for step in steps],
+                       "seconds": [by_step[step][0] for step in steps], "value": [by_step[step][1] for step in steps]}
+    return result
+
+
+def event_points(run: Path) -> dict[str, dict[int, tuple[float, float]]]:
+    """``CURVE_TAGS``' points (tag -> step -> (seconds, value)) in the TensorBoard event files of a
+    run without metrics.csv. Seconds count from its event file's first event; a resumed run's later
+    event files continue from where the earlier ones ended (the pause between them left out), and
+    their points replace the earlier ones from the step they restart at."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every event file it opens
@@ -167,12 +183,7 @@ def curves(run: Path, chars_per_step: int | None) -> dict[str, dict[str, list]]:
         for tag, scalars in points.items():
             found[tag].update({p.step: (offset + p.wall_time - start, p.value) for p in scalars})
         offset += max(p.wall_time for scalars in points.values() for p in scalars) - start
-    result = {}
-    for tag, by_step in found.items():
-        steps = sorted(by_step)
-        result[tag] = {"step": steps, "characters": [step * chars_per_step if chars_per_step else None for step in steps],
-                       "seconds": [by_step[step][0] for step in steps], "value": [by_step[step][1] for step in steps]}
-    return result
+    return found
 
 
 def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
@@ -382,7 +393,8 @@ def resume_command(sweep_dir: Path) -> tuple[str, str] | None:
     if not multirun.exists():
         return None
     hydra = OmegaConf.load(multirun).hydra
-    overrides = [o for o in [*hydra.overrides.hydra, *hydra.overrides.task]
+    given = OmegaConf.to_container(hydra.overrides, resolve=False)  # as typed, ${hydra:...} included
+    overrides = [o for o in [*given["hydra"], *given["task"]]
                  if not o.startswith(("hydra.sweep.dir=", "hydra.mode=", "resume=",
                                       "hydra.job.config.override_dirname.exclude_keys="))]  # SweptKeys adds it again
     return hydra.runtime.cwd, " ".join(["python train.py -m", shlex.quote(f"hydra.sweep.dir={sweep_dir.resolve()}"),

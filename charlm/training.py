@@ -23,16 +23,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from charlm.callbacks import CharThroughput, GracefulStop
 from charlm.progress import BudgetTimer, BudgetValidation, budget_timer, timer_duration
-from charlm.compat import (HYDRA_BASIC_LAUNCHER, relaunches_script, saves_on_train_epoch_end, spawns_ranks,
-                           tensorboard_file_writer)
+from charlm.compat import HYDRA_BASIC_LAUNCHER, relaunches_script, saves_on_train_epoch_end, spawns_ranks
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
-from charlm.loggers import write_text
+from charlm.loggers import (METRICS_FILE, MetricsFile, allow_mlflow_file_store, check_loggers, check_no_clash,
+                            write_hparams, write_text)
 from charlm.model import check_model_args
 from charlm.module import CharLM, DiskFull, check_checkpoint_fits, read_checkpoint
 from charlm.precision import check_model_memory, choose_precision
@@ -54,7 +53,9 @@ RESULTS = ("best/val_bpc", "test/bpc", "test/loss", "test/ppl", "test/topic_acc"
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """The data module (set up, so its vocabulary is known), the model and the trainer of ``cfg``.
 
-    The model and optimizer settings are checked first, so a mistake there costs no data preparation."""
+    The loggers' packages, model and optimizer settings are checked first, so a mistake there costs no
+    data preparation."""
+    check_loggers(cfg.get("logger"))
     model_args = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_args(**model_args)
     check_model_memory(model_args, cfg.trainer.accelerator, cfg.trainer.precision, cfg.optimizer)
@@ -66,7 +67,13 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
         check_checkpoint_callback(name, callback)
     if cfg.trainer.get("val_check_interval") is not None or cfg.trainer.get("check_val_every_n_epoch") is not None:
         callbacks = [c for c in callbacks if not isinstance(c, BudgetValidation)]  # the user's schedule wins
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    allow_mlflow_file_store(cfg.get("logger"))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    # whatever the loggers chosen, the run's scalars in its own file: the sweep summary reads them there
+    metrics_file = MetricsFile(Path(HydraConfig.get().runtime.output_dir) / METRICS_FILE)
+    check_no_clash(loggers, metrics_file.path)
+    loggers.append(metrics_file)  # last: Lightning takes trainer.log_dir from the first logger
+    callbacks.append(metrics_file)  # its clock and its length at each checkpoint
     precision = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator, model_args)  # tried on the device
     trainer = instantiate_trainer(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
     check_budget(cfg.trainer, trainer)
@@ -264,7 +271,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if trainer.is_global_zero:
         log_hparams(trainer, cfg, metrics)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        log.info("%s", end_summary(run_dir, metrics, best, cfg.callbacks.get("samples", {}).get("prompt")))
+        log.info("%s", end_summary(run_dir, metrics, best, cfg.callbacks.get("samples", {}).get("prompt"),
+                                   tensorboard=any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)))
     return metrics
 
 
@@ -295,9 +303,11 @@ def logged_metrics(trainer: L.Trainer, model: CharLM) -> dict:
     return {**metrics, **{f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()}}
 
 
-def end_summary(run_dir: Path, metrics: dict[str, float], best: str, prompt: str | None) -> str:
+def end_summary(run_dir: Path, metrics: dict[str, float], best: str, prompt: str | None,
+                tensorboard: bool = True) -> str:
     """What a person needs when a run ends: where it is, how good it got, and the commands that
-    sample from its best checkpoint and show its curves (quoted for a POSIX shell and for Hydra)."""
+    sample from its best checkpoint and show its curves (quoted for a POSIX shell and for Hydra;
+    TensorBoard's only when the run has a TensorBoard logger)."""
     scores = [f"best val bpc {metrics['best/val_bpc']:.4f}" if "best/val_bpc" in metrics else "no validation",
               *([f"test bpc {metrics['test/bpc']:.4f}"] if "test/bpc" in metrics else [])]
     ckpt = best or str(run_dir / "checkpoints" / "last.ckpt")
@@ -309,7 +319,7 @@ def end_summary(run_dir: Path, metrics: dict[str, float], best: str, prompt: str
                       *([f"  warning:     {flag}; give it a larger budget (trainer.max_time, trainer.max_steps)"]
                         if flag else []),
                       f"  sample:      {' '.join(sample)}",
-                      f"  tensorboard: tensorboard --logdir {shlex.quote(str(run_dir))}"])
+                      *([f"  tensorboard: tensorboard --logdir {shlex.quote(str(run_dir))}"] if tensorboard else [])])
 
 
 def override_arg(key: str, value: str, quote: bool = False) -> str:
@@ -369,11 +379,12 @@ def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """Write the run's ``HPARAMS`` settings, parameter count and ``RESULTS`` to its TensorBoard
-    logger, for TensorBoard's HPARAMS tab, and the same as the run's text summary (TEXT tab,
-    ``summary``). The table's metric columns are the runs' scalars (their last values: the final
-    val/bpc, ...); the test's numbers are single points, so they are columns of the settings'
-    side instead of one-point scalar charts (which would also come first in the SCALARS tab)."""
+    """Write the run's ``HPARAMS`` settings, parameter count and ``RESULTS`` to its loggers
+    (``charlm.loggers.write_hparams``: TensorBoard's HPARAMS tab, the CSV logger's hparams.yaml, ...),
+    and the same as the run's text summary (TEXT tab, ``summary``). The HPARAMS table's metric columns
+    are the runs' scalars (their last values: the final val/bpc, ...); the test's numbers are single
+    points, so they are columns of the settings' side instead of one-point scalar charts (which would
+    also come first in the SCALARS tab)."""
     params = {}
     for key in HPARAMS:
         value = OmegaConf.select(cfg, key)
@@ -389,14 +400,4 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) 
                          "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in params.items())])
     params.update(results)
     write_text(trainer, "summary", summary)  # TEXT tab: the run on one page
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            # Not logger.log_hyperparams(params, metrics): it also writes an experiment summary in every
-            # run, and TensorBoard then takes the hparam and metric lists of whichever run it reads first,
-            # with no hparam marked as differing (its HPARAMS tab shows 5 hparams, differing ones first).
-            # With session summaries only, TensorBoard builds both lists from all the runs.
-            _, session_start, session_end = hparams_summaries(params, {})
-            writer = tensorboard_file_writer(logger.experiment)
-            writer.add_summary(session_start)
-            writer.add_summary(session_end)
-            logger.finalize("success")  # flush; fit and test closed the event file already, this one is new
+    write_hparams(trainer, params)

@@ -1,5 +1,6 @@
 """Data-parallel training on the CPU: two gloo processes started by train.py itself."""
 
+import csv
 import json
 import os
 import signal
@@ -78,6 +79,9 @@ def test_checkpoints_logs_and_metrics_are_written_once(ddp_run):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}  # ...<host>.<pid>.<n>
     assert len(writers) == 1  # one process wrote TensorBoard events: rank 0
+    with open(run / "metrics.csv", newline="") as f:
+        keys = [(row["step"], row["name"]) for row in csv.DictReader(f)]
+    assert ("5", "train/loss") in keys and len(keys) == len(set(keys))  # and metrics.csv: rank 0 alone
     assert "test (" in (run / "train.log").read_text()
     config = (run / "config.yaml").read_text()
     assert "strategy: ddp" in config and "devices: 2" in config
