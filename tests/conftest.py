@@ -8,6 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist each worker, and every process it starts (train.py, DDP ranks), gets its share of the
+# cores: two workers each running two-thread torch on two cores would slow both several-fold.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = THREADS
+    import torch
+
+    torch.set_num_threads(int(THREADS))
 SHARED = ROOT.parent / "shared" / "data"
 
 

@@ -27,14 +27,19 @@ def tiny(tiny_text, tmp_path, *overrides):
 
 
 class Record(L.Callback):
-    """The progress bar's (position, total) after every step, and the steps validated at."""
+    """The progress bar's (position, total) after every step and as the fit ends, and the steps
+    validated at."""
 
     def __init__(self):
-        self.bar, self.validated = [], []
+        self.bar, self.validated, self.last = [], [], None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         bar = trainer.progress_bar_callback.train_progress_bar
         self.bar.append((trainer.global_step, bar.n, bar.total))
+
+    def on_train_end(self, trainer, pl_module):
+        bar = trainer.progress_bar_callback.train_progress_bar
+        self.last = (bar.n, bar.total)
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -73,7 +78,9 @@ def test_bar_counts_the_time_budget(tiny_text, tmp_path):
                                       "callbacks.validation.max_share=null")
     record = fit(datamodule, model, trainer)
     steps = trainer.global_step
-    assert steps > 20 and record.bar[-1][1:] == (steps, steps)  # ends full: 100%
+    # ends full: 100% (drawn as the fit ends; the last step may end before the time does, e.g. when the
+    # validation after it uses the rest)
+    assert steps > 20 and record.last == (steps, steps)
     # the total is the steps that fit in the time at the pace so far, so it is never below the position
     # (unknown at the first step: the clock starts when it ends)
     assert all(step == n and (n <= total if step > 1 else total is None or n <= total) for step, n, total in record.bar)
@@ -99,8 +106,8 @@ def test_validation_takes_at_most_its_share_of_a_time_budget(tiny_text, tmp_path
     record = fit(datamodule, model, trainer)
     steps = trainer.global_step
     assert record.validated[-1] == steps  # the last step is validated either way
-    if max_share is None:
-        assert len(record.validated) >= 9
+    if max_share is None:  # more than the cap below allows (10 on an idle machine; fewer when steps are slow)
+        assert len(record.validated) > 0.1 * 3 / 0.15 + 2
     else:  # within 10% of the 3 s, plus the validation that may overrun it and the one when the time ends
         assert 2 <= len(record.validated) <= 0.1 * 3 / 0.15 + 2
         assert steps > 3 * len(record.validated)  # the budget went on training
