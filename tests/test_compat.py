@@ -86,7 +86,7 @@ def test_hydra_names():
     error = ValueError("bad")
     job = JobReturn(status=JobStatus.FAILED, _return_value=error)
     with pytest.raises(ValueError):
-        job.return_value  # the public property raises, hence compat.job_error
+        _ = job.return_value  # the public property raises, hence compat.job_error
     assert compat.job_error(job) is error
 
 

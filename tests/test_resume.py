@@ -56,7 +56,7 @@ def straight(corpus, tmp_path_factory):
     run_script("train.py", *settings(corpus, "per_epoch"), "trainer.max_steps=1", f"hydra.run.dir={root / 'cache'}",
                env=ENV)  # builds the token cache once, before two processes want it
     procs = {group: start(settings(corpus, group), root / group) for group in GROUPS}
-    for group, proc in procs.items():
+    for proc in procs.values():
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
     return {group: root / group for group in GROUPS}
 

@@ -26,7 +26,7 @@ def write_corpus(folder, n=120):
     path = folder / "news.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, quoting=csv.QUOTE_ALL)
-        for i in range(n):
+        for _ in range(n):
             k = int(rng.integers(4))
             words = [LETTERS[k] * int(rng.integers(2, 6)) for _ in range(int(rng.integers(3, 8)))]
             writer.writerow([str(k + 1), " ".join(words[:2]), " ".join(words[2:])])
