@@ -1,4 +1,3 @@
-import csv
 import os
 import time
 
@@ -226,37 +225,6 @@ def test_a_hub_that_does_not_answer_is_found_by_one_request_then_datasets_runs_o
     assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == (False, False)  # put back
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "does not exist"),
-    (b"", "is empty"),
-    (b"short", "fewer than one window"),
-    (b"caf\xe9 au lait " * 20, "is not UTF-8"),
-    (b"\x00\x01\x02binary" * 20, "looks binary"),
-])
-def test_bad_text_corpus_is_refused_with_the_reason(tmp_path, content, message):
-    path = tmp_path / "corpus.txt"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(UserError, match=message):
-        make_dm(path, tmp_path, corpus="text", val_size=0.1, test_size=0.1)
-
-
-def test_csv_not_in_ag_news_format_is_refused_with_the_line(tmp_path):
-    path = tmp_path / "bad.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["1", "title", "description"])
-        writer.writerow(["name", "age"])
-    with pytest.raises(UserError, match="line 2 is not AG News CSV"):
-        make_dm(path, tmp_path)
-
-
-@pytest.mark.parametrize("key, value", [("nchars", 0), ("stride", -1), ("batch_size", 0)])
-def test_bad_window_settings_are_refused(tmp_path, key, value):
-    with pytest.raises(UserError, match=f"data.{key}={value}"):
-        CharDataModule(path="x.csv", **{key: value})
-
-
 def test_ag_news_folder_uses_its_test_csv_and_a_tail_of_train_for_val(tiny_csv, tmp_path):
     folder = tmp_path / "ag_news"
     folder.mkdir()
@@ -470,9 +438,3 @@ def test_articles_of_a_short_article_are_skipped_and_ranks_take_turns(tmp_path):
     assert len(ArticleBatches(bounds, nchars=2, rank=0, world_size=3)) == 0
 
 
-def test_articles_of_a_text_file_and_an_unknown_order_are_refused(tiny_text, tmp_path):
-    with pytest.raises(UserError, match=r"^data.order=articles needs articles \(data=ag_news, data=folder\); "
-                                        r"data.corpus=text has none: use data.order=windows or streams$"):
-        make_dm(tiny_text, tmp_path, corpus="text", order="articles")
-    with pytest.raises(UserError, match=r"data.order='shuffled' is not known; use windows, streams, articles"):
-        make_dm(tiny_text, tmp_path, corpus="text", order="shuffled")
