@@ -148,6 +148,19 @@ class TrainSampleScore(L.Callback):
         pl_module.log_dict(values, sync_dist=True)
 
 
+class RepeatFirstBatches(L.Callback):
+    """``debug=overfit``: every training epoch starts again from the first batch of the first epoch, so
+    that Lightning's ``trainer.overfit_batches`` (``N`` batches per epoch) trains on the same ``N``
+    batches each time. charlm's training orders continue from where training stands (the data
+    module's ``position``), whatever Lightning counts as an epoch, so without this each short epoch
+    would bring the next ``N`` batches and nothing would be memorized."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        # before the loader's first batch of the epoch is drawn (Lightning iterates after this hook)
+        datamodule = trainer.datamodule
+        datamodule.load_state_dict({**datamodule.state_dict(), "position": 0})
+
+
 class BudgetLRDecay(L.Callback):
     """Warms the learning rate up over ``warmup_steps`` steps, then decays it along a cosine to
     ``final_fraction`` of its base value over the rest of the run's budget.
