@@ -138,7 +138,7 @@ def run(cfg: DictConfig, overrides: list[str] = (), notes: list[str] | None = No
     stream = EvalStream(tokens, datamodule.eval_rows, datamodule.eval_chunk, separator, labels=labels)
     metrics = split_metrics(split, topics=bool(module.topics)).to(device)
     values = evaluate_stream(module.net, (stream[i] for i in range(len(stream))), metrics, device=device)
-    row = {"ckpt": str(ckpt), "corpus": corpus, "split": split, "characters": int(len(tokens))}
+    row = {"ckpt": str(ckpt), "corpus": corpus, "split": split, "characters": len(tokens)}
     row.update({key.split("/", 1)[1]: float(value) for key, value in values.items()})
     if module.topics and labels is not None:
         row["topic_acc"], _ = classify_articles(module.net, tokens, labels, separator, module.hparams.topic_counts)
@@ -169,6 +169,7 @@ def write_results(row: dict, out: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out)
     except OSError as err:
-        raise UserError(f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can write to") from None
+        raise UserError(f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can "
+                        "write to") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -52,6 +52,7 @@ def test_overfit_trains_on_the_same_batches_every_epoch(tiny_text, tmp_path, see
     assert all(torch.equal(x, first[i % 2]) for i, x in enumerate(seen["train"]))
 
 
+@pytest.mark.slow  # a few seconds each: the fast lane keeps fdr and overfit (charlm's own code)
 def test_limit_reads_a_few_batches_of_each_split(tiny_text, tmp_path, seen):
     _, metrics = run("limit", tiny_text, tmp_path, "trainer.max_steps=6", "trainer.limit_train_batches=3")
     assert metrics["steps"] == 6 and "test/bpc" in metrics and "best/val_bpc" in metrics
@@ -59,6 +60,7 @@ def test_limit_reads_a_few_batches_of_each_split(tiny_text, tmp_path, seen):
     assert len(seen["val"]) == 2 + 2 * 4  # the sanity check's 2, then 4 at each of the 2 validations
 
 
+@pytest.mark.slow
 def test_profiler_writes_its_report_into_the_run_folder(tiny_text, tmp_path):
     run_dir, metrics = run("profiler", tiny_text, tmp_path, "trainer.max_steps=3")
     assert metrics["steps"] == 3

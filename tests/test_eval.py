@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -16,7 +17,6 @@ from charlm.evaluation import data_config, format_table, run, write_results
 from charlm.module import load_checkpoint
 from charlm.scoring import evaluate_stream, split_metrics
 from charlm.windows import EvalStream
-from conftest import ROOT, run_script
 
 
 def evaluate(overrides, notes=None):
@@ -66,9 +66,9 @@ def test_another_corpus_is_read_in_the_checkpoints_own_ids(tiny_run, tmp_path):
     ids = module.vocab.encode(text).astype(np.int64)
     unknown = sorted({c for c, i in zip(text, ids) if not i})
     assert unknown and dm.vocab.chars != module.vocab.chars
-    assert notes == [f"{int((ids == 0).sum()):,} of {len(ids):,} characters of the test split of {other} "
-                     f"({(ids == 0).mean():.1%}) are not in the checkpoint's vocabulary: {''.join(unknown)!r}; "
-                     "they are scored as its unknown id"]
+    assert notes == [(f"{int((ids == 0).sum()):,} of {len(ids):,} characters of the test split of {other} "
+                      f"({(ids == 0).mean():.1%}) are not in the checkpoint's vocabulary: {''.join(unknown)!r}; "
+                      "they are scored as its unknown id")]
     stream = EvalStream(ids, 5, 64, None)
     expected = evaluate_stream(module.net, (stream[i] for i in range(len(stream))), split_metrics("test"))
     assert row["bpc"] == pytest.approx(float(expected["test/bpc"]), rel=1e-6)
@@ -93,5 +93,5 @@ def test_the_real_command(tiny_run, tmp_path):
     with open(tmp_path / "results.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["bpc"]) == pytest.approx(metrics["test/bpc"], rel=1e-6)
-    assert re.search(rf"^  bpc +{float(row['bpc']):.4f}  bits/char$", result.stdout, re.M), result.stdout
+    assert re.search(rf"^  bpc +{float(row['bpc']):.4f}  bits/char$", result.stdout, re.MULTILINE), result.stdout
     assert result.stdout.endswith("wrote results.csv\n") and result.stderr == ""

@@ -78,7 +78,7 @@ def test_the_training_sample_has_its_own_metrics(tiny_text, tmp_path, monkeypatc
                         cache_dir=str(tmp_path / "cache"))
     dm.setup()
     torch.manual_seed(0)
-    module = CharLM(vocab=dm.vocab.chars, model=dict(cell="gru", hidden_size=8)).eval()
+    module = CharLM(vocab=dm.vocab.chars, model={"cell": "gru", "hidden_size": 8}).eval()
     val = dm.eval_stream("val")
     with torch.no_grad():
         module.validation_step(val[0], 0)  # a validation under way
