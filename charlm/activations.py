@@ -18,6 +18,7 @@ from torch import nn
 
 from charlm.errors import UserError
 from charlm.model import CharRNN
+from charlm.scoring import score_stream
 from charlm.vocabulary import Vocabulary
 
 MAX_CHARS = 20_000  # longer texts are refused unless max_chars is raised (every character is scored)
@@ -132,9 +133,9 @@ def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0, topic: int | None
     default; row 0: -1 and 0). ``topic``: the topic id of a conditioned model (``None``: unknown, the
     unconditioned model).
 
-    The text is read ``chunk`` characters per forward pass with the state carried, as evaluation reads
-    its streams: the same numbers as one pass, but memory holds one chunk's logits, whatever the
-    length of the text."""
+    The text is read ``chunk`` characters per forward pass with the state carried, by evaluation's own
+    scorer (``charlm.scoring.score_stream``): the same numbers as one pass, but memory holds one chunk's
+    logits, whatever the length of the text."""
     topic = topic_of(net, topic)
     topic = None if topic is None else torch.tensor([topic], device=ids.device)
     n = len(ids)
@@ -143,15 +144,15 @@ def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0, topic: int | None
     bits = torch.full((n,), float("nan"))
     top_ids = torch.full((top_chars, k), -1, dtype=torch.long)
     top_probs = torch.zeros(top_chars, k)
-    state = None
-    for start in range(0, n - 1, chunk):
-        end = min(start + chunk, n - 1)  # reads ids[start:end], scores ids[start + 1:end + 1]
-        logits, state = net(ids[None, start:end], state, topic=topic)
-        logp = torch.log_softmax(logits[0].float(), dim=-1)
-        bits[start + 1:end + 1] = (-logp.gather(1, ids[start + 1:end + 1, None])[:, 0] / math.log(2)).cpu()
+    starts = range(0, n - 1, chunk)  # chunk i reads ids[start:end] and scores ids[start + 1:end + 1]
+    ends = [min(start + chunk, n - 1) for start in starts]
+    extras = () if topic is None else (topic,)
+    chunks = ((ids[None, a:b], ids[None, a + 1:b + 1], *extras) for a, b in zip(starts, ends))
+    for start, end, scored in zip(starts, ends, score_stream(net, chunks)):
+        bits[start + 1:end + 1] = (scored.losses()[0] / math.log(2)).cpu()
         rows = min(end, top_chars - 1) - start  # of this chunk's guesses, those for the first top_chars
         if k and rows > 0:
-            values, top = logp[:rows].topk(k, dim=-1)
+            values, top = torch.log_softmax(scored.logits[0, :rows].float(), dim=-1).topk(k, dim=-1)
             top_ids[start + 1:start + 1 + rows], top_probs[start + 1:start + 1 + rows] = top.cpu(), values.exp().cpu()
     if not top_k:
         return bits.numpy()

@@ -14,13 +14,13 @@ import time
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
 
 from charlm.compat import spawns_ranks
 from charlm.errors import UserError
 from charlm.loggers import write_image, write_text, writers
 from charlm.progress import budget_progress, budget_seconds, budget_steps, budget_timer, timer_duration
 from charlm.sampling import check_sampling_args, default_prompt, generate, generate_text
+from charlm.scoring import evaluate_stream, split_metrics
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,10 @@ class CharThroughput(L.Callback):
 class TrainSampleScore(L.Callback):
     """At every validation, also scores a sample of the training text, the first ``chars``
     characters of the training split (at most as many as the val split holds), exactly as val is
-    scored (``CharLM._eval_step``: ``data.eval_rows`` rows, state carried over ``data.eval_chunk``
-    chunks) and logs ``train_eval/loss``, ``train_eval/bpc`` and ``train_eval/ppl``.
+    scored (``charlm.scoring``: ``data.eval_rows`` rows, state carried over ``data.eval_chunk``
+    chunks) and logs ``train_eval/loss``, ``train_eval/bpc`` and ``train_eval/ppl``. Its metrics are
+    its own set (``split_metrics``), so the training text cannot reach val's; the topic model's
+    unconditioned twin is not scored here (it would cost a second forward for a number nobody reads).
 
     ``train/loss`` cannot stand beside ``val/bpc``: it is the mean over the current batch's random
     windows, each read from a zero state (and with dropout on), while val carries the state over
@@ -128,6 +130,7 @@ class TrainSampleScore(L.Callback):
             raise UserError(f"callbacks.train_eval.chars={chars!r} must be a whole number >= 2")
         self.chars = chars
         self._stream = None
+        self.metrics = split_metrics("train_eval")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -137,15 +140,25 @@ class TrainSampleScore(L.Callback):
             self._stream = datamodule.eval_stream("train", min(self.chars, datamodule.meta["characters"]["val"]))
         if not len(self._stream):
             return
-        metric = MeanMetric().to(pl_module.device)  # compute() sums over DDP ranks, as for val
-        with torch.no_grad(), trainer.precision_plugin.val_step_context():
-            for i in range(len(self._stream)):
-                batch = tuple(t.to(pl_module.device) for t in self._stream[i])  # (x, y) or (x, y, topic)
-                pl_module._eval_step(batch, i, metric)
-        loss = metric.compute()
+        self.metrics.to(pl_module.device)  # compute() sums over DDP ranks, as for val
+        with trainer.precision_plugin.val_step_context():
+            values = evaluate_stream(pl_module.net, (self._stream[i] for i in range(len(self._stream))), self.metrics,
+                                     device=pl_module.device)
         # no "step" here: CharLM logs it in this same hook (after the callbacks), for these too
-        pl_module.log_dict({"train_eval/loss": loss, "train_eval/bpc": loss / math.log(2),
-                            "train_eval/ppl": loss.exp()}, sync_dist=True)
+        pl_module.log_dict(values, sync_dist=True)
+
+
+class RepeatFirstBatches(L.Callback):
+    """``debug=overfit``: every training epoch starts again from the first batch of the first epoch, so
+    that Lightning's ``trainer.overfit_batches`` (``N`` batches per epoch) trains on the same ``N``
+    batches each time. charlm's training orders continue from where training stands (the data
+    module's ``position``), whatever Lightning counts as an epoch, so without this each short epoch
+    would bring the next ``N`` batches and nothing would be memorized."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        # before the loader's first batch of the epoch is drawn (Lightning iterates after this hook)
+        datamodule = trainer.datamodule
+        datamodule.load_state_dict({**datamodule.state_dict(), "position": 0})
 
 
 class BudgetLRDecay(L.Callback):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import inspect
 import logging
-import math
 import os
 import re
 import time
@@ -16,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io import TorchCheckpointIO
-from torchmetrics import MeanMetric
 
-from charlm.windows import IGNORE, unpack_batch
+from charlm.windows import unpack_batch
 from charlm.errors import UserError
 from charlm.model import CharRNN
+from charlm.scoring import SplitMetrics, split_metrics
 from charlm.vocabulary import Vocabulary
 from charlm.compat import align_logging_step, logs_this_step
 from charlm.loggers import write_figure, writers
@@ -56,9 +55,8 @@ class CharLM(L.LightningModule):
         self.vocab = Vocabulary(vocab)
         self.net = CharRNN(len(self.vocab), **model)
         self.topics = list(topics) if topics else None
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_uncond, self.test_uncond = MeanMetric(), MeanMetric()
-        self._eval_state = self._uncond_state = None
+        # every metric of each held-out split (charlm.scoring); the training sample has its own
+        self.val_metrics, self.test_metrics = (split_metrics(stage, topics=bool(topics)) for stage in ("val", "test"))
         self.topic_confusion: dict[str, list[list[int]]] = {}  # per stage, for metrics.json
         self._train_state = None  # carried across training batches (data.order=streams), detached
         # The time spent in fit, also by the runs this one resumes: saved in checkpoints (fit_seconds)
@@ -112,30 +110,14 @@ class CharLM(L.LightningModule):
         if logs_this_step(self.trainer):
             self.log("step", float(self.trainer.global_step))
 
-    def _eval_step(self, batch, batch_idx, metric: MeanMetric, uncond: MeanMetric | None = None):
-        # The held-out stream arrives as consecutive chunks of the same rows: carry the state.
-        x, y, extras = unpack_batch(batch)
-        topic = extras.get("topic")
-        if batch_idx == 0:
-            self._eval_state = self._uncond_state = None
-        logits, self._eval_state = self.net(x, self._eval_state, topic=topic)
-        scored = (y != IGNORE).sum()
-        _update(metric, logits, y, scored)
-        if topic is not None and uncond is not None:  # the same model without the topic (the unknown id)
-            logits, self._uncond_state = self.net(x, self._uncond_state, topic=None)
-            _update(uncond, logits, y, scored)
-
-    def _log_eval(self, stage: str, metric: MeanMetric, uncond: MeanMetric | None = None):
+    def _log_eval(self, metrics: SplitMetrics):
         # Under DDP each rank scored its own rows; compute() sums the weighted losses and the
         # character counts of all ranks, so every rank holds the loss of the whole stream.
-        loss = metric.compute()
-        metric.reset()
-        values = {f"{stage}/loss": loss, f"{stage}/bpc": loss / math.log(2), f"{stage}/ppl": loss.exp()}
-        if self.topics and uncond is not None and uncond.update_count:
-            loss_uncond = uncond.compute()
-            uncond.reset()
-            values[f"{stage}/bpc_uncond"] = loss_uncond / math.log(2)
-            values[f"{stage}/topic_bits"] = (loss_uncond - loss) / math.log(2)  # per character
+        stage = metrics.prefix
+        values = metrics.compute()
+        topics_scored = metrics.scored_topics
+        metrics.reset()
+        if self.topics and topics_scored:
             values[f"{stage}/topic_acc"] = torch.tensor(self._classify(stage))
         # equal on all ranks already: the mean is exact. The test's numbers are one point each: they go
         # to metrics.json, TensorBoard's HPARAMS table and the run's text summary (log_hparams), not to
@@ -146,16 +128,12 @@ class CharLM(L.LightningModule):
     def _classify(self, stage: str) -> float:
         """Accuracy of the generative classifier on the held-out articles of ``stage``; the confusion
         matrix goes to ``topic_confusion`` and, as an image, to TensorBoard."""
-        from charlm.topics import (article_log_likelihoods, confusion, confusion_figure, log_prior,
-                                   split_articles)
+        from charlm.topics import classify_articles, confusion_figure
         datamodule = self.trainer.datamodule
         tokens, labels = datamodule.held_out_topics(stage)
         limit = None if stage == "test" else VAL_ARTICLES_CLASSIFIED
-        articles, true = split_articles(tokens, labels, datamodule.separator_id, limit)
-        scores = article_log_likelihoods(self.net, articles, datamodule.separator_id)
-        predicted = (scores[:, : self.net.topics] + log_prior(self.hparams.topic_counts, self.net.topics)).argmax(-1)
-        true = torch.from_numpy(true)
-        matrix = confusion(true, predicted, self.net.topics)
+        accuracy, matrix = classify_articles(self.net, tokens, labels, datamodule.separator_id,
+                                             self.hparams.topic_counts, limit)
         self.topic_confusion[stage] = matrix
         if writers(self.trainer, "add_figure"):
             figure = confusion_figure(matrix, self.topics)
@@ -163,19 +141,20 @@ class CharLM(L.LightningModule):
                 log.info("matplotlib is not installed: no confusion-matrix image (the matrix is in metrics.json)")
             else:
                 write_figure(self.trainer, f"{stage}/topic_confusion", figure)
-        return float((predicted == true).float().mean()) if len(true) else 0.0
+        return accuracy
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, self.val_loss, self.val_uncond)
+        # The held-out stream arrives as consecutive chunks of the same rows: the state is carried.
+        self.val_metrics.update(self.net, batch, first=batch_idx == 0)
 
     def on_validation_epoch_end(self):
-        self._log_eval("val", self.val_loss, self.val_uncond)
+        self._log_eval(self.val_metrics)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, self.test_loss, self.test_uncond)
+        self.test_metrics.update(self.net, batch, first=batch_idx == 0)
 
     def on_test_epoch_end(self):
-        self._log_eval("test", self.test_loss, self.test_uncond)
+        self._log_eval(self.test_metrics)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save random states; dropout needs them for an exact resume.
@@ -208,13 +187,6 @@ class CharLM(L.LightningModule):
         if self.hparams.optimizer is None:
             raise UserError("no optimizer configured; pass optimizer=adamw (or another conf/optimizer file)")
         return instantiate(self.hparams.optimizer, params=self.parameters())
-
-
-def _update(metric: MeanMetric, logits: torch.Tensor, y: torch.Tensor, scored: torch.Tensor) -> None:
-    """Add a chunk's mean loss over its ``scored`` (not padding) targets to ``metric``, weighted by them."""
-    if scored:
-        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
-        metric.update(loss_sum / scored, weight=scored)
 
 
 class DiskFull(UserError):

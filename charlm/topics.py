@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charlm.cache import article_starts
 from charlm.model import CharRNN
+from charlm.scoring import StreamScorer
+from charlm.windows import IGNORE
 
 ROWS_PER_BATCH = 512  # (article, topic) rows scored in one forward
 
@@ -43,19 +44,30 @@ def article_log_likelihoods(net: CharRNN, articles: list[np.ndarray], separator_
         for first in range(0, len(order), per_batch):
             chosen = order[first:first + per_batch]
             width = max(len(articles[i]) for i in chosen)
-            ids = torch.full((len(chosen), width + 1), -100, dtype=torch.long)
+            ids = torch.full((len(chosen), width + 1), IGNORE, dtype=torch.long)
             for row, i in enumerate(chosen):
                 ids[row, :len(articles[i])] = torch.from_numpy(articles[i])
                 ids[row, len(articles[i])] = separator_id  # the end of the article is predicted too
             x, y = ids[:, :-1].clamp(min=0), ids[:, 1:]
             x, y = x.repeat_interleave(topics, 0).to(device), y.repeat_interleave(topics, 0).to(device)
             topic = torch.arange(topics, device=device).repeat(len(chosen))
-            logits, _ = net(x, topic=topic)
-            nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-100, reduction="none").sum(1)
+            nll = StreamScorer(net)(x, y, topic).losses().sum(1)  # each row from a fresh state
             out[torch.from_numpy(chosen)] = -nll.view(len(chosen), topics).cpu()
     finally:
         net.train(was_training)
     return out
+
+
+def classify_articles(net: CharRNN, tokens: np.ndarray, labels: np.ndarray, separator_id: int,
+                      topic_counts: list[int] | None, limit: int | None = None) -> tuple[float, list[list[int]]]:
+    """The accuracy of the generative classifier on the articles of a held-out stream (the first
+    ``limit``; all for ``None``) and its confusion matrix (rows: the true topic)."""
+    articles, true = split_articles(tokens, labels, separator_id, limit)
+    scores = article_log_likelihoods(net, articles, separator_id)
+    predicted = (scores[:, : net.topics] + log_prior(topic_counts, net.topics)).argmax(-1)
+    true = torch.from_numpy(true)
+    matrix = confusion(true, predicted, net.topics)
+    return (float((predicted == true).float().mean()) if len(true) else 0.0), matrix
 
 
 def log_prior(topic_counts: list[int] | None, topics: int) -> torch.Tensor:

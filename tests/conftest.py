@@ -47,6 +47,27 @@ def tiny_text(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run folder (config.yaml, checkpoints/best.ckpt, metrics.json) of a tiny model trained in this
+    process on a small text for a few steps, shared by the tests that need a real trained checkpoint."""
+    from charlm.config import compose_config
+    from charlm.training import train
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    text = folder / "tiny.txt"
+    text.write_text("".join(f"line {i:04d}: the quick brown fox jumps over the lazy dog.\n" for i in range(300)))
+    run_dir = folder / "outputs" / "runs" / "tiny"
+    run_dir.mkdir(parents=True)
+    cfg = compose_config(["data=text", f"data.path={text}", f"data.cache_dir={folder}/cache", "data.nchars=32",
+                          "data.eval_rows=8", "data.eval_chunk=64", "model.hidden_size=16", "model.embedding_dim=4",
+                          "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.max_time=null",
+                          "trainer.accelerator=cpu", "callbacks.samples.length=10",
+                          "callbacks.surprisal_image.chars=60"], run_dir)
+    train(cfg, run_dir)
+    return run_dir
+
+
 def run_script(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedProcess:
     """Run one of the project's entry points as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}

@@ -20,6 +20,7 @@ from charlm.config import CONF_DIR, compose_config, writable_dir
 from charlm.data import CharDataModule
 from charlm.classify import run as classify_run
 from charlm.errors import UserError, exit_on_user_error
+from charlm.evaluation import run as eval_run
 from charlm.inspect import run as inspect_run
 from charlm.module import FORMAT_VERSION, CharLM, load_checkpoint
 from charlm.rundirs import note_created, removed_if_refused
@@ -228,6 +229,17 @@ ROWS = [
     ("charlm.classify", "ckpt={d}/topics.ckpt text='日本語のテキスト🚀'", HERE,
      "text: the model knows none of its characters but spaces (9 of 9 characters are not in its vocabulary: "
      "'日本語のテキスト' and 1 more); classify text in the language and script it was trained on"),
+    ("eval.py", "ckpt={d}/missing.ckpt", HERE,
+     "ckpt={d}/missing.ckpt does not exist; pass a .ckpt file from a run's checkpoints/ folder"),
+    ("eval.py", "ckpt={d}/model.ckpt split=dev", HERE, "split=dev is not a split of the corpus; use test, val or train"),
+    ("eval.py", "ckpt={d}/model.ckpt out={d}/results.txt", HERE,
+     "out={d}/results.txt must end in .csv or .json (the format written), e.g. out=results.csv"),
+    ("eval.py", "ckpt={d}/model.ckpt out={d}/notes.txt/results.csv", HERE,
+     "out={d}/notes.txt/results.csv cannot be written (no writable folder {d}/notes.txt); pass a path in a folder "
+     "you can write to"),
+    ("eval.py", "ckpt={d}/model.ckpt data=text data.path={d}/hangul.txt data.cache_dir={d}/cache", HERE,
+     "the test split of {d}/hangul.txt: the checkpoint knows none of its characters but whitespace (35 of 45 are "
+     "not in its vocabulary: '가나다라마바사'); score text in the language and script it was trained on"),
 ]
 HYDRA_ROWS = [  # Hydra's own multi-line message for a key that does not exist; its first line
     ("train.py", "model.hiden_size=3", "Could not override 'model.hiden_size'."),
@@ -256,6 +268,7 @@ def d(tmp_path_factory):
     (d / "tiny.txt").write_text(TEXT)
     (d / "empty.txt").write_bytes(b"")
     (d / "korean.txt").write_text("".join(f"{i}번째 줄: 빠른 갈색 여우가 게으른 개를 뛰어넘는다.\n" for i in range(300)))
+    (d / "hangul.txt").write_text("가나다라 마바사 " * 100)
     (d / "short.txt").write_text("a corpus far shorter than one window of characters\n")
     (d / "latin1.txt").write_bytes("café au lait\n".encode("latin-1") * 20)
     (d / "photo.jpg").write_bytes(bytes(range(256)) * 4)
@@ -295,6 +308,10 @@ def run_here(script: str, args: list[str], d) -> None:
     if script == "charlm.inspect":
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             inspect_run(compose("inspect", overrides=args))
+        return
+    if script == "eval.py":
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            eval_run(compose("eval", overrides=args), args)
         return
     if script == "charlm.classify":
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

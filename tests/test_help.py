@@ -16,7 +16,7 @@ from conftest import ROOT, run_script
 
 # config name -> the command as typed
 COMMANDS = {"config": "python train.py", "sample": "python sample.py", "classify": "python -m charlm.classify",
-            "inspect": "python -m charlm.inspect"}
+            "inspect": "python -m charlm.inspect", "eval": "python eval.py"}
 TRAINING_GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 
 
@@ -57,29 +57,34 @@ def test_help_starts_with_a_description_lists_settings_and_three_examples(config
         groups = section(text, "Config groups")
         assert {line.split("=")[0].strip() for line in groups} == set(TRAINING_GROUPS) - {"callbacks", "logger"}
         return
-    # a command that reads a checkpoint: every key of its config, one line each, and no training group
+    # a command that reads a checkpoint: every key of its config, one line each, and no training group but its own
+    # (eval.py's data)
     keys = set(OmegaConf.load(CONF_DIR / f"{config_name}.yaml")) - {"defaults", "hydra"}
     assert sorted(line.split("=")[0].strip() for line in settings) == sorted(keys)
     assert "Configuration groups" not in text and "$APP_CONFIG_GROUPS" not in text
-    assert not [line for line in text.splitlines() if re.match(rf"\s*({'|'.join(TRAINING_GROUPS)})[=:.]", line)]
+    others = "|".join(sorted(set(TRAINING_GROUPS) - keys))
+    assert not [line for line in text.splitlines() if re.match(rf"\s*({others})[=:.]", line)]
 
 
 def test_train_help_gives_the_values_of_this_command():
     assert "model.hidden_size=N        units per layer (now: 64)" in help_text("config", ["experiment=lesson"])
 
 
-@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect"])
+@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval"])
 @pytest.mark.parametrize("arg", ["model=gru", "+model=gru", "trainer.max_steps=5", "+trainer.max_steps=5",
                                  "~callbacks", "ckpt_path=x.ckpt", "data.path=a.txt", "experiment=lesson"])
 def test_a_training_setting_is_refused_in_one_line(config_name, arg):
     command = COMMANDS[config_name]
+    if config_name == "eval" and arg.startswith("data."):  # eval.py's own: the corpus to score on
+        refuse_training_overrides([command, "ckpt=x", arg], command, config_name)
+        return
     with pytest.raises(UserError) as refused:
         refuse_training_overrides([command, "ckpt=x", arg], command, config_name)
     assert str(refused.value) == (f"{arg} is a training setting (train.py); {command.split()[-1]} reads the model "
                                   f"from its checkpoint: pass ckpt=PATH ({command} --help lists its settings)")
 
 
-@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect"])
+@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval"])
 def test_the_commands_own_settings_pass(config_name):
     """Every key of the command's config (sample.py's seed= too, though train.py has one), flags and
     Hydra's keys pass the check, whatever their values."""

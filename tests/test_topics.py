@@ -124,6 +124,22 @@ def test_generative_classifier_separates_trivial_topics(trained):
     assert metrics["test/topic_bits"] == pytest.approx(metrics["test/bpc_uncond"] - metrics["test/bpc"], abs=1e-4)
 
 
+def test_eval_reproduces_the_topic_models_test(trained):
+    """eval.py on the topic run's best checkpoint: every test number training recorded, the topic's worth and
+    the classifier's accuracy included (charlm.evaluation, in this process)."""
+    from hydra import compose, initialize_config_dir
+
+    from charlm.config import CONF_DIR
+    from charlm.evaluation import run
+
+    run_dir, metrics = trained
+    overrides = [f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        row = run(compose("eval", overrides=overrides), overrides)
+    for key in ("loss", "bpc", "ppl", "bpc_uncond", "topic_bits", "topic_acc"):
+        assert row[key] == pytest.approx(metrics[f"test/{key}"], rel=1e-6, abs=1e-7), key
+
+
 def test_checkpoint_is_weights_only_with_topic_names_and_samples_per_topic(trained):
     run_dir, _ = trained
     ckpt = next((run_dir / "checkpoints").glob("*.ckpt"))
