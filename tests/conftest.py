@@ -90,10 +90,18 @@ def started_together(target, path, cache_dir, built_log, n: int = 3) -> list[int
 
 # Fixtures that run the real entry points (train.py, sweeps, DDP): every test using one is in the slow
 # lane. The fast lane, pytest -m "not slow", is the rest: in-process tests of seconds.
-SLOW_FIXTURES = {"cli", "ddp_run", "ran", "straight", "sweep", "seeded", "trained"}
+SLOW_FIXTURES = {"cli", "csv_sweep", "ddp_run", "ran", "straight", "sweep", "seeded", "trained"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        # pytest-xdist (--dist loadgroup) runs a group on one worker, so a module-scoped run is made once: the
+        # tests of a slow fixture are a group, any other slow test is one of its own (it runs beside the
+        # rest), and the fast tests of a file are a group
+        if item.get_closest_marker("xdist_group") is None:
+            shared = sorted(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+            alone = not shared and item.get_closest_marker("slow") is not None
+            item.add_marker(pytest.mark.xdist_group(item.nodeid if alone else " ".join([item.module.__name__, *shared])))

@@ -188,7 +188,7 @@ ROWS = [
     ("sample.py", "ckpt={d}/truncated.ckpt", HERE,
      "ckpt={d}/truncated.ckpt cannot be loaded: it is truncated, corrupt or not a checkpoint (PytorchStreamReader "
      "failed reading zip archive: failed finding central directory); use a checkpoint written by charlm"),
-    ("sample.py", "ckpt={d}/evil.ckpt", BOTH,
+    ("sample.py", "ckpt={d}/evil.ckpt", HERE,
      "ckpt={d}/evil.ckpt cannot be loaded safely: it holds a pickled object (posix.system) that could run code; "
      "refused without running it — use a checkpoint written by charlm"),
     ("sample.py", "ckpt={d}/future.ckpt", HERE,
@@ -197,7 +197,7 @@ ROWS = [
     ("sample.py", "ckpt={d}/model.ckpt device=gpu0", CLI,
      "device=gpu0 is not usable here (Invalid device string: 'gpu0'); use cpu, or cuda on a machine with a GPU"),
     ("charlm.inspect", "text=hello", HERE, "ckpt is not given; pass ckpt=outputs/runs/<run>/checkpoints/best.ckpt"),
-    ("charlm.inspect", "ckpt={d}/model.ckpt", BOTH,
+    ("charlm.inspect", "ckpt={d}/model.ckpt", HERE,
      "give the text to inspect as text_file=FILE or 'text=\"...\"' (one of them)"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text_file={d}/missing.txt", HERE,
      "text_file={d}/missing.txt does not exist; pass a UTF-8 text file"),
@@ -222,7 +222,7 @@ ROWS = [
      "out={d}/texts is a folder; pass the page's file name, e.g. out={d}/texts/inspect.html"),
     ("charlm.inspect", "ckpt={d}/model.ckpt text=hello device=meta", HERE,
      "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),
-    ("charlm.classify", "ckpt={d}/topics.ckpt text_file={d}/texts", BOTH,
+    ("charlm.classify", "ckpt={d}/topics.ckpt text_file={d}/texts", HERE,
      "text_file={d}/texts is a folder; pass a UTF-8 text file"),
     ("charlm.classify", "ckpt={d}/topics.ckpt text=hello device=meta", HERE,
      "device=meta is not usable here (a meta tensor holds no data); use cpu, or cuda on a machine with a GPU"),

@@ -98,6 +98,7 @@ def test_a_multirun_with_ddp_stops_before_training_with_one_line(tmp_path, tiny_
     assert not (tmp_path / "outputs").exists()  # stopped before any folder or job
 
 
+@pytest.mark.xdist_group("ddp spawn multirun")
 def test_a_multirun_with_ddp_spawn_runs_every_job_on_two_ranks(tmp_path, tiny_text):
     result = run_script(ROOT / "train.py", "-m", "trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2",
                         "trainer.accelerator=cpu", "data=text", f"data.path={tiny_text}", "data.val_size=2000",
@@ -113,7 +114,7 @@ def test_a_multirun_with_ddp_spawn_runs_every_job_on_two_ranks(tmp_path, tiny_te
         assert checkpoint["hyper_parameters"]["model"]["hidden_size"] in (16, 32)
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("ddp clock")
 def test_ranks_share_one_clock_under_a_time_budget(tmp_path):
     """Under trainer.max_time the learning rate follows the clock; every rank reads rank 0's, so
     the ranks' learning rates are equal at every step and their weights stay identical."""
@@ -134,6 +135,7 @@ def test_ranks_share_one_clock_under_a_time_budget(tmp_path):
         assert torch.equal(weights, ranks[1]["weights"][name]), name
 
 
+@pytest.mark.xdist_group("ddp signal")
 def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
     """SIGTERM to rank 1 only: the ranks agree to stop, save, and exit; no rank waits forever."""
     log = open(tmp_path / "stderr.txt", "w")
@@ -167,15 +169,16 @@ def spawned_ranks(pid):
     return sorted(child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how, signum", [("rank 1", signal.SIGTERM), ("process group", signal.SIGINT),
-                                         ("main process", signal.SIGTERM)])
+@pytest.mark.parametrize("how, signum", [
+    pytest.param("rank 1", signal.SIGTERM, marks=pytest.mark.xdist_group("ddp spawn rank 1")),
+    pytest.param("process group", signal.SIGINT, marks=pytest.mark.xdist_group("ddp spawn process group"))])
 def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, signum):
     """Under ddp_spawn the ranks are worker processes and train.py waits in the main one. A SIGTERM
-    to rank 1 only, a terminal's Ctrl-C (SIGINT to the whole process group), or a SIGTERM to the
-    main process only (passed on to the ranks) is a stop there too: exit status 128 + the signal
-    with the resume line, no test and no metrics.json; resume= then continues the run (not
-    "already finished; skipped"; run once, the stop being the same)."""
+    to rank 1 only, or a terminal's Ctrl-C (SIGINT to the whole process group, which the main
+    process also passes on to the ranks) is a stop there too: exit status 128 + the signal with the
+    resume line, no test and no metrics.json; resume= then continues the run (not "already
+    finished; skipped"; run once, the stop being the same). A SIGTERM to the main process alone
+    takes the same path as the Ctrl-C's in the main process (GracefulStop.watch_spawned_ranks)."""
     run = tmp_path / "run"
     settings = ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.accelerator=cpu", "data=text",
                 f"data.path={random_text(tmp_path / 'c.txt')}", "data.val_size=3000", "data.test_size=3000",
@@ -192,10 +195,8 @@ def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, sig
             time.sleep(0.2)
         if how == "rank 1":
             os.kill(spawned_ranks(proc.pid)[1], signum)
-        elif how == "process group":
-            os.killpg(proc.pid, signum)
         else:
-            os.kill(proc.pid, signum)
+            os.killpg(proc.pid, signum)
         assert proc.wait(timeout=180) == 128 + signum, (tmp_path / "stderr.txt").read_text()[-2000:]
     finally:
         proc.kill()

@@ -51,14 +51,18 @@ def start(overrides, run_dir):
 
 @pytest.fixture(scope="module")
 def straight(corpus, tmp_path_factory):
-    """The uninterrupted run of each group (started together), which the others must reproduce."""
-    root = tmp_path_factory.mktemp("straight")
-    run_script("train.py", *settings(corpus, "per_epoch"), "trainer.max_steps=1", f"hydra.run.dir={root / 'cache'}",
-               env=ENV)  # builds the token cache once, before two processes want it
-    procs = {group: start(settings(corpus, group), root / group) for group in GROUPS}
-    for proc in procs.values():
-        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
-    return {group: root / group for group in GROUPS}
+    """The uninterrupted run of a group, which the others must reproduce: ``straight(group)``, made the
+    first time a test of the group asks (the groups' tests may run on different pytest-xdist workers)."""
+    root, made = tmp_path_factory.mktemp("straight"), {}
+
+    def run(group):
+        if group not in made:
+            result = run_script("train.py", *settings(corpus, group), f"hydra.run.dir={root / group}", env=ENV)
+            assert result.returncode == 0, result.stderr[-2000:]
+            made[group] = root / group
+        return made[group]
+
+    return run
 
 
 def checkpoint(path):
@@ -123,9 +127,16 @@ def stopped_mid_epoch(run_dir, per_epoch=PER_EPOCH):
     return state["global_step"] % per_epoch != 0
 
 
-@pytest.mark.parametrize("group, signum", [("per_epoch", signal.SIGINT), ("per_epoch", signal.SIGKILL),
-                                           ("mid_epoch", signal.SIGTERM), ("mid_epoch", signal.SIGUSR2),
-                                           ("streams", signal.SIGINT), ("streams", signal.SIGKILL)])
+def case(group, signum):
+    return pytest.param(group, signum, marks=pytest.mark.xdist_group(f"resume {group}"))
+
+
+# The graceful signals (SIGINT, SIGTERM, SIGUSR2) share one handler (GracefulStop) and its checkpoint; a
+# SIGKILL resumes from the last periodic checkpoint instead. Each group: one graceful stop, and a SIGKILL
+# where the state carried between batches differs (the constant-lr epoch order, the streams' state).
+@pytest.mark.parametrize("group, signum", [case("per_epoch", signal.SIGINT), case("per_epoch", signal.SIGKILL),
+                                           case("mid_epoch", signal.SIGUSR2),
+                                           case("streams", signal.SIGTERM), case("streams", signal.SIGKILL)])
 def test_stopped_run_resumes_to_the_same_weights_and_metrics(corpus, tmp_path, straight, group, signum):
     overrides, stopped = settings(corpus, group), tmp_path / "stopped"
     # SIGKILL: after the checkpoint of step 20 or 30 (mid-epoch); a graceful stop checkpoints where it lands
@@ -140,12 +151,13 @@ def test_stopped_run_resumes_to_the_same_weights_and_metrics(corpus, tmp_path, s
     started = time.monotonic()
     resumed = run_script("train.py", *overrides, f"resume={stopped}", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(straight[group], stopped)
+    assert_same_run(straight(group), stopped)
     # the wall time counts the stopped segment too (up to its checkpoint), not only the last one
     seconds = json.loads((stopped / "metrics.json").read_text())["fit_seconds"]
     assert 0 < seconds_before < seconds < seconds_before + time.monotonic() - started
 
 
+@pytest.mark.xdist_group("resume per_epoch")
 def test_run_ended_by_its_budget_continues_with_a_larger_one_to_the_same_weights(corpus, tmp_path, straight):
     """A finished run continued in a new folder (``ckpt_path=`` its last.ckpt) with a larger
     budget trains on exactly as a run given that budget at once (constant learning rate)."""
@@ -158,11 +170,12 @@ def test_run_ended_by_its_budget_continues_with_a_larger_one_to_the_same_weights
                       f"hydra.run.dir={tmp_path / 'more'}", env=ENV)
     assert more.returncode == 0, more.stderr[-2000:]
     assert str(first) not in (tmp_path / "more" / "train.log").read_text().splitlines()[-1]  # tests its own best
-    assert_same_run(straight["per_epoch"], tmp_path / "more", test_too=False)
+    assert_same_run(straight("per_epoch"), tmp_path / "more", test_too=False)
 
 
+@pytest.mark.xdist_group("resume per_epoch")
 def test_continuing_a_checkpoint_already_at_the_budget_is_refused(corpus, tmp_path, straight):
-    last = straight["per_epoch"] / "checkpoints" / "last.ckpt"
+    last = straight("per_epoch") / "checkpoints" / "last.ckpt"
     result = run_script("train.py", *settings(corpus, "per_epoch"), f"ckpt_path={last}",
                         f"hydra.run.dir={tmp_path / 'again'}", env=ENV)
     assert result.returncode == 2
