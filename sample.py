@@ -32,13 +32,24 @@ def sample(cfg: DictConfig) -> None:
         notes += [note] if note else []
     per_topic = cfg.num_samples
     rows = per_topic * (len(topics) if topics else 1)  # topic=all: num_samples of each topic, in one batch
-    steps = generate(module.net, module.vocab, prompt, cfg.length, temperature=cfg.temperature,
-                     top_k=cfg.top_k, top_p=cfg.top_p, num_samples=rows, seed=cfg.seed,
-                     topic=None if topics is None else [t for t in topics for _ in range(per_topic)])
+    steps = generate(
+        module.net,
+        module.vocab,
+        prompt,
+        cfg.length,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        num_samples=rows,
+        seed=cfg.seed,
+        topic=None if topics is None else [t for t in topics for _ in range(per_topic)],
+    )
     if cfg.num_samples > 1 and (cfg.temperature == 0 or cfg.top_k == 1):
         setting = "temperature=0" if cfg.temperature == 0 else "top_k=1"
-        notes.append(f"{setting} is greedy decoding, which has one answer: the {cfg.num_samples} samples are the "
-                     "same; use temperature > 0 (and top_k > 1 or null) for different ones")
+        notes.append(
+            f"{setting} is greedy decoding, which has one answer: the {cfg.num_samples} samples are the "
+            "same; use temperature > 0 (and top_k > 1 or null) for different ones"
+        )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if rows == 1:  # stream the characters as they are made

@@ -13,8 +13,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from charlm.config import (literal_prompt_overrides, quiet_known_noise, register_resolvers, route_lightning_logs,
-                           separate_rank_logs)
+from charlm.config import (
+    literal_prompt_overrides,
+    quiet_known_noise,
+    register_resolvers,
+    route_lightning_logs,
+    separate_rank_logs,
+)
 from charlm.errors import UserError, exit_on_user_error
 from charlm.rundirs import removed_if_refused
 from charlm.training import train
@@ -38,8 +43,10 @@ def main(cfg: DictConfig) -> float:
         if cfg.resume and cfg.ckpt_path is None and last.exists():
             cfg.ckpt_path = str(last)
         elif cfg.resume not in (True, False) and cfg.ckpt_path is None:
-            raise UserError(f"resume={cfg.resume} has no checkpoints/last.ckpt to continue from; "
-                            "pass the folder of a run that saved one")
+            raise UserError(
+                f"resume={cfg.resume} has no checkpoints/last.ckpt to continue from; "
+                "pass the folder of a run that saved one"
+            )
         metrics = train(cfg, run_dir)
     return metrics.get("best/val_bpc", math.nan)  # what an Optuna search minimizes
 

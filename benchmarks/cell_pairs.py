@@ -33,11 +33,15 @@ def main() -> None:
     parser.add_argument("--at", type=float, nargs="+", help="also: every configuration's val bpc at these characters")
     args = parser.parse_args()
     _, configs = collect(args.sweep)
-    curves = {c["configuration"]: [r["curves"]["val/bpc"] for r in c["members"] if drawn_on(r["curves"]["val/bpc"], "characters")]
-              for c in configs}
+    curves = {
+        c["configuration"]: [
+            r["curves"]["val/bpc"] for r in c["members"] if drawn_on(r["curves"]["val/bpc"], "characters")
+        ]
+        for c in configs
+    }
     rows = []
     for config in sorted(c for c in curves if c.startswith("lstm ") and curves[c]):
-        other = "gru " + config[len("lstm "):]
+        other = "gru " + config[len("lstm ") :]
         if not curves.get(other):
             continue
         reached = min(c["characters"][-1] for name in (config, other) for c in curves[name])
@@ -46,13 +50,19 @@ def main() -> None:
             values = values_at(curves[name], reached)
             std = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
             cells.append((statistics.fmean(values), f"{statistics.fmean(values):.4f}{std} (n={len(values)})"))
-        rows.append([config[len("lstm "):], f"{reached:,.0f}", cells[0][1], cells[1][1], f"{cells[1][0] - cells[0][0]:+.4f}"])
-    print_table(["layers × hidden", "characters (every run of the pair)", "LSTM val bpc", "GRU val bpc",
-                 "GRU − LSTM"], rows)
+        rows.append(
+            [config[len("lstm ") :], f"{reached:,.0f}", cells[0][1], cells[1][1], f"{cells[1][0] - cells[0][0]:+.4f}"]
+        )
+    print_table(
+        ["layers × hidden", "characters (every run of the pair)", "LSTM val bpc", "GRU val bpc", "GRU − LSTM"], rows
+    )
     for at in args.at or []:
         print()
-        table = [[name, f"{statistics.fmean(values):.4f}", len(values)]
-                 for name, values in sorted((name, values_at(c, at)) for name, c in curves.items()) if values]
+        table = [
+            [name, f"{statistics.fmean(values):.4f}", len(values)]
+            for name, values in sorted((name, values_at(c, at)) for name, c in curves.items())
+            if values
+        ]
         print_table([f"configuration (runs that reached {at:,.0f} characters)", "mean val bpc", "seeds"], table)
 
 

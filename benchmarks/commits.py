@@ -35,15 +35,24 @@ def main() -> None:
     with worktrees(args.commits) as trees:
         for _ in range(args.rounds):
             for commit, tree in trees.items():
-                run = subprocess.run([sys.executable, "-c", PROBE.format(steps=args.steps)], cwd=tree,
-                                     capture_output=True, text=True)
+                run = subprocess.run(
+                    [sys.executable, "-c", PROBE.format(steps=args.steps)], cwd=tree, capture_output=True, text=True
+                )
                 if run.returncode:
                     sys.exit(f"error: the probe failed at {commit}:\n{run.stderr[-2000:]}")
                 out = run.stdout.split()
                 results[commit].append((float(out[-2]), float(out[-1])))
                 print(commit, results[commit][-1], file=sys.stderr, flush=True)
-    rows = [[c, " / ".join(f"{p:,.0f}" for p, _ in r), f"{median(p for p, _ in r):,.0f}",
-             " / ".join(f"{q:,.0f}" for _, q in r), f"{median(q for _, q in r):,.0f}"] for c, r in results.items()]
+    rows = [
+        [
+            c,
+            " / ".join(f"{p:,.0f}" for p, _ in r),
+            f"{median(p for p, _ in r):,.0f}",
+            " / ".join(f"{q:,.0f}" for _, q in r),
+            f"{median(q for _, q in r):,.0f}",
+        ]
+        for c, r in results.items()
+    ]
     print(f"\ndefault model, {args.steps} steps a measurement, {args.rounds} alternated rounds\n")
     print_table(["commit", "project loop chars/s (rounds)", "median", "plain loop chars/s (rounds)", "median"], rows)
 

@@ -57,8 +57,12 @@ def train_together(overrides: list[list[str]], run_dirs: list[Path], threads: in
     for extra, run_dir in zip(overrides, run_dirs):
         cmd = [sys.executable, str(ROOT / "train.py"), *extra, f"hydra.run.dir={run_dir}"]
         print("running:", " ".join(cmd[1:]), file=sys.stderr, flush=True)
-        procs.append((cmd, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE, text=True)))
+        procs.append(
+            (
+                cmd,
+                subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+            )
+        )
     for cmd, proc in procs:
         stderr = proc.communicate()[1]
         if proc.returncode != 0:
@@ -75,8 +79,9 @@ def worktrees(commits: list[str]):
     try:
         for commit in commits:
             tree = ROOT.parent / f".charlm-{commit.replace('/', '_')}-{os.getpid()}"
-            add = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT,
-                                 capture_output=True, text=True)
+            add = subprocess.run(
+                ["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, capture_output=True, text=True
+            )
             if add.returncode:
                 sys.exit(f"error: no worktree for {commit}: {add.stderr.strip().splitlines()[-1]}")
             trees[commit] = tree

@@ -27,17 +27,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import AG_NEWS_TEST, ROOT, median, print_table
 
-WORDS = ("the of and to a in that is was he for it with as his on be at by i this had not are but from or have an "
-         "they which one you were her all she there would their we him been has when who will more no if out so "
-         "said what up its about into than them can only other new some could time these two may then do first "
-         "any my now such like our over man me even most made after also did many before must through back years "
-         "where much your way well down should because each just those people how too little state good very "
-         "make world still own see men work long get here between both life being under never day same another "
-         "know while last might us great old year off come since against go came right used take three café naïve "
-         "Zürich — “quoted” 1914 2026 $5 50% News: AT&T").split()
+WORDS = (
+    "the of and to a in that is was he for it with as his on be at by i this had not are but from or have an "
+    "they which one you were her all she there would their we him been has when who will more no if out so "
+    "said what up its about into than them can only other new some could time these two may then do first "
+    "any my now such like our over man me even most made after also did many before must through back years "
+    "where much your way well down should because each just those people how too little state good very "
+    "make world still own see men work long get here between both life being under never day same another "
+    "know while last might us great old year off come since against go came right used take three café naïve "
+    "Zürich — “quoted” 1914 2026 $5 50% News: AT&T"
+).split()
 
 
 def make_corpus(path: Path, megabytes: int) -> None:
@@ -71,8 +72,13 @@ def measured(work) -> dict:
     result = work()
     seconds = time.perf_counter() - start
     after = memory_mb()
-    return {"seconds": seconds, "rss": after["peak"] - before["now"], "private": after["private"] - before["private"],
-            "mapped": after["mapped"] - before["mapped"], **result}
+    return {
+        "seconds": seconds,
+        "rss": after["peak"] - before["now"],
+        "private": after["private"] - before["private"],
+        "mapped": after["mapped"] - before["mapped"],
+        **result,
+    }
 
 
 # ----------------------------------------------------------------------------- children (one per measurement)
@@ -109,13 +115,29 @@ def child_train(path: str, cache: str, steps: int, out: str) -> dict:
     from charlm.config import compose_config
     from charlm.training import build
 
-    cfg = compose_config(["data=text", f"data.path={path}", f"data.cache_dir={cache}", "data.val_size=200000",
-                          "data.test_size=200000", f"trainer.max_steps={steps}", "trainer.max_epochs=-1",
-                          "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false",
-                          "~callbacks.checkpoint", "~callbacks.last_checkpoint", "~callbacks.samples",
-                          "~callbacks.progress_bar", "~callbacks.validate_last_step", "logger={}",
-                          "+trainer.profiler=simple", "+trainer.enable_progress_bar=false",
-                          "+trainer.enable_model_summary=false"], Path(out))
+    cfg = compose_config(
+        [
+            "data=text",
+            f"data.path={path}",
+            f"data.cache_dir={cache}",
+            "data.val_size=200000",
+            "data.test_size=200000",
+            f"trainer.max_steps={steps}",
+            "trainer.max_epochs=-1",
+            "+trainer.limit_val_batches=0",
+            "+trainer.enable_checkpointing=false",
+            "~callbacks.checkpoint",
+            "~callbacks.last_checkpoint",
+            "~callbacks.samples",
+            "~callbacks.progress_bar",
+            "~callbacks.validate_last_step",
+            "logger={}",
+            "+trainer.profiler=simple",
+            "+trainer.enable_progress_bar=false",
+            "+trainer.enable_model_summary=false",
+        ],
+        Path(out),
+    )
     L.seed_everything(0)
 
     def fit():
@@ -125,8 +147,11 @@ def child_train(path: str, cache: str, steps: int, out: str) -> dict:
         # the first fetch also creates the epoch's iterator (a permutation of all windows): shown apart
         first, *waits = durations["[_TrainingEpochLoop].train_dataloader_next"]
         waiting, stepping = sum(waits), sum(durations["run_training_batch"][1:])
-        return {"wait_share": waiting / (waiting + stepping), "first_fetch_ms": first * 1000,
-                "chars_per_sec": (steps - 1) * cfg.data.batch_size * cfg.data.nchars / (waiting + stepping)}
+        return {
+            "wait_share": waiting / (waiting + stepping),
+            "first_fetch_ms": first * 1000,
+            "chars_per_sec": (steps - 1) * cfg.data.batch_size * cfg.data.nchars / (waiting + stepping),
+        }
 
     return measured(fit)
 
@@ -145,8 +170,11 @@ def child_cold_reads(tokens_path: str, mapping: str, batches: int) -> dict:
         starts = rng.integers(0, (len(tokens) - 101) // 100, size=16) * 100
         tokens[starts[:, None] + offsets].astype(np.int64)
         times.append(time.perf_counter() - start)
-    return {"ms_per_batch": 1000 * sum(times) / len(times), "read_mib": (io() - read_before) / 2**20,
-            "mapped": memory_mb()["mapped"]}
+    return {
+        "ms_per_batch": 1000 * sum(times) / len(times),
+        "read_mib": (io() - read_before) / 2**20,
+        "mapped": memory_mb()["mapped"],
+    }
 
 
 def drop_page_cache() -> bool:
@@ -161,8 +189,9 @@ def drop_page_cache() -> bool:
 
 def in_child(*args) -> dict:
     """Run one measurement in a fresh Python process; its JSON result."""
-    result = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], cwd=ROOT, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", *map(str, args)], cwd=ROOT, capture_output=True, text=True
+    )
     if result.returncode != 0:
         sys.exit(f"error: measurement {args} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -176,11 +205,20 @@ def main() -> None:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000, 3000], help="synthetic corpus sizes")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (medians are shown)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per training measurement")
-    parser.add_argument("--whole-text-up-to-mb", type=int, default=1000,
-                        help="largest size also prepared the whole-text way (it needs ~16 bytes of RAM per character)")
-    parser.add_argument("--sections", nargs="+", choices=["prepare", "train", "cold"], default=["prepare", "train", "cold"],
-                        help="prepare: time and memory; train: feeding training; cold: reading windows from a "
-                             "token file not in the page cache (needs root, the largest size only)")
+    parser.add_argument(
+        "--whole-text-up-to-mb",
+        type=int,
+        default=1000,
+        help="largest size also prepared the whole-text way (it needs ~16 bytes of RAM per character)",
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["prepare", "train", "cold"],
+        default=["prepare", "train", "cold"],
+        help="prepare: time and memory; train: feeding training; cold: reading windows from a "
+        "token file not in the page cache (needs root, the largest size only)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -213,23 +251,48 @@ def main() -> None:
                     ways.append(("whole text in memory", [in_child("whole", path) for _ in range(args.repeats)]))
                 for way, results in ways:
                     seconds = median(r["seconds"] for r in results)
-                    prepare_rows.append([label, way, f"{chars / 1e6:,.1f}", f"{seconds:.2f}",
-                                         f"{seconds / chars * 1e6:.3f}", f"{median(r['rss'] for r in results):,.0f}"])
+                    prepare_rows.append(
+                        [
+                            label,
+                            way,
+                            f"{chars / 1e6:,.1f}",
+                            f"{seconds:.2f}",
+                            f"{seconds / chars * 1e6:.3f}",
+                            f"{median(r['rss'] for r in results):,.0f}",
+                        ]
+                    )
             if corpus == "text" and "train" in args.sections:
-                trains = [in_child("train", path, tmp / "cache-0", args.steps, tmp / "run") for _ in range(args.repeats)]
-                train_rows.append([label, f"{median(r['wait_share'] for r in trains):.2%}",
-                                   f"{median(r['first_fetch_ms'] for r in trains):,.0f}",
-                                   f"{median(r['chars_per_sec'] for r in trains):,.0f}",
-                                   *(f"{median(r[k] for r in trains):,.0f}" for k in ("rss", "private", "mapped"))])
+                trains = [
+                    in_child("train", path, tmp / "cache-0", args.steps, tmp / "run") for _ in range(args.repeats)
+                ]
+                train_rows.append(
+                    [
+                        label,
+                        f"{median(r['wait_share'] for r in trains):.2%}",
+                        f"{median(r['first_fetch_ms'] for r in trains):,.0f}",
+                        f"{median(r['chars_per_sec'] for r in trains):,.0f}",
+                        *(f"{median(r[k] for r in trains):,.0f}" for k in ("rss", "private", "mapped")),
+                    ]
+                )
             if corpus == "text" and "cold" in args.sections and path == sources[-1][1]:  # the largest
                 tokens = next((tmp / "cache-0").glob("*/train.npy"))
-                for mapping, way in (("default", "np.load(mmap_mode='r')"), ("random", "charlm.cache.map_tokens (MADV_RANDOM)")):
-                    results = [in_child("cold", tokens, mapping, args.steps) for _ in range(args.repeats)
-                               if drop_page_cache()]
+                for mapping, way in (
+                    ("default", "np.load(mmap_mode='r')"),
+                    ("random", "charlm.cache.map_tokens (MADV_RANDOM)"),
+                ):
+                    results = [
+                        in_child("cold", tokens, mapping, args.steps) for _ in range(args.repeats) if drop_page_cache()
+                    ]
                     if results:
-                        cold_rows.append([label, way, f"{median(r['ms_per_batch'] for r in results):.2f}",
-                                          f"{median(r['read_mib'] for r in results):,.0f}",
-                                          f"{median(r['mapped'] for r in results):,.0f}"])
+                        cold_rows.append(
+                            [
+                                label,
+                                way,
+                                f"{median(r['ms_per_batch'] for r in results):.2f}",
+                                f"{median(r['read_mib'] for r in results):,.0f}",
+                                f"{median(r['mapped'] for r in results):,.0f}",
+                            ]
+                        )
             for cache in tmp.glob("cache-*"):
                 shutil.rmtree(cache)
             if corpus == "text":
@@ -239,14 +302,27 @@ def main() -> None:
         print_table(["corpus", "way", "M characters", "seconds", "s per M chars", "peak RSS added (MiB)"], prepare_rows)
     if train_rows:
         print(f"\nTraining the default model from the prepared cache, {args.steps} steps (median of {args.repeats}):\n")
-        print_table(["corpus", "time waiting for the next batch (steps 2+)", "first batch (ms)", "characters/s",
-                     "peak RSS added (MiB)", "private memory added", "file pages mapped"], train_rows)
+        print_table(
+            [
+                "corpus",
+                "time waiting for the next batch (steps 2+)",
+                "first batch (ms)",
+                "characters/s",
+                "peak RSS added (MiB)",
+                "private memory added",
+                "file pages mapped",
+            ],
+            train_rows,
+        )
     if "cold" in args.sections:
-        print(f"\nReading {args.steps} batches of random windows from a training token file dropped from the page "
-              f"cache (median of {args.repeats}):\n")
+        print(
+            f"\nReading {args.steps} batches of random windows from a training token file dropped from the page "
+            f"cache (median of {args.repeats}):\n"
+        )
         if cold_rows:
-            print_table(["corpus", "mapping", "ms per batch (mean)", "MiB read from disk", "file pages mapped (MiB)"],
-                        cold_rows)
+            print_table(
+                ["corpus", "mapping", "ms per batch (mean)", "MiB read from disk", "file pages mapped (MiB)"], cold_rows
+            )
         else:
             print("(skipped: emptying the page cache needs root)")
 

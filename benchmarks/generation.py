@@ -59,10 +59,19 @@ def main() -> None:
     for mode in ("greedy", "sampled T=0.8"):
         one, many = median(results[(mode, 1)]), median(results[(mode, args.batch)])
         rows.append([mode, f"{one:,.0f}", f"{many:,.0f}", f"{args.batch * one / many:.1f}x"])
-    print(f"\n{what}; torch {torch.__version__}, {torch.get_num_threads()} threads, {args.length} characters, "
-          f"{args.rounds} rounds, medians\n")
-    print_table(["mode", "chars/s, 1 sample", f"chars/s, {args.batch} samples together",
-                 f"time of {args.batch} samples together / time of 1"], rows)
+    print(
+        f"\n{what}; torch {torch.__version__}, {torch.get_num_threads()} threads, {args.length} characters, "
+        f"{args.rounds} rounds, medians\n"
+    )
+    print_table(
+        [
+            "mode",
+            "chars/s, 1 sample",
+            f"chars/s, {args.batch} samples together",
+            f"time of {args.batch} samples together / time of 1",
+        ],
+        rows,
+    )
     print(f"\ntime to the first character after a 1,000-character prompt: {median(results['first']) * 1000:.1f} ms")
 
 

@@ -50,7 +50,9 @@ class Utilization(threading.Thread):
         except Exception:  # no pynvml: nvidia-smi, slower per sample but everywhere the driver is
             smi = shutil.which("nvidia-smi")
             query = [smi, f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
-            self.read = (lambda: float(subprocess.run(query, capture_output=True, text=True).stdout.strip())) if smi else None
+            self.read = (
+                (lambda: float(subprocess.run(query, capture_output=True, text=True).stdout.strip())) if smi else None
+            )
 
     def run(self):
         while self.running and self.read is not None:
@@ -92,14 +94,28 @@ class Window(L.Callback):
             trainer.should_stop = True
 
 
-def cell(data: list[str], hidden: int, layers: int, batch: int, precision: str, on_device: bool, seconds: float) -> list:
+def cell(
+    data: list[str], hidden: int, layers: int, batch: int, precision: str, on_device: bool, seconds: float
+) -> list:
     """One row: characters/s, GPU utilization, peak memory, step time (or why there is none)."""
-    overrides = [*data, f"model.hidden_size={hidden}", f"model.layers={layers}", f"data.batch_size={batch}",
-                 f"trainer.precision={precision}", f"data.on_device={str(on_device).lower()}",
-                 *([] if on_device else ["data.num_workers=2", "data.pin_memory=true"]),
-                 "trainer.accelerator=gpu", "trainer.max_steps=1000000", "trainer.max_epochs=1000",
-                 "+trainer.limit_val_batches=0", "+trainer.num_sanity_val_steps=0", "test=false",
-                 "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "~callbacks.samples"]
+    overrides = [
+        *data,
+        f"model.hidden_size={hidden}",
+        f"model.layers={layers}",
+        f"data.batch_size={batch}",
+        f"trainer.precision={precision}",
+        f"data.on_device={str(on_device).lower()}",
+        *([] if on_device else ["data.num_workers=2", "data.pin_memory=true"]),
+        "trainer.accelerator=gpu",
+        "trainer.max_steps=1000000",
+        "trainer.max_epochs=1000",
+        "+trainer.limit_val_batches=0",
+        "+trainer.num_sanity_val_steps=0",
+        "test=false",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+        "~callbacks.samples",
+    ]
     row = [hidden, layers, batch, precision, "device" if on_device else "host"]
     with tempfile.TemporaryDirectory() as out:
         try:
@@ -119,21 +135,36 @@ def cell(data: list[str], hidden: int, layers: int, batch: int, precision: str, 
         return row + ["too few steps", "", "", ""]
     utilization = window.sampler.stop()
     peak = torch.cuda.max_memory_allocated() / 2**30
-    return row + [f"{window.chars / window.elapsed:,.0f}", utilization, f"{peak:.2f} GiB",
-                  f"{window.elapsed / window.steps * 1e3:.1f} ms"]
+    return row + [
+        f"{window.chars / window.elapsed:,.0f}",
+        utilization,
+        f"{peak:.2f} GiB",
+        f"{window.elapsed / window.steps * 1e3:.1f} ms",
+    ]
 
 
 def quality(data: list[str], seconds: int) -> list:
     """Held-out bpc of ``experiment=gpu`` after ``seconds`` of training (train.py, its test split)."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, str(ROOT / "train.py"), "experiment=gpu", *data,
-               f"trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}", f"hydra.run.dir={out}"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "experiment=gpu",
+            *data,
+            f"trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}",
+            f"hydra.run.dir={out}",
+        ]
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
             return [f"failed: {(result.stderr.strip().splitlines() or [''])[-1][:100]}"] + [""] * 4
         metrics = json.loads((Path(out) / "metrics.json").read_text())
-    return [seconds, f"{metrics['test/bpc']:.4f}", f"{metrics['best/val_bpc']:.4f}", metrics["steps"],
-            f"{metrics.get('train/chars_per_sec', float('nan')):,.0f}"]
+    return [
+        seconds,
+        f"{metrics['test/bpc']:.4f}",
+        f"{metrics['best/val_bpc']:.4f}",
+        metrics["steps"],
+        f"{metrics.get('train/chars_per_sec', float('nan')):,.0f}",
+    ]
 
 
 def main() -> None:
@@ -148,16 +179,19 @@ def main() -> None:
     parser.add_argument("--data", default=str(AG_NEWS_TEST), help="AG News CSV file or folder (train.csv, test.csv)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("error: benchmarks/gpu.py measures the GPU path and torch sees no CUDA GPU here "
-                 "(torch.cuda.is_available() is False); run it on a machine with one")
+        sys.exit(
+            "error: benchmarks/gpu.py measures the GPU path and torch sees no CUDA GPU here "
+            "(torch.cuda.is_available() is False); run it on a machine with one"
+        )
     if not Path(args.data).exists():
         sys.exit(f"error: --data {args.data} does not exist; pass an AG News CSV file or folder")
     logging.getLogger("lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     data = [f"data.path={args.data}", "data.val_size=200", "data.test_size=600"]
     started = time.perf_counter()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}",
-          flush=True)
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}", flush=True
+    )
 
     headers = ["hidden", "layers", "batch", "precision", "data", "chars/s", "GPU util", "peak memory", "step time"]
     rows = []
@@ -185,8 +219,9 @@ def main() -> None:
 
     if args.quality:
         print()
-        print_table(["experiment=gpu, seconds", "test bpc", "best val bpc", "steps", "chars/s"],
-                    [quality(data, args.quality)])
+        print_table(
+            ["experiment=gpu, seconds", "test bpc", "best val bpc", "steps", "chars/s"], [quality(data, args.quality)]
+        )
     print(f"\n{time.perf_counter() - started:.0f} s in all", file=sys.stderr)
 
 

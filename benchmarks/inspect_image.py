@@ -17,8 +17,8 @@ import torch
 from common import median, print_table
 
 from charlm.activations import surprisal
-from charlm.page import surprisal_image
 from charlm.model import CharRNN
+from charlm.page import surprisal_image
 from charlm.vocabulary import Vocabulary
 from charlm.windows import EvalStream
 
@@ -55,10 +55,19 @@ def main() -> None:
             t3 = time.perf_counter()
             score.append(t1 - t0), draw.append(t2 - t1), validate.append(t3 - t2)
         image = median(score) + median(draw)
-        rows.append([name, f"{median(score) * 1e3:.1f}", f"{median(draw) * 1e3:.1f}", f"{median(validate) * 1e3:.0f}",
-                     f"{100 * image / (image + median(validate)):.1f}%"])
-    print(f"\n{args.chars} characters drawn; validation of {args.val_chars:,} characters; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, medians\n")
+        rows.append(
+            [
+                name,
+                f"{median(score) * 1e3:.1f}",
+                f"{median(draw) * 1e3:.1f}",
+                f"{median(validate) * 1e3:.0f}",
+                f"{100 * image / (image + median(validate)):.1f}%",
+            ]
+        )
+    print(
+        f"\n{args.chars} characters drawn; validation of {args.val_chars:,} characters; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, medians\n"
+    )
     print_table(["model", "scoring (ms)", "drawing (ms)", "validation (ms)", "image share of validation"], rows)
     print(f"\nfirst drawing in a process (imports matplotlib, loads the font): {first * 1e3:.0f} ms")
 

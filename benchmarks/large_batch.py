@@ -27,9 +27,22 @@ BASE_LR, BASE_BATCH, NCHARS = 0.006, 16, 100
 
 def run(batch: int, lr: float, steps: int, extra: list[str], out: Path) -> dict:
     started = time.perf_counter()
-    metrics = train([f"data.path={AG_NEWS_TEST}", "data.val_size=200", "data.test_size=600", f"data.batch_size={batch}",
-                     f"optimizer.lr={lr}", f"trainer.max_steps={steps}", "trainer.max_epochs=-1", f"data.nchars={NCHARS}",
-                     "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *extra], out)
+    metrics = train(
+        [
+            f"data.path={AG_NEWS_TEST}",
+            "data.val_size=200",
+            "data.test_size=600",
+            f"data.batch_size={batch}",
+            f"optimizer.lr={lr}",
+            f"trainer.max_steps={steps}",
+            "trainer.max_epochs=-1",
+            f"data.nchars={NCHARS}",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+            *extra,
+        ],
+        out,
+    )
     return {**metrics, "seconds": time.perf_counter() - started}
 
 
@@ -49,8 +62,17 @@ def main() -> None:
                 rules.append(("none", BASE_LR))
             for rule, lr in rules:
                 metrics = run(batch, lr, steps, args.overrides, Path(out) / f"{batch}-{rule}")
-                rows.append([batch, rule, f"{lr:g}", steps, f"{metrics['test/bpc']:.4f}",
-                             f"{metrics['best/val_bpc']:.4f}", f"{metrics['seconds']:.0f}"])
+                rows.append(
+                    [
+                        batch,
+                        rule,
+                        f"{lr:g}",
+                        steps,
+                        f"{metrics['test/bpc']:.4f}",
+                        f"{metrics['best/val_bpc']:.4f}",
+                        f"{metrics['seconds']:.0f}",
+                    ]
+                )
                 print(rows[-1], file=sys.stderr, flush=True)
     print()
     print_table(["batch", "lr rule", "lr", "steps", "test bpc", "best val bpc", "seconds"], rows)

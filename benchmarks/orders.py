@@ -34,8 +34,10 @@ from pathlib import Path
 
 from common import AG_NEWS_TEST, SHAKESPEARE, duration, median, print_table, require, train_together
 
-ORDERS = {"streams": {"windows": ["data.order=windows"], "streams": ["data.order=streams"]},
-          "lesson": {"defaults": [], "lesson": ["experiment=lesson"]}}
+ORDERS = {
+    "streams": {"windows": ["data.order=windows"], "streams": ["data.order=streams"]},
+    "lesson": {"defaults": [], "lesson": ["experiment=lesson"]},
+}
 
 
 def corpus_overrides(corpus: str, val_size: float) -> list[str]:
@@ -46,25 +48,48 @@ def corpus_overrides(corpus: str, val_size: float) -> list[str]:
     return ["data=text", f"data.path={SHAKESPEARE}", f"data.test_size={held_out}", f"data.val_size={val_size}"]
 
 
-def run(overrides: list[list[str]], seconds: int, seed: int, run_dirs: list[Path], extra: list[str],
-        threads: int | None) -> list[dict]:
-    return train_together([[*o, f"seed={seed}", f"trainer.max_time={duration(seconds)}", *extra] for o in overrides],
-                          run_dirs, threads)
+def run(
+    overrides: list[list[str]], seconds: int, seed: int, run_dirs: list[Path], extra: list[str], threads: int | None
+) -> list[dict]:
+    return train_together(
+        [[*o, f"seed={seed}", f"trainer.max_time={duration(seconds)}", *extra] for o in overrides], run_dirs, threads
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", choices=sorted(ORDERS), default="streams",
-                        help="streams: windows vs streams; lesson: experiment=lesson vs the defaults (AG News, 120 s)")
-    parser.add_argument("--corpora", nargs="+", choices=["ag_news", "shakespeare"], default=None,
-                        help="default: both (streams), ag_news (lesson)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=None,
-                        help="seconds of training per run; default 120 600 (streams), 120 (lesson)")
+    parser.add_argument(
+        "--orders",
+        choices=sorted(ORDERS),
+        default="streams",
+        help="streams: windows vs streams; lesson: experiment=lesson vs the defaults (AG News, 120 s)",
+    )
+    parser.add_argument(
+        "--corpora",
+        nargs="+",
+        choices=["ag_news", "shakespeare"],
+        default=None,
+        help="default: both (streams), ag_news (lesson)",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seconds of training per run; default 120 600 (streams), 120 (lesson)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1, each run with every order")
-    parser.add_argument("--shakespeare-val-size", type=float, default=0.01,
-                        help="validation share of tiny Shakespeare, cut before its held-out last 10%%")
-    parser.add_argument("--side-by-side", action="store_true",
-                        help="run the two orders of a seed at once, one CPU thread each (half the wall time)")
+    parser.add_argument(
+        "--shakespeare-val-size",
+        type=float,
+        default=0.01,
+        help="validation share of tiny Shakespeare, cut before its held-out last 10%%",
+    )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="run the two orders of a seed at once, one CPU thread each (half the wall time)",
+    )
     parser.add_argument("--extra", default="", help="space-separated train.py overrides added to every run")
     args = parser.parse_args()
     configs = ORDERS[args.orders]
@@ -81,25 +106,59 @@ def main() -> None:
                 for seed in range(args.seeds):
                     # side by side: both orders at once, one core each; else one at a time, all cores each
                     batches = [names] if args.side_by_side else [[name] for name in names]
-                    results = [metrics for batch in batches
-                               for metrics in run([base + configs[n] for n in batch], seconds, seed,
-                                                  [Path(out) / f"{corpus}-{seconds}-{seed}-{n}" for n in batch],
-                                                  args.extra.split(), threads=1 if args.side_by_side else None)]
+                    results = [
+                        metrics
+                        for batch in batches
+                        for metrics in run(
+                            [base + configs[n] for n in batch],
+                            seconds,
+                            seed,
+                            [Path(out) / f"{corpus}-{seconds}-{seed}-{n}" for n in batch],
+                            args.extra.split(),
+                            threads=1 if args.side_by_side else None,
+                        )
+                    ]
                     for name, metrics in zip(names, results):
                         losses[name].append(metrics["test/loss"])
                         bpcs[name].append(metrics["test/bpc"])
                     a, b = names
-                    rows.append([corpus, seconds, seed, *(f"{bpcs[n][-1]:.4f}" for n in names),
-                                 *(f"{losses[n][-1]:.4f}" for n in names), f"{losses[b][-1] - losses[a][-1]:+.4f}"])
+                    rows.append(
+                        [
+                            corpus,
+                            seconds,
+                            seed,
+                            *(f"{bpcs[n][-1]:.4f}" for n in names),
+                            *(f"{losses[n][-1]:.4f}" for n in names),
+                            f"{losses[b][-1] - losses[a][-1]:+.4f}",
+                        ]
+                    )
                     print(rows[-1], file=sys.stderr, flush=True)
                 a, b = names
-                rows.append([corpus, seconds, "median", *(f"{median(bpcs[n]):.4f}" for n in names),
-                             *(f"{median(losses[n]):.4f}" for n in names),
-                             f"{median(x - y for x, y in zip(losses[b], losses[a])):+.4f}"])
+                rows.append(
+                    [
+                        corpus,
+                        seconds,
+                        "median",
+                        *(f"{median(bpcs[n]):.4f}" for n in names),
+                        *(f"{median(losses[n]):.4f}" for n in names),
+                        f"{median(x - y for x, y in zip(losses[b], losses[a])):+.4f}",
+                    ]
+                )
     print()
     a, b = names
-    print_table(["corpus", "budget s", "seed", f"{a} test bpc", f"{b} test bpc", f"{a} nats/char", f"{b} nats/char",
-                 f"{b} - {a} nats/char (paired)"], rows)
+    print_table(
+        [
+            "corpus",
+            "budget s",
+            "seed",
+            f"{a} test bpc",
+            f"{b} test bpc",
+            f"{a} nats/char",
+            f"{b} nats/char",
+            f"{b} - {a} nats/char (paired)",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

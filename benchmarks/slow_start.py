@@ -39,9 +39,20 @@ def peak_lr(run: Path) -> float | None:
 def one_run(tree: Path, budget: int, busy: int, out: Path) -> dict:
     hogs = [subprocess.Popen([sys.executable, "-c", HOG.format(seconds=busy)]) for _ in range(2)]
     try:
-        run = subprocess.run([sys.executable, "train.py", f"data.path={AG_NEWS_TEST}", f"data.cache_dir={out / 'cache'}",
-                              f"trainer.max_time={duration(budget)}", f"hydra.run.dir={out / 'run'}"],
-                             cwd=tree, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        run = subprocess.run(
+            [
+                sys.executable,
+                "train.py",
+                f"data.path={AG_NEWS_TEST}",
+                f"data.cache_dir={out / 'cache'}",
+                f"trainer.max_time={duration(budget)}",
+                f"hydra.run.dir={out / 'run'}",
+            ],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     finally:
         for hog in hogs:
             hog.kill()
@@ -67,15 +78,24 @@ def main() -> None:
                     started = time.monotonic()
                     results[commit].append(one_run(tree, args.budget, args.busy, Path(tmp)))
                 print(commit, results[commit][-1], f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    print(f"\ndefault model on AG News, trainer.max_time={args.budget} s, both cores busy for the first {args.busy} s, "
-          f"{args.rounds} alternated rounds (median; each round's figure after the slash)\n")
+    print(
+        f"\ndefault model on AG News, trainer.max_time={args.budget} s, both cores busy for the first {args.busy} s, "
+        f"{args.rounds} alternated rounds (median; each round's figure after the slash)\n"
+    )
     rows = []
     for commit, runs in results.items():
-        cell = {key: " / ".join(fmt.format(r[key]) for r in runs) for key, fmt in
-                (("steps", "{}"), ("peak_lr", "{:.2e}"), ("val", "{:.3f}"))}
-        rows.append([commit, f"{median(r['steps'] for r in runs):.0f} ({cell['steps']})",
-                     f"{median(r['peak_lr'] for r in runs):.2e} ({cell['peak_lr']})",
-                     f"{median(r['val'] for r in runs):.3f} ({cell['val']})"])
+        cell = {
+            key: " / ".join(fmt.format(r[key]) for r in runs)
+            for key, fmt in (("steps", "{}"), ("peak_lr", "{:.2e}"), ("val", "{:.3f}"))
+        }
+        rows.append(
+            [
+                commit,
+                f"{median(r['steps'] for r in runs):.0f} ({cell['steps']})",
+                f"{median(r['peak_lr'] for r in runs):.2e} ({cell['peak_lr']})",
+                f"{median(r['val'] for r in runs):.3f} ({cell['val']})",
+            ]
+        )
     print_table(["commit", "steps trained", "peak learning rate", "best val bpc"], rows)
 
 

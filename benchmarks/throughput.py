@@ -26,8 +26,8 @@ import torch.utils.mkldnn
 from common import AG_NEWS_TEST, median, print_table, require
 
 from charlm.config import compose_config
-from charlm.sources import read_ag_news_csv
 from charlm.model import CharRNN, matmul_flops_per_char
+from charlm.sources import read_ag_news_csv
 from charlm.training import build
 
 
@@ -48,8 +48,16 @@ class StepClock(L.Callback):
 
 
 def overrides_for(model_overrides: list[str], steps: int) -> list[str]:
-    return [f"data.path={AG_NEWS_TEST}", "data.val_size=200", "data.test_size=600", *model_overrides,
-            f"trainer.max_steps={steps}", "+trainer.limit_val_batches=0", "+trainer.num_sanity_val_steps=0", "test=false"]
+    return [
+        f"data.path={AG_NEWS_TEST}",
+        "data.val_size=200",
+        "data.test_size=600",
+        *model_overrides,
+        f"trainer.max_steps={steps}",
+        "+trainer.limit_val_batches=0",
+        "+trainer.num_sanity_val_steps=0",
+        "test=false",
+    ]
 
 
 def project_loop(model_overrides: list[str], steps: int, warmup: int = 10) -> float:
@@ -151,13 +159,22 @@ def main() -> None:
     args = parser.parse_args()
     require(AG_NEWS_TEST)
 
-    models = {"default": [], "LSTM 512 x 3 layers": ["model.hidden_size=512", "model.layers=3"],
-              # the lesson's model in shuffled windows (experiment=lesson trains in the articles order, whose
-              # batches differ in size; benchmarks/orders.py --orders lesson compares that order)
-              "lesson (one-hot LSTM 64, batch 128, stride 1)": ["experiment=lesson", "data.order=windows",
-                                                                "data.stride=1", "data.batch_size=128"]}
+    models = {
+        "default": [],
+        "LSTM 512 x 3 layers": ["model.hidden_size=512", "model.layers=3"],
+        # the lesson's model in shuffled windows (experiment=lesson trains in the articles order, whose
+        # batches differ in size; benchmarks/orders.py --orders lesson compares that order)
+        "lesson (one-hot LSTM 64, batch 128, stride 1)": [
+            "experiment=lesson",
+            "data.order=windows",
+            "data.stride=1",
+            "data.batch_size=128",
+        ],
+    }
     # steps per measurement, from a quick probe of each model's speed
-    steps = {name: max(20, int(args.seconds * plain_loop(ov, 10, 3) / _chars_per_step(ov))) for name, ov in models.items()}
+    steps = {
+        name: max(20, int(args.seconds * plain_loop(ov, 10, 3) / _chars_per_step(ov))) for name, ov in models.items()
+    }
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):  # interleaved, so drift in the machine's speed hits all alike
         for name, ov in models.items():
@@ -171,17 +188,33 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             flops = training_flops_per_char(build(compose_config(overrides_for(ov, 1), Path(out)))[1].net)
         project, plain = median(results[f"{name}|project"]), median(results[f"{name}|plain"])
-        for loop, speed, share in (("project (Lightning, train.py's callbacks)", project, f"{project / plain:.1%}"),
-                                   ("plain PyTorch loop", plain, "100%")):
-            rows.append([name, loop, f"{speed:,.0f}", share, f"{speed * flops / 1e9:.1f}", f"{speed * flops / peak:.0%}"])
+        for loop, speed, share in (
+            ("project (Lightning, train.py's callbacks)", project, f"{project / plain:.1%}"),
+            ("plain PyTorch loop", plain, "100%"),
+        ):
+            rows.append(
+                [name, loop, f"{speed:,.0f}", share, f"{speed * flops / 1e9:.1f}", f"{speed * flops / peak:.0%}"]
+            )
     lesson = median(results["lesson|per-article"])
     lesson_plain = median(results[f"{list(models)[-1]}|plain"])
-    rows.append(["lesson (one-hot LSTM 64)", "lesson's loop: one batch per article, Python loop per window",
-                 f"{lesson:,.0f}", f"{lesson / lesson_plain:.1%}", "", ""])
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, medians; "
-          f"fp32 matmul rate {peak / 1e9:.0f} GFLOP/s (oneDNN, 2048x2048 products)\n")
-    print_table(["model", "loop", "chars/s", "vs plain loop, same model", "GFLOP/s (3x forward matmuls)",
-                 "of matmul rate"], rows)
+    rows.append(
+        [
+            "lesson (one-hot LSTM 64)",
+            "lesson's loop: one batch per article, Python loop per window",
+            f"{lesson:,.0f}",
+            f"{lesson / lesson_plain:.1%}",
+            "",
+            "",
+        ]
+    )
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, medians; "
+        f"fp32 matmul rate {peak / 1e9:.0f} GFLOP/s (oneDNN, 2048x2048 products)\n"
+    )
+    print_table(
+        ["model", "loop", "chars/s", "vs plain loop, same model", "GFLOP/s (3x forward matmuls)", "of matmul rate"],
+        rows,
+    )
 
 
 def _chars_per_step(model_overrides: list[str]) -> int:

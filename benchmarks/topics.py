@@ -29,9 +29,20 @@ TEST_ARTICLES = 600
 
 
 def train_charlm(seed: int, seconds: int, val: int, mode: str, run_dir: Path, extra: list[str]) -> dict:
-    metrics = train([f"data.path={AG_NEWS_TEST}", f"data.val_size={val}", f"data.test_size={TEST_ARTICLES}",
-                     "model.topics=true", f"model.topic_mode={mode}", f"seed={seed}",
-                     f"trainer.max_time={duration(seconds)}", "trainer.accelerator=cpu", *extra], run_dir)
+    metrics = train(
+        [
+            f"data.path={AG_NEWS_TEST}",
+            f"data.val_size={val}",
+            f"data.test_size={TEST_ARTICLES}",
+            "model.topics=true",
+            f"model.topic_mode={mode}",
+            f"seed={seed}",
+            f"trainer.max_time={duration(seconds)}",
+            "trainer.accelerator=cpu",
+            *extra,
+        ],
+        run_dir,
+    )
     metrics["ckpt"] = str(next((run_dir / "checkpoints").glob("best*.ckpt"), run_dir / "checkpoints" / "last.ckpt"))
     return metrics
 
@@ -61,8 +72,10 @@ def samples(ckpt: str, length: int = 120) -> dict[str, str]:
     from charlm.sampling import generate_text
 
     module = load_checkpoint(ckpt)
-    return {name: generate_text(module.net, module.vocab, "\n", length, temperature=0.8, seed=0, topic=i)[0].strip()
-            for i, name in enumerate(module.topics)}
+    return {
+        name: generate_text(module.net, module.vocab, "\n", length, temperature=0.8, seed=0, topic=i)[0].strip()
+        for i, name in enumerate(module.topics)
+    }
 
 
 def ngram_baseline(val: int) -> float | str:
@@ -74,7 +87,10 @@ def ngram_baseline(val: int) -> float | str:
         return "needs scikit-learn (pip install charlm[bench])"
     labels: list[int] = []
     articles = read_ag_news_csv(AG_NEWS_TEST, labels)
-    (train, _, test), (y_train, _, y_test) = split_tail(articles, val, TEST_ARTICLES), split_tail(labels, val, TEST_ARTICLES)
+    (train, _, test), (y_train, _, y_test) = (
+        split_tail(articles, val, TEST_ARTICLES),
+        split_tail(labels, val, TEST_ARTICLES),
+    )
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=2)
     classifier = LogisticRegression(max_iter=2000, C=10.0).fit(vectorizer.fit_transform(train), y_train)
     return float((classifier.predict(vectorizer.transform(test)) == y_test).mean())
@@ -105,27 +121,52 @@ def main() -> None:
             medians[mode] = median(r["test/topic_acc"] for r in runs)
             texts = samples(runs[0]["ckpt"])
         baseline = ngram_baseline(args.val)
-    print(f"\nAG News ({AG_NEWS_TEST.name}): {7600 - args.val - TEST_ARTICLES} training articles, {args.val} validation "
-          f"(charlm only), the last {TEST_ARTICLES} for testing; {args.budget} s of CPU training per run\n")
-    print_table(["topic_mode", "seed", "topic acc", "bpc (topic)", "bpc (no topic)", "bits the topic is worth",
-                 "classify 600 s"], rows)
+    print(
+        f"\nAG News ({AG_NEWS_TEST.name}): {7600 - args.val - TEST_ARTICLES} training articles, {args.val} validation "
+        f"(charlm only), the last {TEST_ARTICLES} for testing; {args.budget} s of CPU training per run\n"
+    )
+    print_table(
+        [
+            "topic_mode",
+            "seed",
+            "topic acc",
+            "bpc (topic)",
+            "bpc (no topic)",
+            "bits the topic is worth",
+            "classify 600 s",
+        ],
+        rows,
+    )
     print()
-    print_table(["classifier", "test accuracy"],
-                [*([f"charlm generative, topic_mode={mode} (median)", f"{acc:.3f}"] for mode, acc in medians.items()),
-                 ["char 1-4-gram TF-IDF + logistic regression",
-                  f"{baseline:.3f}" if isinstance(baseline, float) else baseline],
-                 ["chance", "0.250"]])
+    print_table(
+        ["classifier", "test accuracy"],
+        [
+            *([f"charlm generative, topic_mode={mode} (median)", f"{acc:.3f}"] for mode, acc in medians.items()),
+            [
+                "char 1-4-gram TF-IDF + logistic regression",
+                f"{baseline:.3f}" if isinstance(baseline, float) else baseline,
+            ],
+            ["chance", "0.250"],
+        ],
+    )
     print()
-    print_table(["topic", "sample (seed 0, temperature 0.8)"],
-                [[name, text.replace("|", "\\|")] for name, text in texts.items()])
+    print_table(
+        ["topic", "sample (seed 0, temperature 0.8)"],
+        [[name, text.replace("|", "\\|")] for name, text in texts.items()],
+    )
 
 
 KEYS = ("test/topic_acc", "test/bpc", "test/bpc_uncond", "test/topic_bits", "classify_s")
 
 
 def cells(m: dict) -> list[str]:
-    return [f"{m['test/topic_acc']:.3f}", f"{m['test/bpc']:.4f}", f"{m['test/bpc_uncond']:.4f}",
-            f"{m['test/topic_bits']:.4f}", f"{m['classify_s']:.1f}"]
+    return [
+        f"{m['test/topic_acc']:.3f}",
+        f"{m['test/bpc']:.4f}",
+        f"{m['test/bpc_uncond']:.4f}",
+        f"{m['test/topic_bits']:.4f}",
+        f"{m['classify_s']:.1f}",
+    ]
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def layer_states(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> l
             for t in range(steps):
                 a = torch.addmv(b_hh, w_hh, h).add_(projected[t])
                 s = torch.sigmoid(a.view(4, size))  # i, f, g (unused: tanh below), o
-                c = s[1] * c + s[0] * torch.tanh(a[2 * size:3 * size])
+                c = s[1] * c + s[0] * torch.tanh(a[2 * size : 3 * size])
                 h = s[3] * torch.tanh(c)
                 hs[t], cs[t], gates[t] = h, c, s[[0, 1, 3]]
             layers.append({"h": hs, "c": cs, "gates": dict(zip(SIGMOID_GATES["lstm"], gates.unbind(1)))})
@@ -109,8 +109,8 @@ def layer_states(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> l
             gates = x.new_empty(steps, 2, size)
             for t in range(steps):
                 hp = torch.addmv(b_hh, w_hh, h)
-                rz = torch.sigmoid(projected[t, :2 * size] + hp[:2 * size]).view(2, size)
-                n = torch.tanh(projected[t, 2 * size:] + rz[0] * hp[2 * size:])
+                rz = torch.sigmoid(projected[t, : 2 * size] + hp[: 2 * size]).view(2, size)
+                n = torch.tanh(projected[t, 2 * size :] + rz[0] * hp[2 * size :])
                 h = n + rz[1] * (h - n)  # (1 - z) * n + z * h
                 hs[t], gates[t] = h, rz
             layers.append({"h": hs, "gates": dict(zip(SIGMOID_GATES["gru"], gates.unbind(1)))})
@@ -125,8 +125,14 @@ def layer_states(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> l
 
 
 @torch.no_grad()
-def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0, topic: int | None = None,
-              top_chars: int | None = None, chunk: int = SCORE_CHUNK):
+def surprisal(
+    net: CharRNN,
+    ids: torch.Tensor,
+    top_k: int = 0,
+    topic: int | None = None,
+    top_chars: int | None = None,
+    chunk: int = SCORE_CHUNK,
+):
     """Bits the model pays for each character of ``ids [T]`` read from a fresh state (``nan`` for the
     first, which has no context), from the model's own forward pass; with ``top_k`` also the ids and
     probabilities of its ``top_k`` guesses for each of the first ``top_chars`` characters (all by
@@ -147,13 +153,16 @@ def surprisal(net: CharRNN, ids: torch.Tensor, top_k: int = 0, topic: int | None
     starts = range(0, n - 1, chunk)  # chunk i reads ids[start:end] and scores ids[start + 1:end + 1]
     ends = [min(start + chunk, n - 1) for start in starts]
     extras = () if topic is None else (topic,)
-    chunks = ((ids[None, a:b], ids[None, a + 1:b + 1], *extras) for a, b in zip(starts, ends))
+    chunks = ((ids[None, a:b], ids[None, a + 1 : b + 1], *extras) for a, b in zip(starts, ends))
     for start, end, scored in zip(starts, ends, score_stream(net, chunks)):
-        bits[start + 1:end + 1] = (scored.losses()[0] / math.log(2)).cpu()
+        bits[start + 1 : end + 1] = (scored.losses()[0] / math.log(2)).cpu()
         rows = min(end, top_chars - 1) - start  # of this chunk's guesses, those for the first top_chars
         if k and rows > 0:
             values, top = torch.log_softmax(scored.logits[0, :rows].float(), dim=-1).topk(k, dim=-1)
-            top_ids[start + 1:start + 1 + rows], top_probs[start + 1:start + 1 + rows] = top.cpu(), values.exp().cpu()
+            top_ids[start + 1 : start + 1 + rows], top_probs[start + 1 : start + 1 + rows] = (
+                top.cpu(),
+                values.exp().cpu(),
+            )
     if not top_k:
         return bits.numpy()
     return bits.numpy(), top_ids.numpy(), top_probs.numpy()
@@ -167,9 +176,11 @@ def page_chars(net: CharRNN) -> int:
 
 def cut_note(shown: int, total: int) -> str:
     """What the page of a text longer than it shows holds (``page_chars``), and what was scored."""
-    return (f"the page shows the first {shown:,} of {total:,} characters, the most it holds for this model "
-            f"({PAGE_VALUES:,} unit activations, at most {PAGE_CHARS:,} characters); the bits per character are "
-            f"of all {total:,}")
+    return (
+        f"the page shows the first {shown:,} of {total:,} characters, the most it holds for this model "
+        f"({PAGE_VALUES:,} unit activations, at most {PAGE_CHARS:,} characters); the bits per character are "
+        f"of all {total:,}"
+    )
 
 
 @dataclass
@@ -178,6 +189,7 @@ class Inspection:
     every layer's states and gates (numpy, ``[T, H]``), and the units that best track each property;
     all of the characters the page shows (``page_chars``). ``whole``: the text inspected, which may
     be longer: its characters, total and mean bits, and characters outside the vocabulary."""
+
     text: str
     ids: np.ndarray
     bits: np.ndarray
@@ -193,15 +205,26 @@ def check_text(text: str, max_chars: int = MAX_CHARS, key: str = "text") -> None
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 2:
         raise UserError(f"max_chars={max_chars!r} must be a whole number >= 2")
     if len(text) < 2:
-        raise UserError(f"{key} has {len(text)} character{'s' * (len(text) != 1)}; give at least 2 (the first has "
-                        "no context, so it is not scored)")
+        raise UserError(
+            f"{key} has {len(text)} character{'s' * (len(text) != 1)}; give at least 2 (the first has "
+            "no context, so it is not scored)"
+        )
     if len(text) > max_chars:
-        raise UserError(f"{key} has {len(text):,} characters, more than max_chars={max_chars}; inspect a part of it "
-                        "or raise max_chars (every character is scored; the page shows the first ones)")
+        raise UserError(
+            f"{key} has {len(text):,} characters, more than max_chars={max_chars}; inspect a part of it "
+            "or raise max_chars (every character is scored; the page shows the first ones)"
+        )
 
 
-def inspect_text(net: CharRNN, vocab: Vocabulary, text: str, max_chars: int = MAX_CHARS, top_units: int = 5,
-                 key: str = "text", topic: int | None = None) -> Inspection:
+def inspect_text(
+    net: CharRNN,
+    vocab: Vocabulary,
+    text: str,
+    max_chars: int = MAX_CHARS,
+    top_units: int = 5,
+    key: str = "text",
+    topic: int | None = None,
+) -> Inspection:
     """Score ``text`` from a fresh state (all of it, in chunks), record every layer's states for the
     characters the page shows (the first ``page_chars``), and rank the units by the properties of
     those. Characters outside the vocabulary read as id 0, as in evaluation. ``topic``: the topic id
@@ -214,13 +237,22 @@ def inspect_text(net: CharRNN, vocab: Vocabulary, text: str, max_chars: int = MA
         device = next(net.parameters()).device
         ids = torch.from_numpy(vocab.encode(text).astype(np.int64)).to(device)
         bits, top_ids, top_probs = surprisal(net, ids, TOP_K, topic, top_chars=shown)
-        layers = [{k: (v.cpu().numpy() if k != "gates" else {g: a.cpu().numpy() for g, a in v.items()})
-                   for k, v in layer.items()} for layer in layer_states(net, ids[:shown], topic)]
+        layers = [
+            {
+                k: (v.cpu().numpy() if k != "gates" else {g: a.cpu().numpy() for g, a in v.items()})
+                for k, v in layer.items()
+            }
+            for layer in layer_states(net, ids[:shown], topic)
+        ]
     finally:
         net.train(was_training)
     ids = ids.cpu().numpy()
-    whole = {"chars": len(text), "total_bits": float(np.nansum(bits, dtype=np.float64)),
-             "mean_bits": float(np.nanmean(bits, dtype=np.float64)), "unknown": int((ids == 0).sum())}
+    whole = {
+        "chars": len(text),
+        "total_bits": float(np.nansum(bits, dtype=np.float64)),
+        "mean_bits": float(np.nanmean(bits, dtype=np.float64)),
+        "unknown": int((ids == 0).sum()),
+    }
     inspection = Inspection(text[:shown], ids[:shown], bits[:shown], top_ids, top_probs, layers, whole=whole)
     inspection.ranking = rank_units(layers, text_properties(text[:shown]), top_units)
     return inspection
@@ -242,8 +274,11 @@ def text_properties(text: str) -> dict[str, np.ndarray]:
     letters = np.array([ch.isalpha() for ch in text])
     start = letters & ~np.concatenate([[False], letters[:-1]])
     upper = np.array([ch.isupper() for ch in text])
-    return dict(zip(PROPERTIES, (in_quote, in_bracket, np.array(columns, dtype=float), start.astype(float),
-                                 upper.astype(float))))
+    return dict(
+        zip(
+            PROPERTIES, (in_quote, in_bracket, np.array(columns, dtype=float), start.astype(float), upper.astype(float))
+        )
+    )
 
 
 def rank_units(layers: list[dict], properties: dict[str, np.ndarray], top: int = 5) -> dict:
@@ -266,8 +301,10 @@ def rank_units(layers: list[dict], properties: dict[str, np.ndarray], top: int =
                 r = np.where(std > 0, ((a - a.mean(axis=0)) * p[:, None]).mean(axis=0) / np.where(std > 0, std, 1), 0)
                 found += [(abs(r[u]), index, kind, int(u), float(r[u])) for u in np.argsort(-np.abs(r))[:top]]
         found.sort(key=lambda f: -f[0])
-        ranking[name] = {"units": [{"layer": i, "kind": k, "unit": u, "r": round(r, 4)} for _, i, k, u, r in found[:top]],
-                         "note": None}
+        ranking[name] = {
+            "units": [{"layer": i, "kind": k, "unit": u, "r": round(r, 4)} for _, i, k, u, r in found[:top]],
+            "note": None,
+        }
     return ranking
 
 
@@ -275,5 +312,7 @@ def gate_saturation(layers: list[dict]) -> list[dict]:
     """Per layer and sigmoid gate, the fraction of characters at which each unit's gate is left
     (< 0.1) or right (> 0.9) saturated, as in Karpathy, Johnson & Fei-Fei (2015), figure 3."""
     low, high = SATURATED
-    return [{name: {"left": (g < low).mean(axis=0), "right": (g > high).mean(axis=0)}
-             for name, g in layer["gates"].items()} for layer in layers]
+    return [
+        {name: {"left": (g < low).mean(axis=0), "right": (g > high).mean(axis=0)} for name, g in layer["gates"].items()}
+        for layer in layers
+    ]

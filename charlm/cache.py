@@ -75,7 +75,11 @@ def read_cache_meta(cache: Path) -> dict | None:
         raise DamagedCache("it has no meta.json: a build that did not finish, or a deleted file") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DamagedCache(f"meta.json cannot be read ({type(err).__name__})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or meta.get("checksum") != meta_checksum(meta):
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("files"), dict)
+        or meta.get("checksum") != meta_checksum(meta)
+    ):
         raise DamagedCache("meta.json does not match its checksum: edited or damaged")
     for name, expected in meta["files"].items():
         path = cache / name
@@ -137,16 +141,19 @@ def article_starts(tokens: np.ndarray, separator_id: int) -> np.ndarray:
     return starts if len(starts) and starts[0] == 0 else np.concatenate([[0], starts]).astype(np.int64)
 
 
-def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, source: str, kind: str,
-                separator: str | None) -> None:
+def write_cache(
+    cache: Path, corpus: Corpus, cache_root: Path, nchars: int, source: str, kind: str, separator: str | None
+) -> None:
     """Encode ``corpus`` into the cache folder ``cache`` (built in a temporary folder under
     ``cache_root``, then renamed into place, so a reader sees the whole cache or none). A damaged
     folder already at ``cache`` is replaced. ``source`` names it, ``kind`` is its ``data.corpus``
     and ``separator`` the character between its articles (``None``: none). Call it under the cache's lock."""
     if corpus.sizes["train"] < nchars + 1:
-        raise UserError(f"the training text of {source} has {corpus.sizes['train']} "
-                        f"characters, fewer than one window (data.nchars + 1 = {nchars + 1}); lower "
-                        "data.nchars or use a longer corpus")
+        raise UserError(
+            f"the training text of {source} has {corpus.sizes['train']} "
+            f"characters, fewer than one window (data.nchars + 1 = {nchars + 1}); lower "
+            "data.nchars or use a longer corpus"
+        )
     vocab = corpus.vocab
     tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".tmp-{cache.name}-"))
     try:
@@ -157,8 +164,14 @@ def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, sour
         with contextlib.ExitStack() as stack:
             files = {s: stack.enter_context(open(tmp / f"{s}.npy", "wb")) for s in SPLITS}
             for split, f in files.items():
-                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(vocab.dtype)),
-                                                         "fortran_order": False, "shape": (corpus.sizes[split],)})
+                np.lib.format.write_array_header_1_0(
+                    f,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(vocab.dtype)),
+                        "fortran_order": False,
+                        "shape": (corpus.sizes[split],),
+                    },
+                )
             position = 0  # of the piece's first character in the whole stream
             for piece in corpus.pieces():
                 ids = vocab.encode(piece)
@@ -173,17 +186,29 @@ def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, sour
         if corpus.labels is not None:  # the topic of every character, parallel to the tokens (AG News)
             for split in SPLITS:
                 if len(corpus.labels[split]) != corpus.sizes[split]:
-                    raise ValueError(f"{split}: {len(corpus.labels[split])} labels for {corpus.sizes[split]} characters")
+                    raise ValueError(
+                        f"{split}: {len(corpus.labels[split])} labels for {corpus.sizes[split]} characters"
+                    )
                 np.save(tmp / f"{split}_labels.npy", corpus.labels[split].astype(np.uint8))
         if position != ends["test"]:
-            raise UserError(f"data.path={source} changed while it was read ({position} characters, not "
-                            f"{ends['test']}); run again once it is complete")
-        meta = {"vocab": vocab.chars, "source": source, "corpus": kind,
-                "separator": separator, "characters": corpus.sizes,
-                "unknown": unknown, "topics": corpus.topics,
-                "topic_counts": corpus.topic_counts, "version": CACHE_VERSION,
-                "files": {f.name: {"bytes": f.stat().st_size, "checksum": file_checksum(f)}
-                          for f in sorted(tmp.glob("*.npy"))}}
+            raise UserError(
+                f"data.path={source} changed while it was read ({position} characters, not "
+                f"{ends['test']}); run again once it is complete"
+            )
+        meta = {
+            "vocab": vocab.chars,
+            "source": source,
+            "corpus": kind,
+            "separator": separator,
+            "characters": corpus.sizes,
+            "unknown": unknown,
+            "topics": corpus.topics,
+            "topic_counts": corpus.topic_counts,
+            "version": CACHE_VERSION,
+            "files": {
+                f.name: {"bytes": f.stat().st_size, "checksum": file_checksum(f)} for f in sorted(tmp.glob("*.npy"))
+            },
+        }
         meta["checksum"] = meta_checksum(meta)
         (tmp / "meta.json").write_text(json.dumps(meta))
         if cache.exists():  # a damaged cache (the caller checked it under the lock)
@@ -193,8 +218,8 @@ def write_cache(cache: Path, corpus: Corpus, cache_root: Path, nchars: int, sour
         except OSError:
             if not (cache / "meta.json").exists():  # else another builder won (a lock that does not lock: NFS)
                 raise
-        log.info("encoded %s into %s: %s characters, vocabulary of %d", meta["source"], cache,
-                 meta["characters"], len(vocab))
+        log.info(
+            "encoded %s into %s: %s characters, vocabulary of %d", meta["source"], cache, meta["characters"], len(vocab)
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-

@@ -33,8 +33,13 @@ class TextSamples(L.Callback):
     vocabulary: "today ", or a newline for a corpus without those characters (said in the log);
     a prompt given with characters outside the vocabulary is refused before training."""
 
-    def __init__(self, prompt: str | None = None, length: int = 200,
-                 temperatures: tuple[float, ...] = (0.0, 0.5, 1.0), seed: int = 0):
+    def __init__(
+        self,
+        prompt: str | None = None,
+        length: int = 200,
+        temperatures: tuple[float, ...] = (0.0, 0.5, 1.0),
+        seed: int = 0,
+    ):
         if isinstance(temperatures, (int, float)):  # callbacks.samples.temperatures=0.5: one temperature
             temperatures = [temperatures]
         self.prompt, self.length, self.temperatures, self.seed = prompt, length, list(temperatures), seed
@@ -56,13 +61,21 @@ class TextSamples(L.Callback):
         if trainer.sanity_checking or not writers(trainer, "add_text"):
             return
         for temperature in self.temperatures:
-            text = generate_text(pl_module.net, pl_module.vocab, self._prompt, self.length,
-                                 temperature=temperature, seed=self.seed)[0]
+            text = generate_text(
+                pl_module.net, pl_module.vocab, self._prompt, self.length, temperature=temperature, seed=self.seed
+            )[0]
             # Markdown renders newlines only as hard breaks; keep the text literal in a code block.
             write_text(trainer, f"samples/T={temperature:g}", f"    {text}".replace("\n", "\n    "))
         for topic, name in enumerate(getattr(pl_module, "topics", None) or []):  # a topic-conditioned model
-            text = generate_text(pl_module.net, pl_module.vocab, self._prompt, self.length,
-                                 temperature=self.temperatures[-1], seed=self.seed, topic=topic)[0]
+            text = generate_text(
+                pl_module.net,
+                pl_module.vocab,
+                self._prompt,
+                self.length,
+                temperature=self.temperatures[-1],
+                seed=self.seed,
+                topic=topic,
+            )[0]
             write_text(trainer, f"samples/topic={name}", f"    {text}".replace("\n", "\n    "))
 
 
@@ -142,8 +155,12 @@ class TrainSampleScore(L.Callback):
             return
         self.metrics.to(pl_module.device)  # compute() sums over DDP ranks, as for val
         with trainer.precision_plugin.val_step_context():
-            values = evaluate_stream(pl_module.net, (self._stream[i] for i in range(len(self._stream))), self.metrics,
-                                     device=pl_module.device)
+            values = evaluate_stream(
+                pl_module.net,
+                (self._stream[i] for i in range(len(self._stream))),
+                self.metrics,
+                device=pl_module.device,
+            )
         # no "step" here: CharLM logs it in this same hook (after the callbacks), for these too
         pl_module.log_dict(values, sync_dist=True)
 
@@ -255,8 +272,10 @@ class GracefulStop(L.Callback):
         if self.signal is not None:
             return  # the same stop again (e.g. a SIGTERM to the process group and one passed on by the main process)
         self.signal = signum
-        log.warning("received %s: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "received %s: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)",
+            signal.Signals(signum).name,
+        )
 
     def _install(self, handler) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -366,7 +385,9 @@ class StopOnNonFiniteLoss(L.Callback):
         if any is not finite."""
         losses, steps = (self._losses[: len(self._steps)] if self._steps else None), self._steps
         self._steps = []
-        bad = ~torch.isfinite(losses) if losses is not None else torch.zeros(1, dtype=torch.bool, device=pl_module.device)
+        bad = (
+            ~torch.isfinite(losses) if losses is not None else torch.zeros(1, dtype=torch.bool, device=pl_module.device)
+        )
         bad_weights = ~torch.stack([torch.isfinite(p).all() for p in pl_module.parameters()]).all()
         flags = torch.stack([bad.any(), bad_weights]).int()
         if trainer.world_size > 1:
@@ -375,13 +396,17 @@ class StopOnNonFiniteLoss(L.Callback):
         if not bad_loss and not bad_weights:
             return
         last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-        keep = (f"the checkpoints keep the last good weights ({last or 'none saved yet'}); lower optimizer.lr or "
-                "keep trainer.gradient_clip_val, then resume or retrain")
+        keep = (
+            f"the checkpoints keep the last good weights ({last or 'none saved yet'}); lower optimizer.lr or "
+            "keep trainer.gradient_clip_val, then resume or retrain"
+        )
         if bad.any():
             first = int(bad.nonzero()[0])
             raise NonFiniteLoss(f"the training loss is {losses[first].item()} at step {steps[first]}; {keep}")
         if bad_loss:
-            raise NonFiniteLoss(f"the training loss is not finite on another rank by step {trainer.global_step}; {keep}")
+            raise NonFiniteLoss(
+                f"the training loss is not finite on another rank by step {trainer.global_step}; {keep}"
+            )
         raise NonFiniteLoss(f"the weights are not finite at step {trainer.global_step}; {keep}")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
@@ -464,8 +489,10 @@ class SurprisalImage(L.Callback):
         started = time.perf_counter()
         bits = surprisal(pl_module.net, self._ids.to(pl_module.device))
         chars = [pl_module.vocab.chars[i] for i in self._ids.tolist()]
-        caption = (f"step {trainer.global_step}: mean {np.nanmean(bits):.3f} bits/char over the first "
-                   f"{len(chars)} characters of val")
+        caption = (
+            f"step {trainer.global_step}: mean {np.nanmean(bits):.3f} bits/char over the first "
+            f"{len(chars)} characters of val"
+        )
         image = surprisal_image(chars, bits, columns=self.columns, caption=caption)
         write_image(trainer, "inspect/surprisal", image, dataformats="HWC")
         log.debug("surprisal image: %.1f ms", (time.perf_counter() - started) * 1e3)

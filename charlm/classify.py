@@ -43,10 +43,14 @@ def unknown_characters(vocab, text: str, key: str = "text") -> str | None:
     shown = repr(distinct[:8]) + (f" and {len(distinct) - 8} more" if len(distinct) > 8 else "")
     counted = f"{len(unknown):,} of {len(text):,} characters"
     if all(c.isspace() for c, i in zip(text, ids) if i):
-        raise UserError(f"{key}: the model knows none of its characters but spaces ({counted} are not in its "
-                        f"vocabulary: {shown}); classify text in the language and script it was trained on")
-    return (f"{counted} of {key} ({len(unknown) / len(text):.0%}) are not in the model's vocabulary: {shown}; "
-            "they say nothing of the topic")
+        raise UserError(
+            f"{key}: the model knows none of its characters but spaces ({counted} are not in its "
+            f"vocabulary: {shown}); classify text in the language and script it was trained on"
+        )
+    return (
+        f"{counted} of {key} ({len(unknown) / len(text):.0%}) are not in the model's vocabulary: {shown}; "
+        "they say nothing of the topic"
+    )
 
 
 def run(cfg, notes: list[str] | None = None) -> dict[str, float]:
@@ -77,9 +81,9 @@ def run(cfg, notes: list[str] | None = None) -> dict[str, float]:
 
 
 def _main() -> None:
-    import hydra
-
     import sys
+
+    import hydra
 
     from charlm.config import CONF_DIR, command_line
     from charlm.errors import exit_on_user_error

@@ -26,8 +26,11 @@ def relaunches_script(trainer: L.Trainer) -> bool:
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     launcher = trainer.strategy.launcher
-    return (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
-            and not launcher.cluster_environment.creates_processes_externally)
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    )
 
 
 def logs_this_step(trainer: L.Trainer) -> bool:

@@ -61,8 +61,10 @@ def swept_keys(task_overrides, sweeper_params) -> tuple[set[str], set[str]]:
     ``interval(...)``, on the command line or in ``hydra.sweeper.params``) and the keys it sets
     to one value. A command-line value replaces the key's ``hydra.sweeper.params`` entry."""
     parser = OverridesParser.create()
-    sweeps = {key: parser.parse_override(f"{key}={value}").is_sweep_override()
-              for key, value in (sweeper_params or {}).items()}
+    sweeps = {
+        key: parser.parse_override(f"{key}={value}").is_sweep_override()
+        for key, value in (sweeper_params or {}).items()
+    }
     sweeps.update({o.key_or_group: o.is_sweep_override() for o in parser.parse_overrides(list(task_overrides))})
     return {key for key, swept in sweeps.items() if swept}, {key for key, swept in sweeps.items() if not swept}
 
@@ -153,8 +155,10 @@ def check_resume_folder(resume) -> None:
     one would otherwise be created (empty, but for the log of the refusal) before train.py finds
     no checkpoint in it."""
     if isinstance(resume, str) and resume not in ("true", "false") and not Path(resume).is_dir():
-        raise UserError(f"resume={resume} does not exist; pass the folder of a run that saved checkpoints/last.ckpt, "
-                        "e.g. resume=outputs/runs/<run>")
+        raise UserError(
+            f"resume={resume} does not exist; pass the folder of a run that saved checkpoints/last.ckpt, "
+            "e.g. resume=outputs/runs/<run>"
+        )
 
 
 class OutputDirCheck(Callback):
@@ -261,7 +265,8 @@ class ConsoleLines(logging.Filter):
         if record.levelno >= logging.WARNING:
             return True
         return getattr(record, "console", True) and not any(
-            record.name == name or record.name.startswith(name + ".") for name in self.FILE_ONLY)
+            record.name == name or record.name.startswith(name + ".") for name in self.FILE_ONLY
+        )
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -349,8 +354,10 @@ def refuse_training_overrides(argv: list[str], command: str, config_name: str) -
         root = re.split(r"[.@/=]", arg.lstrip("+~"), maxsplit=1)[0]
         if arg.startswith("-") or root not in training - own:
             continue
-        raise UserError(f"{arg} is a training setting (train.py); {command.split()[-1]} reads the model from its "
-                        f"checkpoint: pass ckpt=PATH ({command} --help lists its settings)")
+        raise UserError(
+            f"{arg} is a training setting (train.py); {command.split()[-1]} reads the model from its "
+            f"checkpoint: pass ckpt=PATH ({command} --help lists its settings)"
+        )
 
 
 def command_line(argv: list[str], command: str, config_name: str, *free_text: str) -> None:

@@ -22,8 +22,15 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader
 
-from charlm.cache import (CACHE_VERSION, DamagedCache, map_labels, map_tokens, read_cache_meta, remove_stale_builds,
-                          write_cache)
+from charlm.cache import (
+    CACHE_VERSION,
+    DamagedCache,
+    map_labels,
+    map_tokens,
+    read_cache_meta,
+    remove_stale_builds,
+    write_cache,
+)
 from charlm.config import writable_dir
 from charlm.errors import UserError
 from charlm.orders import order_class
@@ -99,8 +106,14 @@ class CharDataModule(L.LightningDataModule):
         self.path = Path(path).expanduser().resolve() if path else None
         self.source = source_for(corpus, self.path, val_size, test_size, hub_dataset)
         order_type.check_source(self.source)
-        for key, value, low in (("nchars", nchars, 1), ("stride", stride, 1), ("batch_size", batch_size, 1),
-                                ("eval_rows", eval_rows, 1), ("eval_chunk", eval_chunk, 1), ("num_workers", num_workers, 0)):
+        for key, value, low in (
+            ("nchars", nchars, 1),
+            ("stride", stride, 1),
+            ("batch_size", batch_size, 1),
+            ("eval_rows", eval_rows, 1),
+            ("eval_chunk", eval_chunk, 1),
+            ("num_workers", num_workers, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"data.{key}={value!r} must be a whole number >= {low}")
         check_seed(seed, "data.seed")
@@ -146,9 +159,12 @@ class CharDataModule(L.LightningDataModule):
         and return its checked metadata. A damaged cache that cannot be encoded again (the source
         cannot be read, the folder cannot be written) stops the run with one line naming the
         folder to delete."""
+
         def cannot_rebuild(damage: str, why: str) -> UserError:
-            return UserError(f"the token cache {cache} is damaged ({damage}) and could not be encoded again ({why}); "
-                             f"delete {cache} and run again")
+            return UserError(
+                f"the token cache {cache} is damaged ({damage}) and could not be encoded again ({why}); "
+                f"delete {cache} and run again"
+            )
 
         try:
             writable_dir(self.cache_root, "data.cache_dir")
@@ -177,8 +193,9 @@ class CharDataModule(L.LightningDataModule):
             return meta
 
     def _write_cache(self, cache: Path, corpus: Corpus) -> None:
-        write_cache(cache, corpus, self.cache_root, self.nchars, str(self.source), self.source.name,
-                    self.source.separator)
+        write_cache(
+            cache, corpus, self.cache_root, self.nchars, str(self.source), self.source.name, self.source.separator
+        )
 
     # --- loading
 
@@ -194,7 +211,9 @@ class CharDataModule(L.LightningDataModule):
         self.order.setup(self.train_set, self.separator_id)
         for split in ("val", "test"):
             if meta["characters"][split] < 2:
-                raise UserError(f"the {split} split has {meta['characters'][split]} characters; raise data.{split}_size")
+                raise UserError(
+                    f"the {split} split has {meta['characters'][split]} characters; raise data.{split}_size"
+                )
         self.topics = meta.get("topics")  # the topics' names (AG News), else None
         if self.with_topics:
             self.train_set.labels_path = self.cache_path / "train_labels.npy"
@@ -207,8 +226,10 @@ class CharDataModule(L.LightningDataModule):
         self.setup()
         if not self.topics:
             with_topics = ", ".join(f"data={name}" for name, source in SOURCES.items() if source.topics)
-            raise UserError(f"model.topics=true needs a corpus with topics ({with_topics}); data.corpus={self.corpus} "
-                            "has none: leave out model.topics")
+            raise UserError(
+                f"model.topics=true needs a corpus with topics ({with_topics}); data.corpus={self.corpus} "
+                "has none: leave out model.topics"
+            )
         self.check_order_has_topics()
         self.with_topics = True
         self.train_set.labels_path = self.cache_path / "train_labels.npy"
@@ -231,9 +252,15 @@ class CharDataModule(L.LightningDataModule):
         pin = self.pin_memory and windows is base
         # Its own generator: creating an iterator then draws no number from the global random
         # state, which a resumed run restores and must advance exactly as the first run did.
-        return DataLoader(self.order.dataset(windows), batch_sampler=batches, collate_fn=as_batch,
-                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            self.order.dataset(windows),
+            batch_sampler=batches,
+            collate_fn=as_batch,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def _training_windows(self, base: WindowDataset) -> WindowDataset | DeviceWindows:
         """The training windows: ``base`` (on the memory-mapped array), or ``DeviceWindows`` on the
@@ -242,14 +269,23 @@ class CharDataModule(L.LightningDataModule):
         use = self.on_device
         if use == "auto":
             size = self.train_set.tokens.nbytes
-            use = device.type == "cuda" and size <= ON_DEVICE_AUTO_FRACTION * torch.cuda.get_device_properties(device).total_memory
+            use = (
+                device.type == "cuda"
+                and size <= ON_DEVICE_AUTO_FRACTION * torch.cuda.get_device_properties(device).total_memory
+            )
         if not use:
             return base
-        if (self._device_windows is None or self._device_windows.tokens.device != device
-                or self._device_windows_of is not base):
+        if (
+            self._device_windows is None
+            or self._device_windows.tokens.device != device
+            or self._device_windows_of is not base
+        ):
             self._device_windows, self._device_windows_of = DeviceWindows(base, device), base
-            log.info("training windows cut on %s from a copy of the token array there (%.0f MB)", device,
-                     self.train_set.tokens.nbytes / 1e6)
+            log.info(
+                "training windows cut on %s from a copy of the token array there (%.0f MB)",
+                device,
+                self.train_set.tokens.nbytes / 1e6,
+            )
         return self._device_windows
 
     # --- the position in the data, for resuming
@@ -294,8 +330,9 @@ class CharDataModule(L.LightningDataModule):
         training text scored as val is, by ``charlm.callbacks.TrainSampleScore``)."""
         tokens = map_tokens(self.cache_path / f"{split}.npy")  # read in order: the kernel's read-ahead helps
         labels = map_labels(self.cache_path, split)[:chars] if self.with_topics else None
-        return EvalStream(tokens[:chars], self.eval_rows, self.eval_chunk, self.separator_id, *self._rank(),
-                          labels=labels)
+        return EvalStream(
+            tokens[:chars], self.eval_rows, self.eval_chunk, self.separator_id, *self._rank(), labels=labels
+        )
 
     def _eval_loader(self, split: str) -> DataLoader:
         # its own generator, as for training: validating must not move the global random state
@@ -306,4 +343,3 @@ class CharDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
-

@@ -28,8 +28,13 @@ from charlm.windows import EvalStream
 
 SPLITS = ("test", "val", "train")
 FORMATS = (".csv", ".json")
-UNITS = {"loss": "nats/char", "bpc": "bits/char", "bpc_uncond": "bits/char, the topic unknown",
-         "topic_bits": "bits/char the topic is worth", "topic_acc": "of the articles classified right"}
+UNITS = {
+    "loss": "nats/char",
+    "bpc": "bits/char",
+    "bpc_uncond": "bits/char, the topic unknown",
+    "topic_bits": "bits/char the topic is worth",
+    "topic_acc": "of the articles classified right",
+}
 
 
 def check_args(cfg: DictConfig) -> Path | None:
@@ -44,8 +49,10 @@ def check_args(cfg: DictConfig) -> Path | None:
     if out.is_dir():
         raise UserError(f"out={cfg.out} is a folder; pass a file name, e.g. out={out / 'results.csv'}")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise UserError(f"out={cfg.out} cannot be written (no writable folder {out.parent}); pass a path in a folder "
-                        "you can write to")
+        raise UserError(
+            f"out={cfg.out} cannot be written (no writable folder {out.parent}); pass a path in a folder "
+            "you can write to"
+        )
     return out
 
 
@@ -58,8 +65,10 @@ def data_config(cfg: DictConfig, overrides: list[str], ckpt: Path, notes: list[s
     saved = OmegaConf.load(run_config).get("data") if run_config.is_file() else None
     if any(o.startswith("data=") for o in given) or saved is None:
         if saved is None and not given:
-            notes.append(f"no config.yaml of a run beside {ckpt.parent}: scoring the corpus of data="
-                         f"{cfg.data.get('corpus')} as configured; pass data=... for the one it was trained on")
+            notes.append(
+                f"no config.yaml of a run beside {ckpt.parent}: scoring the corpus of data="
+                f"{cfg.data.get('corpus')} as configured; pass data=... for the one it was trained on"
+            )
         return cfg.data
     for override in given:
         key = override.split("=", 1)[0].removeprefix("data.")
@@ -92,11 +101,15 @@ def unknown_note(tokens: np.ndarray, data_vocab: Vocabulary, table: np.ndarray, 
     shown = (f": {''.join(names[:8])!r}" + (f" and {len(names) - 8} more" if len(names) > 8 else "")) if names else ""
     known = [data_vocab.chars[i] for i in np.flatnonzero((table != 0) & (counts > 0))]
     if all(c.isspace() for c in known):
-        raise UserError(f"the {split} split of {corpus}: the checkpoint knows none of its characters but whitespace "
-                        f"({unknown:,} of {total:,} are not in its vocabulary{shown}); score text in the language and "
-                        "script it was trained on")
-    return (f"{unknown:,} of {total:,} characters of the {split} split of {corpus} ({unknown / total:.1%}) are not in "
-            f"the checkpoint's vocabulary{shown}; they are scored as its unknown id")
+        raise UserError(
+            f"the {split} split of {corpus}: the checkpoint knows none of its characters but whitespace "
+            f"({unknown:,} of {total:,} are not in its vocabulary{shown}); score text in the language and "
+            "script it was trained on"
+        )
+    return (
+        f"{unknown:,} of {total:,} characters of the {split} split of {corpus} ({unknown / total:.1%}) are not in "
+        f"the checkpoint's vocabulary{shown}; they are scored as its unknown id"
+    )
 
 
 def run(cfg: DictConfig, overrides: list[str] = (), notes: list[str] | None = None) -> dict:
@@ -127,12 +140,15 @@ def run(cfg: DictConfig, overrides: list[str] = (), notes: list[str] | None = No
     if separator is not None:
         separator = int(table[separator]) or None
     if module.topics and labels is not None and list(datamodule.topics or []) != list(module.topics):
-        notes.append(f"the topics of {corpus} ({', '.join(datamodule.topics or [])}) are not the model's "
-                     f"({', '.join(module.topics)}): scored with the topic unknown, no topic accuracy")
+        notes.append(
+            f"the topics of {corpus} ({', '.join(datamodule.topics or [])}) are not the model's "
+            f"({', '.join(module.topics)}): scored with the topic unknown, no topic accuracy"
+        )
         labels = None
     elif module.topics and labels is None:
-        notes.append(f"{corpus} has no topics: scored with the topic unknown (the unconditioned model), "
-                     "no topic accuracy")
+        notes.append(
+            f"{corpus} has no topics: scored with the topic unknown (the unconditioned model), no topic accuracy"
+        )
     if not module.topics:
         labels = None
     stream = EvalStream(tokens, datamodule.eval_rows, datamodule.eval_chunk, separator, labels=labels)
@@ -169,7 +185,8 @@ def write_results(row: dict, out: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out)
     except OSError as err:
-        raise UserError(f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can "
-                        "write to") from None
+        raise UserError(
+            f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can write to"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,8 +21,16 @@ from charlm.page import page_html
 from charlm.sampling import topic_ids
 
 
-def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CHARS, top_units: int = 5,
-               key: str = "text", topic: int | None = None) -> Inspection:
+def write_page(
+    module,
+    text: str,
+    out: Path,
+    title: str,
+    max_chars: int = MAX_CHARS,
+    top_units: int = 5,
+    key: str = "text",
+    topic: int | None = None,
+) -> Inspection:
     """Inspect ``text`` with a ``CharLM`` (under topic id ``topic`` of a conditioned model; ``None``:
     unknown) and write the page to ``out`` atomically (a temporary file, then a rename: a failed run
     leaves no half-written page)."""
@@ -32,7 +40,9 @@ def write_page(module, text: str, out: Path, title: str, max_chars: int = MAX_CH
     try:
         f = open(tmp, "w", encoding="utf-8")  # before the work: an unwritable out= is told at once
     except OSError as err:
-        raise UserError(f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can write to") from None
+        raise UserError(
+            f"out={out} cannot be written ({err.strerror}); pass a path in a folder you can write to"
+        ) from None
     try:
         with f:
             inspection = inspect_text(module.net, module.vocab, text, max_chars, top_units, key, topic)
@@ -53,14 +63,18 @@ def read_text_file(path: str | Path, max_chars: int | None = MAX_CHARS) -> str:
     if not path.exists():
         raise UserError(f"text_file={path} does not exist; pass a UTF-8 text file")
     if max_chars is not None and path.stat().st_size > 4 * max_chars:  # a character is at most 4 bytes in UTF-8
-        raise UserError(f"text_file={path} has more than max_chars={max_chars} characters; inspect a part of it "
-                        "or raise max_chars (every character is scored; the page shows the first ones)")
+        raise UserError(
+            f"text_file={path} has more than max_chars={max_chars} characters; inspect a part of it "
+            "or raise max_chars (every character is scored; the page shows the first ones)"
+        )
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"text_file={path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t utf-8") from None
     except OSError as err:
-        raise UserError(f"text_file={path} cannot be read ({err.strerror}); pass a UTF-8 text file you can read") from None
+        raise UserError(
+            f"text_file={path} cannot be read ({err.strerror}); pass a UTF-8 text file you can read"
+        ) from None
 
 
 def run(cfg) -> tuple[Path, Inspection]:
@@ -94,9 +108,9 @@ def run(cfg) -> tuple[Path, Inspection]:
 
 
 def _main() -> None:
-    import hydra
-
     import sys
+
+    import hydra
 
     from charlm.config import CONF_DIR, command_line
     from charlm.errors import exit_on_user_error
@@ -107,8 +121,10 @@ def _main() -> None:
             out, inspection = run(cfg)
             whole = inspection.whole
             topic = f" (topic {inspection.topic})" if inspection.topic else ""
-            print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {whole['chars']:,} characters, "
-                  f"mean {whole['mean_bits']:.4f} bits per character{topic}; open it in a browser")
+            print(
+                f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {whole['chars']:,} characters, "
+                f"mean {whole['mean_bits']:.4f} bits per character{topic}; open it in a browser"
+            )
 
     command_line(sys.argv, "python -m charlm.inspect", "inspect", "text", "text_file", "ckpt", "out", "topic")
     main()

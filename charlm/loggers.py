@@ -111,12 +111,13 @@ class MetricsFile(Logger, L.Callback):
         if step == 0:
             kept = b""
         elif self._resumed_length is not None:
-            kept = data[:self._resumed_length]
-            kept = kept[:kept.rfind(b"\n") + 1]  # whole rows only
+            kept = data[: self._resumed_length]
+            kept = kept[: kept.rfind(b"\n") + 1]  # whole rows only
         else:
             lines = data.decode(errors="replace").splitlines(keepends=True)
-            kept = "".join(lines[:1] + [line for line in lines[1:] if _row_step(line) is not None
-                                        and _row_step(line) <= step]).encode()
+            kept = "".join(
+                lines[:1] + [line for line in lines[1:] if _row_step(line) is not None and _row_step(line) <= step]
+            ).encode()
         if kept != data:
             tmp = self.path.with_name(f".{self.path.name}.tmp")  # whole or not at all
             tmp.write_bytes(kept)
@@ -156,8 +157,10 @@ def check_loggers(logger_cfg) -> None:
         if target in OPTIONAL_PACKAGES:
             module, extra = OPTIONAL_PACKAGES[target]
             if importlib.util.find_spec(module) is None:
-                raise UserError(f"logger={key} needs the {module} package, which is not installed: "
-                                f"pip install -e \".[{extra}]\" (or use another logger, e.g. logger=csv)")
+                raise UserError(
+                    f"logger={key} needs the {module} package, which is not installed: "
+                    f'pip install -e ".[{extra}]" (or use another logger, e.g. logger=csv)'
+                )
 
 
 def allow_mlflow_file_store(logger_cfg) -> None:
@@ -165,8 +168,9 @@ def allow_mlflow_file_store(logger_cfg) -> None:
     refuses that backend unless ``MLFLOW_ALLOW_FILE_STORE`` is set (it would have a database, which needs
     the full mlflow package and its SQLAlchemy); set here for this process, unless the user set it."""
     for cfg in (logger_cfg or {}).values():
-        if (str((cfg or {}).get("_target_", "")).endswith("MLFlowLogger")
-                and str(cfg.get("tracking_uri") or "").startswith("file:")):
+        if str((cfg or {}).get("_target_", "")).endswith("MLFlowLogger") and str(
+            cfg.get("tracking_uri") or ""
+        ).startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
@@ -175,17 +179,22 @@ def check_no_clash(loggers: list, metrics_path: Path) -> None:
     charlm's (``MetricsFile``): refused in one line naming a folder of its own."""
     for logger in loggers:
         if isinstance(logger, CSVLogger) and Path(logger.log_dir).resolve() == metrics_path.parent.resolve():
-            raise UserError(f"a CSVLogger with save_dir={logger.save_dir} would write its metrics.csv over the run's "
-                            f"own {metrics_path}; give it a folder of its own, e.g. "
-                            "logger.csv.save_dir='${hydra:runtime.output_dir}/csv' (logger=csv does)")
+            raise UserError(
+                f"a CSVLogger with save_dir={logger.save_dir} would write its metrics.csv over the run's "
+                f"own {metrics_path}; give it a folder of its own, e.g. "
+                "logger.csv.save_dir='${hydra:runtime.output_dir}/csv' (logger=csv does)"
+            )
 
 
 def writers(trainer: L.Trainer, method: str) -> list:
     """``method`` (e.g. ``"add_text"``) of every logger's experiment that has it; none off rank 0."""
     if not trainer.is_global_zero:
         return []
-    return [getattr(logger.experiment, method) for logger in trainer.loggers
-            if hasattr(getattr(logger, "experiment", None), method)]
+    return [
+        getattr(logger.experiment, method)
+        for logger in trainer.loggers
+        if hasattr(getattr(logger, "experiment", None), method)
+    ]
 
 
 def write_text(trainer: L.Trainer, tag: str, text: str) -> None:

@@ -14,25 +14,42 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 TOPIC_MODES = ("input", "state")  # the topic fed with every character, or only into the initial state
 
 
-def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, embedding_dim: int,
-                     topics: int | bool = 0, topic_dim: int = 16, topic_dropout: float = 0.0,
-                     topic_mode: str = "input", **unknown) -> None:
+def check_model_args(
+    cell: str,
+    hidden_size: int,
+    layers: int,
+    dropout: float,
+    embedding_dim: int,
+    topics: int | bool = 0,
+    topic_dim: int = 16,
+    topic_dropout: float = 0.0,
+    topic_mode: str = "input",
+    **unknown,
+) -> None:
     """Refuse ``CharRNN`` settings that build no sensible network, or that it does not have,
     naming the bad value (``model.<key>``). ``topics`` may be ``true`` (the data's topics)."""
     if unknown:
-        raise UserError(f"model.{next(iter(unknown))} is not a model setting; the settings are cell, hidden_size, "
-                        "layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode")
+        raise UserError(
+            f"model.{next(iter(unknown))} is not a model setting; the settings are cell, hidden_size, "
+            "layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode"
+        )
     if not isinstance(topics, (bool, int)) or (not isinstance(topics, bool) and topics < 0):
         raise UserError(f"model.topics={topics!r} must be true (condition on the data's topics) or false")
     if topic_mode not in TOPIC_MODES:
-        raise UserError(f"model.topic_mode={topic_mode!r} is not known; use input (every step) or state (initial state)")
+        raise UserError(
+            f"model.topic_mode={topic_mode!r} is not known; use input (every step) or state (initial state)"
+        )
     if isinstance(topic_dim, bool) or not isinstance(topic_dim, int) or topic_dim < 1:
         raise UserError(f"model.topic_dim={topic_dim!r} must be a whole number >= 1")
     if isinstance(topic_dropout, bool) or not isinstance(topic_dropout, (int, float)) or not 0 <= topic_dropout < 1:
         raise UserError(f"model.topic_dropout={topic_dropout!r} must be a number in [0, 1)")
     if not isinstance(cell, str) or cell not in CELLS:
         raise UserError(f"model.cell={cell!r} is not known; use one of {', '.join(CELLS)}")
-    for key, value, low in (("hidden_size", hidden_size, 1), ("layers", layers, 1), ("embedding_dim", embedding_dim, 0)):
+    for key, value, low in (
+        ("hidden_size", hidden_size, 1),
+        ("layers", layers, 1),
+        ("embedding_dim", embedding_dim, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UserError(f"model.{key}={value!r} must be a whole number >= {low}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
@@ -42,8 +59,9 @@ def check_model_args(cell: str, hidden_size: int, layers: int, dropout: float, e
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight matrices per layer: LSTM's 4 gates, GRU's 3, a plain RNN's 1
 
 
-def matmul_flops_per_char(cell: str, hidden_size: int, layers: int, vocab_size: int, embedding_dim: int = 0,
-                          **_) -> int:
+def matmul_flops_per_char(
+    cell: str, hidden_size: int, layers: int, vocab_size: int, embedding_dim: int = 0, **_
+) -> int:
     """Forward matmul FLOPs of one character, counted from the settings: every layer's input and
     recurrent projections, ``2 * gates * hidden * (input + hidden)`` (input = the embedding, the
     one-hot vocabulary for ``embedding_dim=0``, as nn.LSTM multiplies it in full, or the layer
@@ -53,9 +71,17 @@ def matmul_flops_per_char(cell: str, hidden_size: int, layers: int, vocab_size: 
     return sum(2 * GATES[cell] * hidden_size * (n + hidden_size) for n in inputs) + 2 * hidden_size * vocab_size
 
 
-def parameter_count(vocab_size: int, cell: str = "lstm", hidden_size: int = 256, layers: int = 1,
-                    embedding_dim: int = 0, topics: int | bool = 0, topic_dim: int = 16, topic_mode: str = "input",
-                    **_) -> int:
+def parameter_count(
+    vocab_size: int,
+    cell: str = "lstm",
+    hidden_size: int = 256,
+    layers: int = 1,
+    embedding_dim: int = 0,
+    topics: int | bool = 0,
+    topic_dim: int = 16,
+    topic_mode: str = "input",
+    **_,
+) -> int:
     """The parameters of ``CharRNN(vocab_size, ...)``, counted from its settings without building it
     (so a model too large for memory is told before it is allocated): every recurrent layer's
     input and recurrent weights and their two biases, the embedding, the head, and the topic
@@ -94,17 +120,34 @@ class CharRNN(nn.Module):
             sets the initial state only (a window that crosses into another article keeps its first topic).
     """
 
-    def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 256, layers: int = 1,
-                 dropout: float = 0.0, embedding_dim: int = 0, topics: int = 0, topic_dim: int = 16,
-                 topic_dropout: float = 0.0, topic_mode: str = "input"):
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        hidden_size: int = 256,
+        layers: int = 1,
+        dropout: float = 0.0,
+        embedding_dim: int = 0,
+        topics: int = 0,
+        topic_dim: int = 16,
+        topic_dropout: float = 0.0,
+        topic_mode: str = "input",
+    ):
         super().__init__()
-        check_model_args(cell, hidden_size, layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode)
+        check_model_args(
+            cell, hidden_size, layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode
+        )
         self.vocab_size, self.topics = vocab_size, int(topics)
         self.topic_dropout, self.topic_mode, self.cell = topic_dropout, topic_mode, cell
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         extra = topic_dim if self.topics and topic_mode == "input" else 0
-        self.rnn = CELLS[cell]((embedding_dim or vocab_size) + extra, hidden_size, num_layers=layers,
-                               dropout=dropout if layers > 1 else 0.0, batch_first=True)
+        self.rnn = CELLS[cell](
+            (embedding_dim or vocab_size) + extra,
+            hidden_size,
+            num_layers=layers,
+            dropout=dropout if layers > 1 else 0.0,
+            batch_first=True,
+        )
         # nn.Dropout(0) still copies its input in training: none when there is nothing to drop
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.head = nn.Linear(hidden_size, vocab_size)

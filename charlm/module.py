@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io import TorchCheckpointIO
 
-from charlm.windows import unpack_batch
+from charlm.compat import align_logging_step, logs_this_step
 from charlm.errors import UserError
+from charlm.loggers import write_figure, writers
 from charlm.model import CharRNN
 from charlm.scoring import SplitMetrics, split_metrics
 from charlm.vocabulary import Vocabulary
-from charlm.compat import align_logging_step, logs_this_step
-from charlm.loggers import write_figure, writers
+from charlm.windows import unpack_batch
 
 FORMAT_VERSION = 1  # bump when the checkpoint layout changes
 VAL_ARTICLES_CLASSIFIED = 2000  # held-out articles classified at each validation (test: all of them)
@@ -46,9 +46,15 @@ class CharLM(L.LightningModule):
             ``read_checkpoint`` before a checkpoint is used.
     """
 
-    def __init__(self, vocab: list[str], model: dict, optimizer: dict | None = None,
-                 format_version: int = FORMAT_VERSION, topics: list[str] | None = None,
-                 topic_counts: list[int] | None = None):
+    def __init__(
+        self,
+        vocab: list[str],
+        model: dict,
+        optimizer: dict | None = None,
+        format_version: int = FORMAT_VERSION,
+        topics: list[str] | None = None,
+        topic_counts: list[int] | None = None,
+    ):
         super().__init__()
         # topics: the topics' names (model.topics); topic_counts: training articles per topic (the prior)
         self.save_hyperparameters()
@@ -85,8 +91,9 @@ class CharLM(L.LightningModule):
             state = self._state_from(tensors) if tensors[0].shape[1] == x.shape[0] else None
         logits, state = self.net(x, state, topic=extras.get("topic"))  # topic: with model.topics, else None
         # The graph ends at the batch (truncated backpropagation); a batch that carries nothing keeps nothing.
-        self._train_state = (self._state_from([t.detach() for t in self._state_tensors(state)])
-                             if "carry" in extras else None)
+        self._train_state = (
+            self._state_from([t.detach() for t in self._state_tensors(state)]) if "carry" in extras else None
+        )
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         # Only on the steps whose metrics Lightning writes (every trainer.log_every_n_steps):
         # each self.log call costs about 0.7 ms of bookkeeping, ~3% of a CPU step here.
@@ -122,18 +129,23 @@ class CharLM(L.LightningModule):
         # equal on all ranks already: the mean is exact. The test's numbers are one point each: they go
         # to metrics.json, TensorBoard's HPARAMS table and the run's text summary (log_hparams), not to
         # one-point scalar charts.
-        self.log_dict({**values, "step": float(self.trainer.global_step)},  # see on_train_batch_end
-                      sync_dist=True, logger=stage != "test")
+        self.log_dict(
+            {**values, "step": float(self.trainer.global_step)},  # see on_train_batch_end
+            sync_dist=True,
+            logger=stage != "test",
+        )
 
     def _classify(self, stage: str) -> float:
         """Accuracy of the generative classifier on the held-out articles of ``stage``; the confusion
         matrix goes to ``topic_confusion`` and, as an image, to TensorBoard."""
         from charlm.topics import classify_articles, confusion_figure
+
         datamodule = self.trainer.datamodule
         tokens, labels = datamodule.held_out_topics(stage)
         limit = None if stage == "test" else VAL_ARTICLES_CLASSIFIED
-        accuracy, matrix = classify_articles(self.net, tokens, labels, datamodule.separator_id,
-                                             self.hparams.topic_counts, limit)
+        accuracy, matrix = classify_articles(
+            self.net, tokens, labels, datamodule.separator_id, self.hparams.topic_counts, limit
+        )
         self.topic_confusion[stage] = matrix
         if writers(self.trainer, "add_figure"):
             figure = confusion_figure(matrix, self.topics)
@@ -233,8 +245,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             full = _full_disk_error(err)
             if full is None:
                 raise
-            raise DiskFull(f"the folder {path.parent} is full ({full.strerror}) writing {path.name}; the checkpoints "
-                           "saved before are kept") from None
+            raise DiskFull(
+                f"the folder {path.parent} is full ({full.strerror}) writing {path.name}; the checkpoints "
+                "saved before are kept"
+            ) from None
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> dict:
@@ -245,8 +259,16 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> 
     ``UserError`` naming ``key=path`` (``ckpt`` for sample.py, ``ckpt_path`` for train.py)."""
     path = Path(path)
     if path.is_dir():
-        found = [f for f in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt",
-                             path / "best.ckpt", path / "last.ckpt") if f.is_file()]
+        found = [
+            f
+            for f in (
+                path / "checkpoints" / "best.ckpt",
+                path / "checkpoints" / "last.ckpt",
+                path / "best.ckpt",
+                path / "last.ckpt",
+            )
+            if f.is_file()
+        ]
         if key == "ckpt_path":  # training continues from the last state; sampling wants the best model
             found.reverse()
         suggestion = f"e.g. {key}={found[0]}" if found else "a .ckpt file from a run's checkpoints/ folder"
@@ -258,18 +280,26 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", map_location="cpu") -> 
     except Exception as err:
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names what the pickle would have called
         if unsafe:
-            raise UserError(f"{key}={path} cannot be loaded safely: it holds a pickled object ({unsafe[1]}) that could "
-                            "run code; refused without running it — use a checkpoint written by charlm") from None
+            raise UserError(
+                f"{key}={path} cannot be loaded safely: it holds a pickled object ({unsafe[1]}) that could "
+                "run code; refused without running it — use a checkpoint written by charlm"
+            ) from None
         reason = str(err).split(". ")[0].strip()[:200] or type(err).__name__
-        raise UserError(f"{key}={path} cannot be loaded: it is truncated, corrupt or not a checkpoint ({reason}); "
-                        "use a checkpoint written by charlm") from None
+        raise UserError(
+            f"{key}={path} cannot be loaded: it is truncated, corrupt or not a checkpoint ({reason}); "
+            "use a checkpoint written by charlm"
+        ) from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not hparams or "vocab" not in hparams or "state_dict" not in checkpoint:
-        raise UserError(f"{key}={path} is not a charlm checkpoint (no vocabulary or weights); pass one written by train.py")
+        raise UserError(
+            f"{key}={path} is not a charlm checkpoint (no vocabulary or weights); pass one written by train.py"
+        )
     version = hparams.get("format_version", 0)
     if version != FORMAT_VERSION:
-        raise UserError(f"{key}={path} has format_version={version}, not {FORMAT_VERSION}, the one this charlm reads; "
-                        "use it with the charlm version that wrote it, or retrain")
+        raise UserError(
+            f"{key}={path} has format_version={version}, not {FORMAT_VERSION}, the one this charlm reads; "
+            "use it with the charlm version that wrote it, or retrain"
+        )
     return checkpoint
 
 
@@ -282,20 +312,30 @@ def check_checkpoint_fits(checkpoint: dict, path, vocab: list[str], model_args: 
     old = list(hparams["vocab"])
     if old != list(vocab):
         only_old, only_new = sorted(set(old) - set(vocab)), sorted(set(vocab) - set(old))
-        differs = "; ".join(f"{what}: {''.join(chars[:20])!r}{'...' if len(chars) > 20 else ''}"
-                            for what, chars in (("only in the checkpoint", only_old), ("only in this data", only_new))
-                            if chars) or "the same characters in another order"
-        raise UserError(f"ckpt_path={path} was trained on another vocabulary ({len(old)} characters, this data has "
-                        f"{len(vocab)}; {differs}); continue it on the data it was trained on (see its run's "
-                        "config.yaml), or leave out ckpt_path to train a new model")
+        differs = (
+            "; ".join(
+                f"{what}: {''.join(chars[:20])!r}{'...' if len(chars) > 20 else ''}"
+                for what, chars in (("only in the checkpoint", only_old), ("only in this data", only_new))
+                if chars
+            )
+            or "the same characters in another order"
+        )
+        raise UserError(
+            f"ckpt_path={path} was trained on another vocabulary ({len(old)} characters, this data has "
+            f"{len(vocab)}; {differs}); continue it on the data it was trained on (see its run's "
+            "config.yaml), or leave out ckpt_path to train a new model"
+        )
     defaults = {k: p.default for k, p in inspect.signature(CharRNN).parameters.items() if p.default is not p.empty}
     saved, here = {**defaults, **hparams["model"]}, {**defaults, **model_args}
     differing = [k for k in sorted(set(saved) | set(here)) if saved.get(k) != here.get(k)]
     if differing:
-        raise UserError(f"ckpt_path={path} has other model settings than this run ("
-                        + "; ".join(f"model.{k}: {saved.get(k)} there, {here.get(k)} here" for k in differing)
-                        + "); pass the checkpoint's (" + " ".join(f"model.{k}={saved.get(k)}" for k in differing)
-                        + ") or leave out ckpt_path")
+        raise UserError(
+            f"ckpt_path={path} has other model settings than this run ("
+            + "; ".join(f"model.{k}: {saved.get(k)} there, {here.get(k)} here" for k in differing)
+            + "); pass the checkpoint's ("
+            + " ".join(f"model.{k}={saved.get(k)}" for k in differing)
+            + ") or leave out ckpt_path"
+        )
 
 
 def newest_checkpoint(runs_dir: str | Path, topics: bool = False) -> Path:
@@ -314,21 +354,30 @@ def newest_checkpoint(runs_dir: str | Path, topics: bool = False) -> Path:
             continue
         if hparams.get("topics"):
             return path
-    raise UserError(f"no checkpoints/best.ckpt of a model trained with topics under runs_dir={runs_dir}; train one "
-                    "(python train.py model.topics=true) or pass ckpt=PATH")
+    raise UserError(
+        f"no checkpoints/best.ckpt of a model trained with topics under runs_dir={runs_dir}; train one "
+        "(python train.py model.topics=true) or pass ckpt=PATH"
+    )
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> CharLM:
     """A ``CharLM`` from a checkpoint file, read safely with ``read_checkpoint`` (no code can run)."""
     checkpoint = read_checkpoint(path, map_location=map_location)
     hparams = checkpoint["hyper_parameters"]
-    module = CharLM(vocab=hparams["vocab"], model=hparams["model"], optimizer=hparams.get("optimizer"),
-                    topics=hparams.get("topics"), topic_counts=hparams.get("topic_counts"))
+    module = CharLM(
+        vocab=hparams["vocab"],
+        model=hparams["model"],
+        optimizer=hparams.get("optimizer"),
+        topics=hparams.get("topics"),
+        topic_counts=hparams.get("topic_counts"),
+    )
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise UserError(f"ckpt={path} does not match its own model settings ({str(err).splitlines()[0]}); "
-                        "it was edited or written by another version") from None
+        raise UserError(
+            f"ckpt={path} does not match its own model settings ({str(err).splitlines()[0]}); "
+            "it was edited or written by another version"
+        ) from None
     return module.eval()
 
 
@@ -346,6 +395,7 @@ def usable_device(name) -> torch.device:
         raise UserError(f"device={name} is not a device name; use cpu, or cuda on a machine with a GPU") from None
     except (RuntimeError, AssertionError, NotImplementedError) as err:
         reason = str(err).splitlines()[0].split(". ")[0]
-        raise UserError(f"device={name} is not usable here ({reason}); use cpu, "
-                        "or cuda on a machine with a GPU") from None
+        raise UserError(
+            f"device={name} is not usable here ({reason}); use cpu, or cuda on a machine with a GPU"
+        ) from None
     return device

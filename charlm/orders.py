@@ -19,8 +19,15 @@ from torch.utils.data import Dataset, Sampler
 
 from charlm.errors import UserError, known
 from charlm.sources import SOURCES
-from charlm.windows import (ORDER_VERSION, ArticleBatches, CarryingWindows, ShuffledBatches, StreamBatches,
-                            WindowDataset, article_bounds)
+from charlm.windows import (
+    ORDER_VERSION,
+    ArticleBatches,
+    CarryingWindows,
+    ShuffledBatches,
+    StreamBatches,
+    WindowDataset,
+    article_bounds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +70,19 @@ class Order:
         """Refuse a source this order cannot train on (``source``: a ``charlm.sources.Source``)."""
         if cls.needs_articles and source.separator is None:
             with_articles = ", ".join(f"data={n}" for n, s in SOURCES.items() if s.separator is not None)
-            raise UserError(f"data.order={cls.name} needs articles ({with_articles}); data.corpus={source.name} has "
-                            f"none: use data.order={' or '.join(n for n, o in ORDERS.items() if not o.needs_articles)}")
+            raise UserError(
+                f"data.order={cls.name} needs articles ({with_articles}); data.corpus={source.name} has "
+                f"none: use data.order={' or '.join(n for n, o in ORDERS.items() if not o.needs_articles)}"
+            )
 
     @classmethod
     def check_topics(cls) -> None:
         """``model.topics=true`` needs an order whose batches cut the topics."""
         if not cls.takes_topics:
             takes = " or ".join(name for name, order in ORDERS.items() if order.takes_topics)
-            raise UserError(f"model.topics=true trains on data.order={takes} only, not data.order={cls.name}; "
-                            "leave out one of them")
+            raise UserError(
+                f"model.topics=true trains on data.order={takes} only, not data.order={cls.name}; leave out one of them"
+            )
 
     # --- batches
 
@@ -123,8 +133,13 @@ class Order:
         """``position``; ``epoch`` and ``batches`` (of it trained) are the same, spelled out for people
         reading it; ``order`` and ``data_order`` say which order the position counts in."""
         per_epoch = self.batches_per_epoch(world_size)
-        return {"position": self.position, "epoch": self.position // per_epoch, "batches": self.position % per_epoch,
-                "order": ORDER_VERSION, "data_order": self.name}
+        return {
+            "position": self.position,
+            "epoch": self.position // per_epoch,
+            "batches": self.position % per_epoch,
+            "order": ORDER_VERSION,
+            "data_order": self.name,
+        }
 
     def load_state_dict(self, state: dict, world_size: int) -> None:
         per_epoch = self.batches_per_epoch(world_size)
@@ -132,10 +147,12 @@ class Order:
         position = state["position"] if "position" in state else state["epoch"] * per_epoch + state["batches"]
         other_order = state.get("order") != ORDER_VERSION or state.get("data_order", "windows") != self.name
         if other_order and position % per_epoch:
-            log.warning("this checkpoint was written with another training order (data.order, or a charlm with another "
-                        "window order); the rest of epoch %d "
-                        "will not be exactly the windows the run had left; later epochs are whole shuffles as usual",
-                        position // per_epoch)
+            log.warning(
+                "this checkpoint was written with another training order (data.order, or a charlm with another "
+                "window order); the rest of epoch %d "
+                "will not be exactly the windows the run had left; later epochs are whole shuffles as usual",
+                position // per_epoch,
+            )
         self._position = position
         if self._batches is not None:
             self._batches.position = position
@@ -155,8 +172,10 @@ class Windows(Order):
         return ShuffledBatches(len(self.windows), self.batch_size, self.seed, rank, world_size, position)
 
     def too_few(self, world_size: int) -> str:
-        return (f"data.batch_size={self.batch_size} is more than the {len(self.windows)} training "
-                "windows (per device); lower it or data.stride")
+        return (
+            f"data.batch_size={self.batch_size} is more than the {len(self.windows)} training "
+            "windows (per device); lower it or data.stride"
+        )
 
 
 @register
@@ -167,16 +186,19 @@ class Streams(Order):
     name = "streams"
 
     def make_sampler(self, rank: int, world_size: int, position: int) -> Sampler:
-        return StreamBatches(len(self.windows.tokens), self.nchars, self.batch_size, self.seed, rank, world_size,
-                             position)
+        return StreamBatches(
+            len(self.windows.tokens), self.nchars, self.batch_size, self.seed, rank, world_size, position
+        )
 
     def dataset(self, windows: Dataset) -> Dataset:
         return CarryingWindows(windows)
 
     def too_few(self, world_size: int) -> str:
-        return (f"data.batch_size={self.batch_size} rows of at least data.nchars={self.nchars} characters "
-                f"(per device) do not fit in the {len(self.windows.tokens)} training characters; "
-                "lower data.batch_size or data.nchars")
+        return (
+            f"data.batch_size={self.batch_size} rows of at least data.nchars={self.nchars} characters "
+            f"(per device) do not fit in the {len(self.windows.tokens)} training characters; "
+            "lower data.batch_size or data.nchars"
+        )
 
 
 @register
@@ -192,12 +214,16 @@ class Articles(Order):
         super().setup(train_set, separator_id)
         tokens = self.windows.tokens
         # without the separator in the vocabulary the training text is one article
-        self.bounds = (article_bounds(tokens, separator_id) if separator_id is not None
-                       else np.array([[0, len(tokens)]], dtype=np.int64))
+        self.bounds = (
+            article_bounds(tokens, separator_id)
+            if separator_id is not None
+            else np.array([[0, len(tokens)]], dtype=np.int64)
+        )
 
     def make_sampler(self, rank: int, world_size: int, position: int) -> Sampler:
         return ArticleBatches(self.bounds, self.nchars, rank, world_size, position)
 
     def too_few(self, world_size: int) -> str:
-        return (f"no training article (per device) is longer than data.nchars={self.nchars} characters; "
-                "lower data.nchars")
+        return (
+            f"no training article (per device) is longer than data.nchars={self.nchars} characters; lower data.nchars"
+        )

@@ -14,8 +14,13 @@ from charlm.activations import SATURATED, Inspection, gate_saturation
 from charlm.vocabulary import Vocabulary
 
 # Surprisal colour scale, bits -> RGB: white (predicted) through yellow and orange to dark red (surprised)
-BITS_STOPS = [(0.0, (255, 255, 255)), (1.0, (255, 244, 170)), (3.0, (255, 184, 77)), (5.0, (235, 80, 50)),
-              (8.0, (140, 20, 40))]
+BITS_STOPS = [
+    (0.0, (255, 255, 255)),
+    (1.0, (255, 244, 170)),
+    (3.0, (255, 184, 77)),
+    (5.0, (235, 80, 50)),
+    (8.0, (140, 20, 40)),
+]
 
 
 def bits_colors(bits: np.ndarray) -> np.ndarray:
@@ -38,20 +43,34 @@ def _quantized(a: np.ndarray) -> dict:
 def page_data(inspection: Inspection, vocab: Vocabulary, title: str, model: dict) -> dict:
     """Everything the page shows, as JSON-ready data (what ``page_html`` embeds and tests read back)."""
     scored = inspection.bits[1:]
-    whole = inspection.whole or {"chars": len(inspection.text), "total_bits": float(scored.sum()),
-                                 "mean_bits": float(scored.mean()), "unknown": int((inspection.ids == 0).sum())}
-    states = [{"layer": i, "kind": kind, **_quantized(layer[kind])}
-              for i, layer in enumerate(inspection.layers) for kind in ("h", "c") if kind in layer]
+    whole = inspection.whole or {
+        "chars": len(inspection.text),
+        "total_bits": float(scored.sum()),
+        "mean_bits": float(scored.mean()),
+        "unknown": int((inspection.ids == 0).sum()),
+    }
+    states = [
+        {"layer": i, "kind": kind, **_quantized(layer[kind])}
+        for i, layer in enumerate(inspection.layers)
+        for kind in ("h", "c")
+        if kind in layer
+    ]
     return {
-        "title": title, "model": model, "vocab": vocab.chars, "chars": list(inspection.text),
+        "title": title,
+        "model": model,
+        "vocab": vocab.chars,
+        "chars": list(inspection.text),
         "total_chars": whole["chars"],  # more than the characters shown when the text was cut (page_chars)
         "unknown": whole["unknown"],
         "bits": [None] + [round(float(b), 4) for b in scored],
         "top_ids": inspection.top_ids.tolist(),
         "top_probs": [[round(float(p), 5) for p in row] for row in inspection.top_probs],
-        "total_bits": round(whole["total_bits"], 3), "mean_bits": round(whole["mean_bits"], 4),
-        "hidden_size": int(inspection.layers[0]["h"].shape[1]), "layers": len(inspection.layers),
-        "states": states, "ranking": inspection.ranking,
+        "total_bits": round(whole["total_bits"], 3),
+        "mean_bits": round(whole["mean_bits"], 4),
+        "hidden_size": int(inspection.layers[0]["h"].shape[1]),
+        "layers": len(inspection.layers),
+        "states": states,
+        "ranking": inspection.ranking,
         "scale": {"stops": [[s, list(c)] for s, c in BITS_STOPS]},
     }
 
@@ -68,22 +87,27 @@ def gate_plot_svg(layers: list[dict]) -> str:
         marks = []
         for name, s in layer.items():
             for x, y in zip(s["left"], s["right"]):
-                marks.append(f'<circle cx="{pad + x * size:.1f}" cy="{pad + (1 - y) * size:.1f}" r="2.2" '
-                             f'fill="{colors[name]}" fill-opacity="0.55"/>')
-        legend = "".join(f'<text x="{pad + 6}" y="{pad + 14 + 14 * i}" fill="{colors[n]}" font-size="11">{n} gate</text>'
-                         for i, n in enumerate(layer))
+                marks.append(
+                    f'<circle cx="{pad + x * size:.1f}" cy="{pad + (1 - y) * size:.1f}" r="2.2" '
+                    f'fill="{colors[name]}" fill-opacity="0.55"/>'
+                )
+        legend = "".join(
+            f'<text x="{pad + 6}" y="{pad + 14 + 14 * i}" fill="{colors[n]}" font-size="11">{n} gate</text>'
+            for i, n in enumerate(layer)
+        )
         plots.append(
             f'<svg width="{size + pad + 10}" height="{size + pad + 30}" role="img" aria-label="gate saturation, layer {index}">'
             f'<rect x="{pad}" y="{pad}" width="{size}" height="{size}" fill="#fafafa" stroke="#999"/>'
             f'<line x1="{pad}" y1="{pad + size}" x2="{pad + size}" y2="{pad}" stroke="#ddd"/>'
             f'<text x="{pad + size / 2}" y="16" text-anchor="middle" font-size="12" font-weight="bold">layer {index}</text>'
-            f'{"".join(marks)}{legend}'
+            f"{''.join(marks)}{legend}"
             f'<text x="{pad}" y="{pad + size + 14}" font-size="10">0</text>'
             f'<text x="{pad + size}" y="{pad + size + 14}" font-size="10" text-anchor="end">1</text>'
             f'<text x="{pad + size / 2}" y="{pad + size + 26}" font-size="11" text-anchor="middle">fraction left-saturated (&lt; {SATURATED[0]})</text>'
             f'<text x="{pad - 4}" y="{pad + 4}" font-size="10" text-anchor="end">1</text>'
             f'<text transform="translate(12,{pad + size / 2}) rotate(-90)" font-size="11" text-anchor="middle">right-saturated (&gt; {SATURATED[1]})</text>'
-            "</svg>")
+            "</svg>"
+        )
     return "".join(plots)
 
 
@@ -91,14 +115,17 @@ def page_html(inspection: Inspection, vocab: Vocabulary, title: str, model: dict
     """The page: one HTML file with its data, styles and script inline (no server, no network)."""
     data = json.dumps(page_data(inspection, vocab, title, model), ensure_ascii=False, separators=(",", ":"))
     data = data.replace("</", "<\\/")  # nothing in the data can close its <script> element
-    return (_TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__GATES__", gate_plot_svg(inspection.layers))
-            .replace("__DATA__", data))
+    return (
+        _TEMPLATE.replace("__TITLE__", html.escape(title))
+        .replace("__GATES__", gate_plot_svg(inspection.layers))
+        .replace("__DATA__", data)
+    )
 
 
 def read_page_data(page: str) -> dict:
     """The data embedded in a page written by ``page_html`` (for tests and tools)."""
     start = page.index('<script id="data" type="application/json">') + len('<script id="data" type="application/json">')
-    return json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
+    return json.loads(page[start : page.index("</script>", start)].replace("<\\/", "</"))
 
 
 # --- the TensorBoard image
@@ -116,8 +143,9 @@ def _font():
     return path, _GLYPHS[path]
 
 
-def surprisal_image(chars: list[str], bits: np.ndarray, columns: int = 48, caption: str = "",
-                    font_px: int = 15) -> np.ndarray:
+def surprisal_image(
+    chars: list[str], bits: np.ndarray, columns: int = 48, caption: str = "", font_px: int = 15
+) -> np.ndarray:
     """An RGB image (``[H, W, 3]`` uint8) of ``chars`` in rows of ``columns`` cells, each on a background
     coloured by its surprisal (``BITS_STOPS``), with a legend and ``caption`` below. A newline shows
     as ``↵`` and ends its row. Rendered with matplotlib (Agg, no pyplot state): about 460 pixels wide
@@ -142,7 +170,7 @@ def surprisal_image(chars: list[str], bits: np.ndarray, columns: int = 48, capti
         rows.append(row), colors.append(row_colors)
     grid = np.full((len(rows), columns, 3), 255, dtype=np.uint8)
     for r, row_colors in enumerate(colors):
-        grid[r, :len(row_colors)] = row_colors
+        grid[r, : len(row_colors)] = row_colors
     width = int(np.ceil(2 * margin + columns * cell_w))
     legend_h = 2 * cell_h + 4
     height = 2 * margin + len(rows) * cell_h + legend_h
@@ -150,21 +178,45 @@ def surprisal_image(chars: list[str], bits: np.ndarray, columns: int = 48, capti
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width), ax.set_ylim(height, 0), ax.axis("off")
-    ax.imshow(grid, extent=(margin, margin + columns * cell_w, margin + len(rows) * cell_h, margin),
-              interpolation="nearest", aspect="auto")
+    ax.imshow(
+        grid,
+        extent=(margin, margin + columns * cell_w, margin + len(rows) * cell_h, margin),
+        interpolation="nearest",
+        aspect="auto",
+    )
     for r, row in enumerate(rows):
-        ax.text(margin, margin + (r + 0.5) * cell_h, "".join(row), fontproperties=font, va="center_baseline",
-                ha="left", parse_math=False)
+        ax.text(
+            margin,
+            margin + (r + 0.5) * cell_h,
+            "".join(row),
+            fontproperties=font,
+            va="center_baseline",
+            ha="left",
+            parse_math=False,
+        )
     # legend: the colour scale in bits, and the caption
     top = margin + len(rows) * cell_h + 6
     scale = np.linspace(0, BITS_STOPS[-1][0], 256)
     bar_w = width * 0.5
     ax.imshow(bits_colors(scale)[None], extent=(margin, margin + bar_w, top + cell_h * 0.6, top), aspect="auto")
     for b in range(0, int(BITS_STOPS[-1][0]) + 1, 2):
-        ax.text(margin + bar_w * b / BITS_STOPS[-1][0], top + cell_h * 0.6 + 1, f"{b}{'+' if b == 8 else ''}",
-                fontsize=font_px * 0.7, ha="center", va="top", parse_math=False)
-    ax.text(margin + bar_w + 8, top + cell_h * 0.3, "bits of surprisal", fontsize=font_px * 0.75, va="center",
-            parse_math=False)
+        ax.text(
+            margin + bar_w * b / BITS_STOPS[-1][0],
+            top + cell_h * 0.6 + 1,
+            f"{b}{'+' if b == 8 else ''}",
+            fontsize=font_px * 0.7,
+            ha="center",
+            va="top",
+            parse_math=False,
+        )
+    ax.text(
+        margin + bar_w + 8,
+        top + cell_h * 0.3,
+        "bits of surprisal",
+        fontsize=font_px * 0.75,
+        va="center",
+        parse_math=False,
+    )
     if caption:
         ax.text(margin, top + cell_h * 1.75, caption, fontsize=font_px * 0.75, va="center", parse_math=False)
     canvas.draw()

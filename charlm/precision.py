@@ -91,9 +91,11 @@ def check_model_memory(model_args: dict, accelerator: str, precision, optimizer:
     need = parameter_count(1, **model_args) * width * (2 + extra)
     if need > free:
         what = "its parameters, gradients" + (f" and {state}" if state else "")
-        raise UserError(f"model.hidden_size={model_args['hidden_size']} with model.layers={model_args['layers']} needs "
-                        f"at least {_gb(need)} for {what}, more than the {_gb(free)} of memory free on {device}; "
-                        "choose a smaller model.hidden_size or model.layers")
+        raise UserError(
+            f"model.hidden_size={model_args['hidden_size']} with model.layers={model_args['layers']} needs "
+            f"at least {_gb(need)} for {what}, more than the {_gb(free)} of memory free on {device}; "
+            "choose a smaller model.hidden_size or model.layers"
+        )
 
 
 def on_gpu(device: torch.device) -> bool:
@@ -152,8 +154,12 @@ def first_that_runs(order: tuple[str, ...], device: torch.device, model_args: di
     if precision == "32-true":
         torch.set_float32_matmul_precision("high")  # TF32 on GPUs with tensor cores
     if failures:
-        log.warning("precision: %s on %s; training with %s", "; ".join(failures), device,
-                    precision + (" (TF32 matmuls)" if precision == "32-true" else ""))
+        log.warning(
+            "precision: %s on %s; training with %s",
+            "; ".join(failures),
+            device,
+            precision + (" (TF32 matmuls)" if precision == "32-true" else ""),
+        )
     return precision
 
 
@@ -161,14 +167,18 @@ def choose_precision(requested, accelerator: str, model_args: dict) -> str:
     """The ``trainer.precision`` to build the Trainer with, for the value ``requested`` in the config."""
     name = SHORT.get(str(requested), str(requested))
     if name not in KNOWN:
-        raise UserError(f"trainer.precision={requested} is not known; use auto (the fastest that runs here) or one "
-                        f"of {', '.join(KNOWN[1:])}")
+        raise UserError(
+            f"trainer.precision={requested} is not known; use auto (the fastest that runs here) or one "
+            f"of {', '.join(KNOWN[1:])}"
+        )
     device = training_device(accelerator)
     if name != "auto":
         error = try_precision(model_args, name, device)
         if error is not None:
-            raise UserError(f"trainer.precision={requested} cannot train this model on {device} ({error}); "
-                            "use trainer.precision=auto to take the first of bf16-mixed, 16-mixed, 32-true that runs")
+            raise UserError(
+                f"trainer.precision={requested} cannot train this model on {device} ({error}); "
+                "use trainer.precision=auto to take the first of bf16-mixed, 16-mixed, 32-true that runs"
+            )
         return name
     if not on_gpu(device):
         return "32-true"

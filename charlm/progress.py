@@ -70,7 +70,9 @@ def budget_seconds(timer: Timer) -> float:
 
 def timer_duration(timer: Timer) -> float:
     """The time budget in seconds (exact for a ``BudgetTimer``: the same number on every rank)."""
-    return timer.seconds if isinstance(timer, BudgetTimer) else timer.time_elapsed("train") + timer.time_remaining("train")
+    return (
+        timer.seconds if isinstance(timer, BudgetTimer) else timer.time_elapsed("train") + timer.time_remaining("train")
+    )
 
 
 def budget_progress(trainer: L.Trainer) -> float:
@@ -114,8 +116,16 @@ class BudgetProgressBar(TQDMProgressBar):
         self._redirect: contextlib.ExitStack | None = None
 
     def _tqdm(self, desc: str, leave: bool, bar_format: str | None = None) -> Tqdm:
-        return Tqdm(desc=desc, position=2 * self.process_position, disable=self.is_disabled, leave=leave,
-                    dynamic_ncols=True, file=sys.stdout, smoothing=0, bar_format=bar_format or self.BAR_FORMAT)
+        return Tqdm(
+            desc=desc,
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=leave,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=bar_format or self.BAR_FORMAT,
+        )
 
     def init_sanity_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)  # two batches: not worth a line
@@ -159,12 +169,18 @@ class BudgetProgressBar(TQDMProgressBar):
         if self._redirect is not None:
             self._redirect.close()
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx, dataloader_idx: int = 0
+    ) -> None:
         bar = progress_bar_line(self)
         n = batch_idx + 1
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and bar is not None and not bar.disable \
-                and self._should_update(n, self.total_val_batches_current_dataloader):
+        if (
+            trainer.state.fn == "fit"
+            and not trainer.sanity_checking
+            and bar is not None
+            and not bar.disable
+            and self._should_update(n, self.total_val_batches_current_dataloader)
+        ):
             total = convert_inf(self.total_val_batches_current_dataloader)
             bar.n, bar.total = self.budget(trainer)
             bar.set_postfix_str(f"validating {n}/{total or '?'}")
@@ -191,8 +207,11 @@ class BudgetProgressBar(TQDMProgressBar):
     def postfix(self, trainer: L.Trainer) -> str:
         """The latest training loss, validation bits per character and throughput, if any."""
         metrics = trainer.callback_metrics
-        parts = [f"{name} {float(metrics[key]):{fmt}}" for name, key, fmt in
-                 (("loss", "train/loss", ".3f"), ("val", "val/bpc", ".3f")) if key in metrics]
+        parts = [
+            f"{name} {float(metrics[key]):{fmt}}"
+            for name, key, fmt in (("loss", "train/loss", ".3f"), ("val", "val/bpc", ".3f"))
+            if key in metrics
+        ]
         if "val/bpc" in metrics:
             parts[-1] += " bpc"
         if "train/chars_per_sec" in metrics:
@@ -244,10 +263,12 @@ class BudgetValidation(L.Callback):
     def __init__(self, points: int = 10, max_share: float | None = 0.2):
         if isinstance(points, bool) or not isinstance(points, int) or points < 1:
             raise UserError(f"callbacks.validation.points={points!r} must be a whole number >= 1")
-        if max_share is not None and (isinstance(max_share, bool) or not isinstance(max_share, (int, float))
-                                      or not 0 < max_share <= 1):
-            raise UserError(f"callbacks.validation.max_share={max_share!r} must be a fraction in (0, 1], "
-                            "or null for no cap")
+        if max_share is not None and (
+            isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 1
+        ):
+            raise UserError(
+                f"callbacks.validation.max_share={max_share!r} must be a fraction in (0, 1], or null for no cap"
+            )
         self.points, self.max_share, self._reached = points, max_share, 0
         self._started: float | None = None  # when the validation in progress started
         self._spent, self._last = 0.0, None  # seconds validating so far, and the last validation's

@@ -11,7 +11,6 @@ from charlm.errors import UserError
 from charlm.model import CharRNN
 from charlm.vocabulary import Vocabulary
 
-
 DEFAULT_PROMPT = "today "  # how AG News articles often start
 MAX_SEED = 2**32 - 1  # numpy's seeds (and so Lightning's seed_everything) are 0..2**32-1; one range for every seed
 
@@ -21,8 +20,9 @@ def check_seed(seed, key: str = "seed", null: str = "") -> None:
     ``null`` means where it is allowed (the refusal then offers it)."""
     if (seed is None and null) or (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
         return
-    raise UserError(f"{key}={seed!r} must be a whole number in 0..{MAX_SEED} (2**32 - 1)"
-                    + (f", or null {null}" if null else ""))
+    raise UserError(
+        f"{key}={seed!r} must be a whole number in 0..{MAX_SEED} (2**32 - 1)" + (f", or null {null}" if null else "")
+    )
 
 
 def default_prompt(vocab: Vocabulary) -> tuple[str, str | None]:
@@ -35,8 +35,10 @@ def default_prompt(vocab: Vocabulary) -> tuple[str, str | None]:
     if vocab.encode(DEFAULT_PROMPT).all():
         return DEFAULT_PROMPT, None
     prompt = next((c for c in ("\n", " ") if c in vocab.chars), vocab.chars[1])
-    return prompt, (f"the default prompt {DEFAULT_PROMPT!r} has characters the model does not know; "
-                    f"starting from {prompt!r} instead (choose one with prompt=...)")
+    return prompt, (
+        f"the default prompt {DEFAULT_PROMPT!r} has characters the model does not know; "
+        f"starting from {prompt!r} instead (choose one with prompt=...)"
+    )
 
 
 def short_repr(text: str, limit: int = 40) -> str:
@@ -44,8 +46,9 @@ def short_repr(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} characters)"
 
 
-def check_sampling_args(length: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int,
-                        seed: int | None = None):
+def check_sampling_args(
+    length: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int, seed: int | None = None
+):
     """Refuse sampling settings that mean nothing, naming the bad value."""
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise UserError(f"length={length!r} must be a whole number >= 0")
@@ -60,8 +63,9 @@ def check_sampling_args(length: int, temperature: float, top_k: int | None, top_
     check_seed(seed, null="for a different text each time")
 
 
-def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-             generator: torch.Generator | None) -> torch.Tensor:
+def next_ids(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
+) -> torch.Tensor:
     """Pick one id per row of ``logits [n, vocab]`` (ids on the CPU): argmax when ``temperature``
     is 0, else a sample.
 
@@ -72,8 +76,10 @@ def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, top_p:
     logits = logits.detach().to("cpu", torch.float64)
     logits[:, 0] = float("-inf")  # never emit the unknown-character id
     if not torch.isfinite(logits[:, 1:]).all():
-        raise UserError("the model's outputs are not finite numbers (NaN or inf): its weights are broken; "
-                        "use a checkpoint saved before the loss became NaN")
+        raise UserError(
+            "the model's outputs are not finite numbers (NaN or inf): its weights are broken; "
+            "use a checkpoint saved before the loss became NaN"
+        )
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
@@ -88,9 +94,18 @@ def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, top_p:
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-def generate(model: CharRNN, vocab: Vocabulary, prompt: str, length: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
-             seed: int | None = None, topic: int | list[int] | None = None) -> Iterator[list[str]]:
+def generate(
+    model: CharRNN,
+    vocab: Vocabulary,
+    prompt: str,
+    length: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+    topic: int | list[int] | None = None,
+) -> Iterator[list[str]]:
     """Steps of ``num_samples`` characters each (``length`` of them), continuing ``prompt``.
 
     The arguments are checked at once (not at the first step). The prompt is fed once;
@@ -119,17 +134,23 @@ def topic_ids(names: list[str] | None, topic, every: bool = True) -> list[int] |
     if topic is None:
         return None
     if not names:
-        raise UserError(f"topic={topic} needs a model trained with topics (model.topics=true); this checkpoint has "
-                        "none: leave out topic")
+        raise UserError(
+            f"topic={topic} needs a model trained with topics (model.topics=true); this checkpoint has "
+            "none: leave out topic"
+        )
     if str(topic).lower() == "all":
         if not every:
-            raise UserError(f"topic=all is one topic at a time here; pass one of this model's topics: "
-                            f"{', '.join(names)} (or null: the topic unknown)")
+            raise UserError(
+                f"topic=all is one topic at a time here; pass one of this model's topics: "
+                f"{', '.join(names)} (or null: the topic unknown)"
+            )
         return list(range(len(names)))
     lower = [name.lower() for name in names]
     if str(topic).lower() not in lower:
-        raise UserError(f"topic={topic} is not one of this model's topics: {', '.join(names)} "
-                        f"({'or all, or null' if every else 'or null: the topic unknown'})")
+        raise UserError(
+            f"topic={topic} is not one of this model's topics: {', '.join(names)} "
+            f"({'or all, or null' if every else 'or null: the topic unknown'})"
+        )
     return [lower.index(str(topic).lower())]
 
 
@@ -145,8 +166,10 @@ def _steps(model, vocab, ids, length, temperature, top_k, top_p, num_samples, ge
         except (torch.OutOfMemoryError, RuntimeError) as err:  # the CPU allocator raises a RuntimeError
             if "memory" not in str(err):
                 raise
-            raise UserError(f"num_samples={num_samples} with a {len(ids)}-character prompt does not fit in the "
-                            f"memory of {device}; lower num_samples or shorten the prompt") from None
+            raise UserError(
+                f"num_samples={num_samples} with a {len(ids)}-character prompt does not fit in the "
+                f"memory of {device}; lower num_samples or shorten the prompt"
+            ) from None
         for _ in range(length):
             chosen = next_ids(logits[:, -1], temperature, top_k, top_p, generator)
             yield [vocab.chars[i] for i in chosen.tolist()]

@@ -25,6 +25,7 @@ from charlm.windows import IGNORE, unpack_batch
 @dataclass
 class ChunkScore:
     """One chunk as the model scored it: its ``logits [rows, T, vocab]`` and ``targets [rows, T]``."""
+
     logits: torch.Tensor
     targets: torch.Tensor
 
@@ -35,13 +36,13 @@ class ChunkScore:
 
     def loss_sum(self) -> torch.Tensor:
         """The chunk's loss in nats, summed over its scored targets."""
-        return F.cross_entropy(self.logits.flatten(0, 1).float(), self.targets.flatten(), ignore_index=IGNORE,
-                               reduction="sum")
+        return F.cross_entropy(
+            self.logits.flatten(0, 1).float(), self.targets.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
 
     def losses(self) -> torch.Tensor:
         """``[rows, T]``: each target's loss in nats (0 for padding)."""
-        return F.cross_entropy(self.logits.float().transpose(1, 2), self.targets, ignore_index=IGNORE,
-                               reduction="none")
+        return F.cross_entropy(self.logits.float().transpose(1, 2), self.targets, ignore_index=IGNORE, reduction="none")
 
 
 class StreamScorer:

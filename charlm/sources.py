@@ -78,8 +78,9 @@ def read_text_chunks(path: Path, chunk_bytes: int = 1 << 23, name: str | None = 
             try:
                 text = newlines.decode(decoder.decode(raw, final=not raw), final=not raw)
             except UnicodeDecodeError as err:
-                raise UserError(f"{name} is not UTF-8 (byte {offset - pending + err.start}); convert it, "
-                                "e.g. iconv -t utf-8") from None
+                raise UserError(
+                    f"{name} is not UTF-8 (byte {offset - pending + err.start}); convert it, e.g. iconv -t utf-8"
+                ) from None
             if not started and text:
                 text, started = text.removeprefix("\ufeff"), True
             if text:
@@ -150,7 +151,7 @@ def load_hub_ag_news(name: str):
     import datasets
 
     for library in ("datasets", "huggingface_hub"):  # their console handlers print retries to stderr:
-        logging.getLogger(library).handlers.clear()   # send them through the root logger to the run's log
+        logging.getLogger(library).handlers.clear()  # send them through the root logger to the run's log
     unreachable = hub_unreachable()
     try:
         with hub_offline_mode(unreachable is not None):
@@ -176,7 +177,12 @@ def load_hub_ag_news(name: str):
 
 def count(size: int | float, total: int, key: str) -> int:
     """An absolute count from ``size``: an int as is, a float in (0, 1) as a fraction of ``total``."""
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0 or (isinstance(size, float) and size >= 1):
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, float))
+        or size <= 0
+        or (isinstance(size, float) and size >= 1)
+    ):
         raise UserError(f"{key}={size!r} must be a count >= 1 or a fraction in (0, 1)")
     return int(size) if isinstance(size, int) else max(1, round(size * total))
 
@@ -193,7 +199,9 @@ def split_sizes(n: int, val_size, test_size) -> tuple[int, int, int]:
     """Sizes (train, val, test) of a sequence of ``n`` items whose tail is test and the part before it val."""
     n_val, n_test = count(val_size, n, "data.val_size"), count(test_size, n, "data.test_size")
     if n_val + n_test >= n:
-        raise UserError(f"data.val_size + data.test_size = {n_val + n_test} leaves nothing of {n} to train on; lower them")
+        raise UserError(
+            f"data.val_size + data.test_size = {n_val + n_test} leaves nothing of {n} to train on; lower them"
+        )
     return n - n_val - n_test, n_val, n_test
 
 
@@ -227,7 +235,6 @@ def train_vocabulary(pieces: Iterable[str], n_train: int) -> Vocabulary:
     return Vocabulary.from_codepoints(codepoints)
 
 
-
 def articles_corpus(train: list[str], val: list[str], test: list[str], topics=None, source: str = "") -> Corpus:
     """A source of articles as a ``Corpus``: each split's articles joined by ``SEPARATOR``.
     ``topics``: (train, val, test labels (0-based), names), or ``None`` for a source without them."""
@@ -245,8 +252,7 @@ def articles_corpus(train: list[str], val: list[str], test: list[str], topics=No
                 lengths[0] -= 1  # the training text does not start with a separator
             corpus.labels[split] = np.repeat(np.asarray(labels, dtype=np.uint8), lengths)
         corpus.topics = list(topics[3])
-        corpus.topic_counts = np.bincount(np.asarray(topics[0], dtype=np.int64),
-                                          minlength=len(corpus.topics)).tolist()
+        corpus.topic_counts = np.bincount(np.asarray(topics[0], dtype=np.int64), minlength=len(corpus.topics)).tolist()
     return corpus
 
 
@@ -333,8 +339,11 @@ class HubAgNews(AgNews):
 
     def corpus(self) -> Corpus:
         train, test, hub_topics = self._columns()  # the articles become Python lists only here
-        topics = None if hub_topics is None else (
-            *split_off(hub_topics[0], self.val_size, "data.val_size"), hub_topics[1], hub_topics[2])
+        topics = (
+            None
+            if hub_topics is None
+            else (*split_off(hub_topics[0], self.val_size, "data.val_size"), hub_topics[1], hub_topics[2])
+        )
         return articles_corpus(*split_off(train, self.val_size, "data.val_size"), test, topics=topics, source=str(self))
 
 
@@ -356,17 +365,24 @@ class AgNewsCsv(AgNews):
         if not self.path.is_dir():
             labels = []
             articles = read_ag_news_csv(self.path, labels)
-            return articles_corpus(*split_tail(articles, self.val_size, self.test_size),
-                                   topics=(*split_tail(labels, self.val_size, self.test_size), names), source=str(self))
+            return articles_corpus(
+                *split_tail(articles, self.val_size, self.test_size),
+                topics=(*split_tail(labels, self.val_size, self.test_size), names),
+                source=str(self),
+            )
         if not (self.path / "train.csv").exists() or not (self.path / "test.csv").exists():
-            raise UserError(f"data.path={self.path} is a folder without train.csv and test.csv; "
-                            "pass one CSV file or a folder with both")
+            raise UserError(
+                f"data.path={self.path} is a folder without train.csv and test.csv; "
+                "pass one CSV file or a folder with both"
+            )
         train_labels, test_labels = [], []
         train = read_ag_news_csv(self.path / "train.csv", train_labels)
-        return articles_corpus(*split_off(train, self.val_size, "data.val_size"),
-                               read_ag_news_csv(self.path / "test.csv", test_labels),
-                               topics=(*split_off(train_labels, self.val_size, "data.val_size"), test_labels, names),
-                               source=str(self))
+        return articles_corpus(
+            *split_off(train, self.val_size, "data.val_size"),
+            read_ag_news_csv(self.path / "test.csv", test_labels),
+            topics=(*split_off(train_labels, self.val_size, "data.val_size"), test_labels, names),
+            source=str(self),
+        )
 
 
 @register
@@ -392,8 +408,9 @@ class TextFile(Source):
         if not n:
             raise UserError(f"data.path={self.path} is empty; pass a file with text in it")
         sizes = dict(zip(SPLITS, split_sizes(n, self.val_size, self.test_size)))
-        return Corpus(train_vocabulary(read_text_chunks(self.path), sizes["train"]), sizes,
-                      lambda: read_text_chunks(self.path))
+        return Corpus(
+            train_vocabulary(read_text_chunks(self.path), sizes["train"]), sizes, lambda: read_text_chunks(self.path)
+        )
 
 
 FILE_SEPARATOR = "\x03"  # ASCII "end of text": joins the files of data=folder, whose text has newlines of its own
@@ -419,19 +436,25 @@ class TextFolder(Source):
         """The ``.txt`` files, in name order; refuses a folder that is missing, empty or has none."""
         path = self._existing_path("folder of .txt files")
         if not path.is_dir():
-            raise UserError(f"data.path={path} is a file; data=folder needs a folder of .txt files (for one text "
-                            "file use data=text)")
+            raise UserError(
+                f"data.path={path} is a file; data=folder needs a folder of .txt files (for one text "
+                "file use data=text)"
+            )
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
         if not entries:
             raise UserError(f"data.path={path} is an empty folder; put .txt files in it, one article each")
         files = [p for p in entries if p.suffix == ".txt" and p.is_file()]
         if not files:
-            raise UserError(f"data.path={path} has no .txt files ({len(entries)} other entries, e.g. "
-                            f"{entries[0].name}); put the articles in .txt files, one article each")
+            raise UserError(
+                f"data.path={path} has no .txt files ({len(entries)} other entries, e.g. "
+                f"{entries[0].name}); put the articles in .txt files, one article each"
+            )
         if len(files) < len(SPLITS):
-            raise UserError(f"data.path={path} has {len(files)} .txt file{'s' if len(files) > 1 else ''}; "
-                            f"data=folder needs at least {len(SPLITS)} (train, val and test are split by file): "
-                            "add files")
+            raise UserError(
+                f"data.path={path} has {len(files)} .txt file{'s' if len(files) > 1 else ''}; "
+                f"data=folder needs at least {len(SPLITS)} (train, val and test are split by file): "
+                "add files"
+            )
         return files
 
     def key(self) -> list:
@@ -447,13 +470,15 @@ class TextFolder(Source):
             n = 0
             for piece in self._read(file):
                 if FILE_SEPARATOR in piece:
-                    raise UserError(f"data.path={self.path}: {file.name} holds the character {FILE_SEPARATOR!r} "
-                                    "that data=folder puts between files; remove it from the file")
+                    raise UserError(
+                        f"data.path={self.path}: {file.name} holds the character {FILE_SEPARATOR!r} "
+                        "that data=folder puts between files; remove it from the file"
+                    )
                 n += len(piece)
             lengths.append(n)
         n_train, n_val, _ = split_sizes(len(files), self.val_size, self.test_size)
-        splits = dict(zip(SPLITS, (files[:n_train], files[n_train:n_train + n_val], files[n_train + n_val:])))
-        counts = dict(zip(SPLITS, (lengths[:n_train], lengths[n_train:n_train + n_val], lengths[n_train + n_val:])))
+        splits = dict(zip(SPLITS, (files[:n_train], files[n_train : n_train + n_val], files[n_train + n_val :])))
+        counts = dict(zip(SPLITS, (lengths[:n_train], lengths[n_train : n_train + n_val], lengths[n_train + n_val :])))
         # train: its files joined by the separator; val and test start with one (as AG News' held-out streams)
         sizes = {s: sum(counts[s]) + len(counts[s]) - (s == "train") for s in SPLITS}
 
@@ -466,5 +491,6 @@ class TextFolder(Source):
 
         vocab = train_vocabulary(pieces(), sizes["train"])
         # the separator is in the vocabulary even with one training file: it starts each held-out article
-        return Corpus(Vocabulary.from_codepoints({ord(c) for c in vocab.chars[1:]} | {ord(FILE_SEPARATOR)}), sizes,
-                      pieces)
+        return Corpus(
+            Vocabulary.from_codepoints({ord(c) for c in vocab.chars[1:]} | {ord(FILE_SEPARATOR)}), sizes, pieces
+        )

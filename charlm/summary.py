@@ -32,25 +32,75 @@ UNIFORM_SHARE = 0.95  # best val bpc above this share of log2(vocabulary): it ne
 ERROR_FILE = "error.txt"  # a failed job's one-line error, written by charlm.sweep.SweepCallback
 CONFIG_KEYS = ("model.cell", "model.layers", "model.hidden_size", "model.dropout", "optimizer.lr", "seed")
 SEED_KEYS = ("seed", "data.seed")  # what differs between the repeats of one configuration
-METRICS = {"parameters": "parameters", "best_val_bpc": "best/val_bpc", "test_bpc": "test/bpc",
-           "chars_per_sec": "chars_per_sec", "fit_seconds": "fit_seconds", "steps": "steps"}
+METRICS = {
+    "parameters": "parameters",
+    "best_val_bpc": "best/val_bpc",
+    "test_bpc": "test/bpc",
+    "chars_per_sec": "chars_per_sec",
+    "fit_seconds": "fit_seconds",
+    "steps": "steps",
+}
 CURVE_TAGS = ("val/bpc", "train_eval/bpc")  # train_eval: training text scored as val is (TrainSampleScore)
-CSV_COLUMNS = ["run", "configuration", *(key.split(".")[-1] for key in CONFIG_KEYS), *METRICS, "best_epoch",
-               "best_step", "flops_per_char", "chars_per_step", "characters", "final_val_bpc", "final_train_eval_bpc",
-               "gap", "status", "undertrained", "error"]
-CONFIG_COLUMNS = ["configuration", "n", "runs", "parameters", "flops_per_char", "best_val_bpc_mean", "best_val_bpc_std",
-                  "test_bpc_mean", "test_bpc_std", "delta_vs_best", "within_spread", "val_bpc_at_equal_chars",
-                  "equal_chars", "val_bpc_at_equal_seconds", "equal_seconds", "final_train_eval_bpc", "gap",
-                  "chars_per_sec", "fit_seconds"]
+CSV_COLUMNS = [
+    "run",
+    "configuration",
+    *(key.split(".")[-1] for key in CONFIG_KEYS),
+    *METRICS,
+    "best_epoch",
+    "best_step",
+    "flops_per_char",
+    "chars_per_step",
+    "characters",
+    "final_val_bpc",
+    "final_train_eval_bpc",
+    "gap",
+    "status",
+    "undertrained",
+    "error",
+]
+CONFIG_COLUMNS = [
+    "configuration",
+    "n",
+    "runs",
+    "parameters",
+    "flops_per_char",
+    "best_val_bpc_mean",
+    "best_val_bpc_std",
+    "test_bpc_mean",
+    "test_bpc_std",
+    "delta_vs_best",
+    "within_spread",
+    "val_bpc_at_equal_chars",
+    "equal_chars",
+    "val_bpc_at_equal_seconds",
+    "equal_seconds",
+    "final_train_eval_bpc",
+    "gap",
+    "chars_per_sec",
+    "fit_seconds",
+]
 CURVE_COLUMNS = ["configuration", "run", "seed", "step", "characters", "seconds", "val_bpc", "train_eval_bpc"]
 # Markdown, one row per job: (column, header, format)
-TABLE = [("run", "job", "{}"), ("parameters", "parameters", "{:,}"), ("best_val_bpc", "best val/bpc", "{:.4f}"),
-         ("test_bpc", "test/bpc", "{:.4f}"), ("gap", "gap (val − train)", "{:+.4f}"),
-         ("best_epoch", "epoch of best val", "{}"), ("chars_per_sec", "characters/s", "{:,.0f}"),
-         ("steps", "steps", "{:,}"), ("fit_seconds", "wall time (s)", "{:,.1f}"), ("status", "status", "{}")]
+TABLE = [
+    ("run", "job", "{}"),
+    ("parameters", "parameters", "{:,}"),
+    ("best_val_bpc", "best val/bpc", "{:.4f}"),
+    ("test_bpc", "test/bpc", "{:.4f}"),
+    ("gap", "gap (val − train)", "{:+.4f}"),
+    ("best_epoch", "epoch of best val", "{}"),
+    ("chars_per_sec", "characters/s", "{:,.0f}"),
+    ("steps", "steps", "{:,}"),
+    ("fit_seconds", "wall time (s)", "{:,.1f}"),
+    ("status", "status", "{}"),
+]
 PLOTS = ("best_val_bpc.png", "learning_curves.png", "overfitting.png")
-SHORT_NAMES = {"model.dropout": "d", "optimizer.lr": "lr", "model.embedding_dim": "emb", "data.batch_size": "batch",
-               "data.nchars": "nchars"}  # in legend labels
+SHORT_NAMES = {
+    "model.dropout": "d",
+    "optimizer.lr": "lr",
+    "model.embedding_dim": "emb",
+    "data.batch_size": "batch",
+    "data.nchars": "nchars",
+}  # in legend labels
 CELL_STYLES = {"lstm": "-", "gru": "--", "rnn": ":"}  # line style by cell: configurations stay apart beyond 10 colours
 
 
@@ -123,11 +173,13 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
     hydra_cfg = OmegaConf.load(run / ".hydra" / "hydra.yaml") if (run / ".hydra" / "hydra.yaml").exists() else None
     ran_in = OmegaConf.select(hydra_cfg, "hydra.runtime.output_dir") if hydra_cfg is not None else None
     own = ["/" + row["run"], *([str(ran_in)] if ran_in else [])]
-    row["settings"] = {k: v for k, v in _flat(OmegaConf.to_container(cfg)).items()
-                       if k not in SEED_KEYS and not (isinstance(v, str) and any(p in v for p in own))} \
-        or {"run": row["run"]}
+    row["settings"] = {
+        k: v
+        for k, v in _flat(OmegaConf.to_container(cfg)).items()
+        if k not in SEED_KEYS and not (isinstance(v, str) and any(p in v for p in own))
+    } or {"run": row["run"]}
     # The experiment preset the job composed (experiment=lesson), from Hydra's record of the run
-    experiment = (OmegaConf.select(hydra_cfg, "hydra.runtime.choices.experiment") if hydra_cfg is not None else None)
+    experiment = OmegaConf.select(hydra_cfg, "hydra.runtime.choices.experiment") if hydra_cfg is not None else None
     if experiment and experiment != "null" and "run" not in row["settings"]:
         row["settings"]["experiment"] = experiment
     row["chars_per_step"] = chars_per_step(cfg)
@@ -155,8 +207,12 @@ def curves(run: Path, chars_per_step: int | None) -> dict[str, dict[str, list]]:
     result = {}
     for tag, by_step in found.items():
         steps = sorted(by_step)
-        result[tag] = {"step": steps, "characters": [step * chars_per_step if chars_per_step else None for step in steps],
-                       "seconds": [by_step[step][0] for step in steps], "value": [by_step[step][1] for step in steps]}
+        result[tag] = {
+            "step": steps,
+            "characters": [step * chars_per_step if chars_per_step else None for step in steps],
+            "seconds": [by_step[step][0] for step in steps],
+            "value": [by_step[step][1] for step in steps],
+        }
     return result
 
 
@@ -221,8 +277,11 @@ def label(settings: dict, differing: list[str]) -> str:
     for key in differing:
         if key not in ("model.cell", "model.layers", "model.hidden_size"):
             value = settings.get(key)
-            parts.append(f"{SHORT_NAMES.get(key, key.split('.')[-1])}={value:.3g}" if isinstance(value, float)
-                         else f"{SHORT_NAMES.get(key, key.split('.')[-1])}={value}")
+            parts.append(
+                f"{SHORT_NAMES.get(key, key.split('.')[-1])}={value:.3g}"
+                if isinstance(value, float)
+                else f"{SHORT_NAMES.get(key, key.split('.')[-1])}={value}"
+            )
     return " ".join(parts)
 
 
@@ -251,28 +310,63 @@ def group(rows: list[dict]) -> list[dict]:
     for runs in groups.values():
         ok = [row for row in runs if row["best_val_bpc"] is not None]
         val_curves = [row["curves"]["val/bpc"] for row in ok]
-        configs.append({
-            "configuration": label(runs[0]["settings"], differing), "n": len(ok), "runs": [r["run"] for r in runs],
-            "cell": runs[0]["cell"], "layers": runs[0]["layers"], "hidden_size": runs[0]["hidden_size"],
-            "parameters": runs[0]["parameters"], "flops_per_char": runs[0].get("flops_per_char"),
-            "best_val_bpc_mean": _mean([r["best_val_bpc"] for r in ok]), "best_val_bpc_std": _std([r["best_val_bpc"] for r in ok]),
-            "test_bpc_mean": _mean([r["test_bpc"] for r in ok]), "test_bpc_std": _std([r["test_bpc"] for r in ok]),
-            "val_bpc_at_equal_chars": _mean([interpolate(c["characters"], c["value"], equal_chars) for c in val_curves
-                                             if drawn_on(c, "characters")])
-            if equal_chars else None, "equal_chars": equal_chars,
-            "val_bpc_at_equal_seconds": _mean([interpolate(c["seconds"], c["value"], equal_seconds) for c in val_curves])
-            if equal_seconds else None, "equal_seconds": equal_seconds,
-            "final_train_eval_bpc": _mean([r["final_train_eval_bpc"] for r in ok]), "gap": _mean([r["gap"] for r in ok]),
-            "chars_per_sec": _mean([r["chars_per_sec"] for r in ok]), "fit_seconds": _mean([r["fit_seconds"] for r in ok]),
-            "undertrained": next((r.get("undertrained") for r in ok if r.get("undertrained")), ""), "members": runs})
+        configs.append(
+            {
+                "configuration": label(runs[0]["settings"], differing),
+                "n": len(ok),
+                "runs": [r["run"] for r in runs],
+                "cell": runs[0]["cell"],
+                "layers": runs[0]["layers"],
+                "hidden_size": runs[0]["hidden_size"],
+                "parameters": runs[0]["parameters"],
+                "flops_per_char": runs[0].get("flops_per_char"),
+                "best_val_bpc_mean": _mean([r["best_val_bpc"] for r in ok]),
+                "best_val_bpc_std": _std([r["best_val_bpc"] for r in ok]),
+                "test_bpc_mean": _mean([r["test_bpc"] for r in ok]),
+                "test_bpc_std": _std([r["test_bpc"] for r in ok]),
+                "val_bpc_at_equal_chars": _mean(
+                    [
+                        interpolate(c["characters"], c["value"], equal_chars)
+                        for c in val_curves
+                        if drawn_on(c, "characters")
+                    ]
+                )
+                if equal_chars
+                else None,
+                "equal_chars": equal_chars,
+                "val_bpc_at_equal_seconds": _mean(
+                    [interpolate(c["seconds"], c["value"], equal_seconds) for c in val_curves]
+                )
+                if equal_seconds
+                else None,
+                "equal_seconds": equal_seconds,
+                "final_train_eval_bpc": _mean([r["final_train_eval_bpc"] for r in ok]),
+                "gap": _mean([r["gap"] for r in ok]),
+                "chars_per_sec": _mean([r["chars_per_sec"] for r in ok]),
+                "fit_seconds": _mean([r["fit_seconds"] for r in ok]),
+                "undertrained": next((r.get("undertrained") for r in ok if r.get("undertrained")), ""),
+                "members": runs,
+            }
+        )
     # A configuration with an undertrained seed is sorted after the others and not ranked against them;
     # where all are undertrained, they are compared with the first, which is not called the best.
-    configs.sort(key=lambda c: (c["best_val_bpc_mean"] is None, bool(c["undertrained"]), c["best_val_bpc_mean"] or 0.0,
-                                c["configuration"]))
+    configs.sort(
+        key=lambda c: (
+            c["best_val_bpc_mean"] is None,
+            bool(c["undertrained"]),
+            c["best_val_bpc_mean"] or 0.0,
+            c["configuration"],
+        )
+    )
     best = configs[0] if configs and configs[0]["n"] else None
     for config in configs:
         config["delta_vs_best"] = config["within_spread"] = None
-        if best is not None and config["n"] and config is not best and (best["undertrained"] or not config["undertrained"]):
+        if (
+            best is not None
+            and config["n"]
+            and config is not best
+            and (best["undertrained"] or not config["undertrained"])
+        ):
             config["delta_vs_best"] = delta = config["best_val_bpc_mean"] - best["best_val_bpc_mean"]
             if config["best_val_bpc_std"] is not None and best["best_val_bpc_std"] is not None:
                 config["within_spread"] = abs(delta) <= math.hypot(config["best_val_bpc_std"], best["best_val_bpc_std"])
@@ -294,8 +388,10 @@ def _mean_curve(curves: list[dict], x: str) -> tuple[list[float], list[float]]:
     """The seeds' mean curve: x and value averaged point by point (runs of one configuration
     validate at the same steps; time budgets may give some fewer points: the common ones)."""
     n = min(len(c["step"]) for c in curves)
-    return ([statistics.fmean(c[x][i] for c in curves) for i in range(n)],
-            [statistics.fmean(c["value"][i] for c in curves) for i in range(n)])
+    return (
+        [statistics.fmean(c[x][i] for c in curves) for i in range(n)],
+        [statistics.fmean(c["value"][i] for c in curves) for i in range(n)],
+    )
 
 
 def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
@@ -317,23 +413,30 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
     for config in configs:
         if config["n"]:
             layers = config["layers"]
-            name = config["configuration"].replace(f"{layers}×{config['hidden_size']}",
-                                                    f"{layers} layer{'' if layers == 1 else 's'}", 1)
-            lines.setdefault(name, {})[config["hidden_size"]] = (config["best_val_bpc_mean"],
-                                                                  config["best_val_bpc_std"] or 0.0)
+            name = config["configuration"].replace(
+                f"{layers}×{config['hidden_size']}", f"{layers} layer{'' if layers == 1 else 's'}", 1
+            )
+            lines.setdefault(name, {})[config["hidden_size"]] = (
+                config["best_val_bpc_mean"],
+                config["best_val_bpc_std"] or 0.0,
+            )
     fig = figures[PLOTS[0]] = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for name, points in lines.items():
         sizes = sorted(size for size in points if isinstance(size, int))
-        ax.errorbar(sizes, [points[s][0] for s in sizes], yerr=[points[s][1] for s in sizes],
-                    marker="o", capsize=3, label=name)
+        ax.errorbar(
+            sizes, [points[s][0] for s in sizes], yerr=[points[s][1] for s in sizes], marker="o", capsize=3, label=name
+        )
     sizes = sorted({size for points in lines.values() for size in points if isinstance(size, int)})
     if sizes:
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(size) for size in sizes])
         ax.legend(fontsize="small")
-    ax.set(xlabel="hidden size", ylabel="best val/bpc (mean ± std over seeds)",
-           title=f"{sweep_dir.name}: best validation bits per character")
+    ax.set(
+        xlabel="hidden size",
+        ylabel="best val/bpc (mean ± std over seeds)",
+        title=f"{sweep_dir.name}: best validation bits per character",
+    )
     ax.grid(alpha=0.3)
 
     fig = figures[PLOTS[1]] = Figure(figsize=(13, 5), layout="constrained")
@@ -362,15 +465,25 @@ def plot(configs: list[dict], sweep_dir: Path) -> dict | None:
             runs = [r["curves"][tag] for r in config["members"] if drawn_on(r["curves"][tag], "characters")]
             if runs:
                 xs, ys = _mean_curve(runs, "characters")
-                ax.plot(xs, ys, color=colour, linestyle=linestyle, marker=".",
-                        label=config["configuration"] if tag == "val/bpc" else None)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=colour,
+                    linestyle=linestyle,
+                    marker=".",
+                    label=config["configuration"] if tag == "val/bpc" else None,
+                )
     if ax.lines:  # the two line styles explained first, then one entry per configuration (its colour)
         from matplotlib.lines import Line2D
 
         handles, labels = ax.get_legend_handles_labels()
         keys = [Line2D([], [], color="grey", linestyle="-"), Line2D([], [], color="grey", linestyle="--")]
-        fig.legend([*keys, *handles], ["val/bpc", "training sample,\nscored as val", *labels],
-                   loc="outside right upper", fontsize="small")
+        fig.legend(
+            [*keys, *handles],
+            ["val/bpc", "training sample,\nscored as val", *labels],
+            loc="outside right upper",
+            fontsize="small",
+        )
     ax.set(xlabel="training characters", ylabel="bits per character")
     fig.suptitle(f"{sweep_dir.name}: overfitting, val against a training sample")
     ax.grid(alpha=0.3)
@@ -394,11 +507,21 @@ def resume_command(sweep_dir: Path) -> tuple[str, str] | None:
         return None
     hydra = OmegaConf.load(multirun).hydra
     given = OmegaConf.to_container(hydra.overrides, resolve=False)  # as typed, ${hydra:...} included
-    overrides = [o for o in [*given["hydra"], *given["task"]]
-                 if not o.startswith(("hydra.sweep.dir=", "hydra.mode=", "resume=",
-                                      "hydra.job.config.override_dirname.exclude_keys="))]  # SweptKeys adds it again
-    return hydra.runtime.cwd, " ".join(["python train.py -m", shlex.quote(f"hydra.sweep.dir={sweep_dir.resolve()}"),
-                                        *map(shlex.quote, overrides), "resume=true"])
+    overrides = [
+        o
+        for o in [*given["hydra"], *given["task"]]
+        if not o.startswith(
+            ("hydra.sweep.dir=", "hydra.mode=", "resume=", "hydra.job.config.override_dirname.exclude_keys=")
+        )
+    ]  # SweptKeys adds it again
+    return hydra.runtime.cwd, " ".join(
+        [
+            "python train.py -m",
+            shlex.quote(f"hydra.sweep.dir={sweep_dir.resolve()}"),
+            *map(shlex.quote, overrides),
+            "resume=true",
+        ]
+    )
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -407,6 +530,7 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 def _config_cells(config: dict) -> list[str]:
     """One Markdown row of the configurations table (``CONFIG_TABLE``)."""
+
     def fmt(value, spec):
         return "" if value is None else spec.format(value)
 
@@ -418,14 +542,25 @@ def _config_cells(config: dict) -> list[str]:
     elif config["delta_vs_best"] is None:
         versus = "best" if first else ""
     else:
-        versus = f"{config['delta_vs_best']:+.4f}" + {True: " (within seed spread)", False: "",
-                                                      None: " (n=1: no spread)"}[config["within_spread"]]
-    return [config["configuration"], str(config["n"]), fmt(config["parameters"], "{:,}"),
-            fmt(config["flops_per_char"], "{:,}"), _pm(config["best_val_bpc_mean"], config["best_val_bpc_std"]),
-            _pm(config["test_bpc_mean"], config["test_bpc_std"]), versus,
-            fmt(config["val_bpc_at_equal_chars"], "{:.4f}"), fmt(config["val_bpc_at_equal_seconds"], "{:.4f}"),
-            fmt(config["final_train_eval_bpc"], "{:.4f}"), fmt(config["gap"], "{:+.4f}"),
-            fmt(config["chars_per_sec"], "{:,.0f}"), fmt(config["fit_seconds"], "{:,.1f}")]
+        versus = (
+            f"{config['delta_vs_best']:+.4f}"
+            + {True: " (within seed spread)", False: "", None: " (n=1: no spread)"}[config["within_spread"]]
+        )
+    return [
+        config["configuration"],
+        str(config["n"]),
+        fmt(config["parameters"], "{:,}"),
+        fmt(config["flops_per_char"], "{:,}"),
+        _pm(config["best_val_bpc_mean"], config["best_val_bpc_std"]),
+        _pm(config["test_bpc_mean"], config["test_bpc_std"]),
+        versus,
+        fmt(config["val_bpc_at_equal_chars"], "{:.4f}"),
+        fmt(config["val_bpc_at_equal_seconds"], "{:.4f}"),
+        fmt(config["final_train_eval_bpc"], "{:.4f}"),
+        fmt(config["gap"], "{:+.4f}"),
+        fmt(config["chars_per_sec"], "{:,.0f}"),
+        fmt(config["fit_seconds"], "{:,.1f}"),
+    ]
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -436,8 +571,10 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[dict]]:
     runs = find_runs(sweep_dir)
     if not runs:
         raise UserError(f"{sweep_dir} has no jobs (no <job>/config.yaml or <job>/{ERROR_FILE}); pass a sweep folder")
-    rows = sorted((read_run(run, sweep_dir) for run in runs),
-                  key=lambda r: (r["best_val_bpc"] is None, r["best_val_bpc"] or 0.0, r["run"]))
+    rows = sorted(
+        (read_run(run, sweep_dir) for run in runs),
+        key=lambda r: (r["best_val_bpc"] is None, r["best_val_bpc"] or 0.0, r["run"]),
+    )
     configs = group(rows)
     for config in configs:
         config["_best"] = configs[0]
@@ -453,8 +590,9 @@ def write_csvs(rows: list[dict], configs: list[dict], sweep_dir: Path) -> None:
         with open(sweep_dir / name, "w", newline="") as f:
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows({**record, "runs": " ".join(record["runs"])} if "runs" in record else record
-                             for record in records)
+            writer.writerows(
+                {**record, "runs": " ".join(record["runs"])} if "runs" in record else record for record in records
+            )
     with open(sweep_dir / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CURVE_COLUMNS)
@@ -462,8 +600,18 @@ def write_csvs(rows: list[dict], configs: list[dict], sweep_dir: Path) -> None:
             val, train = (row["curves"][tag] for tag in CURVE_TAGS)
             train_at = dict(zip(train["step"], train["value"]))
             for step, characters, seconds, value in zip(val["step"], val["characters"], val["seconds"], val["value"]):
-                writer.writerow([row["configuration"], row["run"], row["seed"], step, characters, seconds, value,
-                                 train_at.get(step, "")])
+                writer.writerow(
+                    [
+                        row["configuration"],
+                        row["run"],
+                        row["seed"],
+                        step,
+                        characters,
+                        seconds,
+                        value,
+                        train_at.get(step, ""),
+                    ]
+                )
 
 
 def summarize(sweep_dir: Path) -> str:
@@ -472,33 +620,61 @@ def summarize(sweep_dir: Path) -> str:
     rows, configs = collect(sweep_dir)
     write_csvs(rows, configs, sweep_dir)
     equal_chars, equal_seconds = configs[0]["equal_chars"], configs[0]["equal_seconds"]
-    headers = ["configuration", "n", "parameters", "matmul FLOPs/char", "best val/bpc", "test/bpc", "vs best",
-               f"val/bpc at {equal_chars or 0:,} chars", f"val/bpc at {equal_seconds or 0:,.0f} s",
-               "train sample bpc", "gap (val − train)", "characters/s", "wall time (s)"]
-    lines = [f"# Sweep {sweep_dir.name}", "",
-             f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} jobs finished, in {len(configs)} "
-             "configurations (jobs that differ only in their seed); sorted by best val/bpc (validation bits per "
-             "character of the best checkpoint, which test/bpc evaluates): mean ± standard deviation over the "
-             "n finished seeds.", "",
-             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    headers = [
+        "configuration",
+        "n",
+        "parameters",
+        "matmul FLOPs/char",
+        "best val/bpc",
+        "test/bpc",
+        "vs best",
+        f"val/bpc at {equal_chars or 0:,} chars",
+        f"val/bpc at {equal_seconds or 0:,.0f} s",
+        "train sample bpc",
+        "gap (val − train)",
+        "characters/s",
+        "wall time (s)",
+    ]
+    lines = [
+        f"# Sweep {sweep_dir.name}",
+        "",
+        f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} jobs finished, in {len(configs)} "
+        "configurations (jobs that differ only in their seed); sorted by best val/bpc (validation bits per "
+        "character of the best checkpoint, which test/bpc evaluates): mean ± standard deviation over the "
+        "n finished seeds.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
     flagged = [row["run"] for row in rows if row["undertrained"]]
     if flagged:
-        lines[-2:-2] = [f"**{len(flagged)} of the finished jobs are undertrained** (fewer than {UNDERTRAINED_STEPS} "
-                        "steps, or a best val/bpc that never left the uniform guess over the vocabulary): "
-                        f"{', '.join(flagged)}. " + ("No configuration is the best: the table compares how they "
-                        "started; give them a larger budget." if configs[0]["undertrained"] else "Their configurations "
-                        "are not ranked; give them a larger budget."), ""]
+        lines[-2:-2] = [
+            f"**{len(flagged)} of the finished jobs are undertrained** (fewer than {UNDERTRAINED_STEPS} "
+            "steps, or a best val/bpc that never left the uniform guess over the vocabulary): "
+            f"{', '.join(flagged)}. "
+            + (
+                "No configuration is the best: the table compares how they started; give them a larger budget."
+                if configs[0]["undertrained"]
+                else "Their configurations are not ranked; give them a larger budget."
+            ),
+            "",
+        ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _config_cells(c)) + " |" for c in configs]
-    lines += ["",
-              "vs best: the difference of mean best val/bpc to the best configuration; *within seed spread* when "
-              "it is no larger than the two configurations' seed standard deviations combined "
-              "(sqrt(std² + std_best²)), i.e. the seeds do not tell them apart. Equal budgets: val/bpc of each "
-              "configuration (mean over seeds, read off its curve) at the training characters and at the "
-              "wall-clock seconds of the fit (validation included) that every job reached. Train sample bpc: a "
-              "sample of the training text scored exactly as val is, at the last validation; gap = val/bpc − that "
-              "(grows when a model overfits). matmul FLOPs/char: forward, per character (training ≈ 3×).", "",
-              "## Jobs", "",
-              "| " + " | ".join(header for _, header, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
+    lines += [
+        "",
+        "vs best: the difference of mean best val/bpc to the best configuration; *within seed spread* when "
+        "it is no larger than the two configurations' seed standard deviations combined "
+        "(sqrt(std² + std_best²)), i.e. the seeds do not tell them apart. Equal budgets: val/bpc of each "
+        "configuration (mean over seeds, read off its curve) at the training characters and at the "
+        "wall-clock seconds of the fit (validation included) that every job reached. Train sample bpc: a "
+        "sample of the training text scored exactly as val is, at the last validation; gap = val/bpc − that "
+        "(grows when a model overfits). matmul FLOPs/char: forward, per character (training ≈ 3×).",
+        "",
+        "## Jobs",
+        "",
+        "| " + " | ".join(header for _, header, _ in TABLE) + " |",
+        "|" + "---|" * len(TABLE),
+    ]
     lines += ["| " + " | ".join(_cell(row, column, fmt) for column, _, fmt in TABLE) + " |" for row in rows]
     lines.append("")
     if plot(configs, sweep_dir) is not None:
@@ -508,8 +684,13 @@ def summarize(sweep_dir: Path) -> str:
     unfinished = [row for row in rows if row["status"] != "ok"]
     resume = resume_command(sweep_dir)
     if unfinished and resume:
-        lines += ["", f"Jobs that did not finish: {len(unfinished)}. To run them again into this folder, with any job "
-                  f"the sweep never reached, from {resume[0]}:", "", f"    {resume[1]}"]
+        lines += [
+            "",
+            f"Jobs that did not finish: {len(unfinished)}. To run them again into this folder, with any job "
+            f"the sweep never reached, from {resume[0]}:",
+            "",
+            f"    {resume[1]}",
+        ]
     markdown = "\n".join(lines) + "\n"
     (sweep_dir / "summary.md").write_text(markdown)
     return markdown
@@ -527,6 +708,7 @@ def print_summary(sweep_dir: Path) -> None:
     """Write the summary of ``sweep_dir`` and print it."""
     print(summarize(sweep_dir), end="")
     print(f"(summary.md, summary.csv, configurations.csv, curves.csv and plots written into {sweep_dir})")
+
 
 if __name__ == "__main__":
     main()

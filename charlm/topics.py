@@ -24,7 +24,9 @@ def split_articles(tokens: np.ndarray, labels: np.ndarray, separator_id: int, li
     starts, ends = starts[keep], ends[keep]
     if limit is not None:
         starts, ends = starts[:limit], ends[:limit]
-    return [np.asarray(tokens[a:b], dtype=np.int64) for a, b in zip(starts, ends)], np.asarray(labels)[starts].astype(np.int64)
+    return [np.asarray(tokens[a:b], dtype=np.int64) for a, b in zip(starts, ends)], np.asarray(labels)[starts].astype(
+        np.int64
+    )
 
 
 @torch.no_grad()
@@ -42,11 +44,11 @@ def article_log_likelihoods(net: CharRNN, articles: list[np.ndarray], separator_
     per_batch = max(1, ROWS_PER_BATCH // topics)
     try:
         for first in range(0, len(order), per_batch):
-            chosen = order[first:first + per_batch]
+            chosen = order[first : first + per_batch]
             width = max(len(articles[i]) for i in chosen)
             ids = torch.full((len(chosen), width + 1), IGNORE, dtype=torch.long)
             for row, i in enumerate(chosen):
-                ids[row, :len(articles[i])] = torch.from_numpy(articles[i])
+                ids[row, : len(articles[i])] = torch.from_numpy(articles[i])
                 ids[row, len(articles[i])] = separator_id  # the end of the article is predicted too
             x, y = ids[:, :-1].clamp(min=0), ids[:, 1:]
             x, y = x.repeat_interleave(topics, 0).to(device), y.repeat_interleave(topics, 0).to(device)
@@ -58,8 +60,14 @@ def article_log_likelihoods(net: CharRNN, articles: list[np.ndarray], separator_
     return out
 
 
-def classify_articles(net: CharRNN, tokens: np.ndarray, labels: np.ndarray, separator_id: int,
-                      topic_counts: list[int] | None, limit: int | None = None) -> tuple[float, list[list[int]]]:
+def classify_articles(
+    net: CharRNN,
+    tokens: np.ndarray,
+    labels: np.ndarray,
+    separator_id: int,
+    topic_counts: list[int] | None,
+    limit: int | None = None,
+) -> tuple[float, list[list[int]]]:
     """The accuracy of the generative classifier on the articles of a held-out stream (the first
     ``limit``; all for ``None``) and its confusion matrix (rows: the true topic)."""
     articles, true = split_articles(tokens, labels, separator_id, limit)
@@ -84,6 +92,7 @@ def posterior(log_likelihoods: torch.Tensor, prior: torch.Tensor) -> torch.Tenso
 def confusion(true: torch.Tensor, predicted: torch.Tensor, topics: int) -> list[list[int]]:
     """Rows: the true topic; columns: the predicted one."""
     from torchmetrics.functional.classification import multiclass_confusion_matrix
+
     return multiclass_confusion_matrix(predicted, true, topics).tolist()
 
 
@@ -91,6 +100,7 @@ def confusion_figure(matrix: list[list[int]], names: list[str]):
     """The confusion matrix as a matplotlib figure, or ``None`` without matplotlib."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:

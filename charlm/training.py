@@ -14,9 +14,9 @@ from pathlib import Path
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -25,16 +25,23 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.callbacks import CharThroughput, GracefulStop
-from charlm.progress import BudgetTimer, BudgetValidation, budget_timer, timer_duration
 from charlm.compat import HYDRA_BASIC_LAUNCHER, relaunches_script, saves_on_train_epoch_end, spawns_ranks
 from charlm.config import quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
-from charlm.loggers import (METRICS_FILE, MetricsFile, allow_mlflow_file_store, check_loggers, check_no_clash,
-                            write_hparams, write_text)
+from charlm.loggers import (
+    METRICS_FILE,
+    MetricsFile,
+    allow_mlflow_file_store,
+    check_loggers,
+    check_no_clash,
+    write_hparams,
+    write_text,
+)
 from charlm.model import check_model_args
 from charlm.module import CharLM, DiskFull, check_checkpoint_fits, read_checkpoint
 from charlm.precision import check_model_memory, choose_precision
+from charlm.progress import BudgetTimer, BudgetValidation, budget_timer, timer_duration
 from charlm.sampling import check_seed
 from charlm.summary import undertrained
 
@@ -42,12 +49,32 @@ log = logging.getLogger("charlm")
 
 # TensorBoard's HPARAMS tab: these config entries (groups flattened to group.key) and the parameter count,
 # against the last value of each scalar (val/bpc, test/bpc, train/chars_per_sec, ...)
-HPARAMS = ("model", "optimizer", "data.corpus", "data.order", "data.nchars", "data.stride", "data.batch_size", "trainer.max_steps",
-           "trainer.max_epochs", "trainer.max_time", "seed")
+HPARAMS = (
+    "model",
+    "optimizer",
+    "data.corpus",
+    "data.order",
+    "data.nchars",
+    "data.stride",
+    "data.batch_size",
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.max_time",
+    "seed",
+)
 
 
 # ... and the final numbers shown beside them there (the test's only there: they are single points)
-RESULTS = ("best/val_bpc", "test/bpc", "test/loss", "test/ppl", "test/topic_acc", "steps", "chars_per_sec", "fit_seconds")
+RESULTS = (
+    "best/val_bpc",
+    "test/bpc",
+    "test/loss",
+    "test/ppl",
+    "test/topic_acc",
+    "steps",
+    "chars_per_sec",
+    "fit_seconds",
+)
 
 
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
@@ -83,9 +110,12 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
         datamodule.check_order_has_topics()  # before the data is prepared
     datamodule.setup("fit")  # the vocabulary sizes the model
     topics = topic_args(model_args, datamodule)
-    model = CharLM(vocab=datamodule.vocab.chars, model=model_args,
-                   optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                   **({"topics": topics, "topic_counts": datamodule.meta.get("topic_counts")} if topics else {}))
+    model = CharLM(
+        vocab=datamodule.vocab.chars,
+        model=model_args,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        **({"topics": topics, "topic_counts": datamodule.meta.get("topic_counts")} if topics else {}),
+    )
     quiet_known_noise()  # also for jobs built in-process (tests, benchmarks)
     return datamodule, model, trainer
 
@@ -111,9 +141,11 @@ def check_checkpoint_callback(name: str, callback) -> None:
     conf/callbacks/default.yaml): after a stop in the middle of an epoch Lightning still ends
     that epoch, and a checkpoint written then would resume as if the epoch were done."""
     if isinstance(callback, ModelCheckpoint) and saves_on_train_epoch_end(callback) is not False:
-        raise UserError(f"callbacks.{name}.save_on_train_epoch_end={str(saves_on_train_epoch_end(callback)).lower()} would write "
-                        "checkpoints that do not resume exactly after a stop in mid-epoch; set it to false "
-                        "(checkpoints are then written when validation ends)")
+        raise UserError(
+            f"callbacks.{name}.save_on_train_epoch_end={str(saves_on_train_epoch_end(callback)).lower()} would write "
+            "checkpoints that do not resume exactly after a stop in mid-epoch; set it to false "
+            "(checkpoints are then written when validation ends)"
+        )
 
 
 # Trainer settings Lightning refuses when the Trainer is built: what a good value looks like.
@@ -122,7 +154,7 @@ TRAINER_VALUES = {
     "max_epochs": "must be a whole number >= 1, or -1 for no limit",
     "max_steps": "must be a whole number >= 1, or -1 for no limit",
     "val_check_interval": "must be a fraction of an epoch in (0, 1], a whole number of training batches, or null "
-                          "(once per epoch)",
+    "(once per epoch)",
     "devices": "must be a whole number >= 1, a list of device ids, or auto",
     "num_nodes": "must be a whole number >= 1",
     "accelerator": "is not usable here ({lightning}); use auto (a GPU when there is one) or cpu",
@@ -130,8 +162,13 @@ TRAINER_VALUES = {
     "gradient_clip_val": "must be a number >= 0, or null",
 }
 # How Lightning's messages name a setting other than by its key
-TRAINER_KEY_HINTS = {"Timer(duration": "max_time", "total_seconds": "max_time",
-                     "gpu backend": "accelerator", "accelerator": "accelerator", "CUDA": "accelerator"}
+TRAINER_KEY_HINTS = {
+    "Timer(duration": "max_time",
+    "total_seconds": "max_time",
+    "gpu backend": "accelerator",
+    "accelerator": "accelerator",
+    "CUDA": "accelerator",
+}
 
 
 def instantiate_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
@@ -149,12 +186,16 @@ def instantiate_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
         return instantiate(trainer_cfg, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if cause is None or isinstance(cause, UserError) or not isinstance(
-                cause, (MisconfigurationException, ValueError, TypeError, AttributeError, RuntimeError)):
+        if (
+            cause is None
+            or isinstance(cause, UserError)
+            or not isinstance(cause, (MisconfigurationException, ValueError, TypeError, AttributeError, RuntimeError))
+        ):
             raise
         message = " ".join(str(cause).split())
-        key = (next((k for k in trainer_cfg if f"`{k}`" in message or f"{k}=" in message), None)
-               or next((k for k in trainer_cfg if re.search(rf"\b{k}\b", message)), None))
+        key = next((k for k in trainer_cfg if f"`{k}`" in message or f"{k}=" in message), None) or next(
+            (k for k in trainer_cfg if re.search(rf"\b{k}\b", message)), None
+        )
         key = key or next((k for hint, k in TRAINER_KEY_HINTS.items() if hint in message), None)
         if key is None:
             raise UserError(f"a trainer setting is not valid: {message[:300]}; check the trainer.* overrides") from None
@@ -169,13 +210,19 @@ def check_budget(trainer_cfg: DictConfig, trainer: L.Trainer) -> None:
     untrained model and a sample command for a checkpoint that does not exist."""
     timer = budget_timer(trainer)
     seconds = timer_duration(timer) if timer is not None else None
-    zero = {"max_time": seconds is not None and seconds <= 0, "max_steps": trainer.max_steps == 0,
-            "max_epochs": trainer.max_epochs == 0}
+    zero = {
+        "max_time": seconds is not None and seconds <= 0,
+        "max_steps": trainer.max_steps == 0,
+        "max_epochs": trainer.max_epochs == 0,
+    }
     key = next((key for key, empty in zero.items() if empty), None)
     if key is None:
         return
-    fix = ("a duration > 0, e.g. 00:00:30:00, or null for no limit" if key == "max_time"
-           else f"a number of {key.removeprefix('max_')} >= 1, or -1 for no limit")
+    fix = (
+        "a duration > 0, e.g. 00:00:30:00, or null for no limit"
+        if key == "max_time"
+        else f"a number of {key.removeprefix('max_')} >= 1, or -1 for no limit"
+    )
     value = OmegaConf.to_container(trainer_cfg, resolve=True)[key]
     raise UserError(f"trainer.{key}={value!r} is a budget of zero: nothing would be trained; give {fix}")
 
@@ -185,9 +232,11 @@ def check_launch_mode(trainer: L.Trainer, multirun: bool) -> None:
     command line: each child would run the whole sweep again. Processes started by SLURM,
     torchrun or ``ddp_spawn`` are fine, as is a single run with ``ddp``."""
     if multirun and relaunches_script(trainer):
-        raise UserError(f"{type(trainer.strategy).__name__} on {trainer.strategy.launcher.num_processes} devices would "
-                        "re-run the whole sweep in every rank under -m; use trainer.strategy=ddp_spawn for multirun "
-                        "sweeps, one run per command, or a SLURM launcher (hydra/launcher=slurm)")
+        raise UserError(
+            f"{type(trainer.strategy).__name__} on {trainer.strategy.launcher.num_processes} devices would "
+            "re-run the whole sweep in every rank under -m; use trainer.strategy=ddp_spawn for multirun "
+            "sweeps, one run per command, or a SLURM launcher (hydra/launcher=slurm)"
+        )
 
 
 class MultirunLaunchCheck(Callback):
@@ -211,8 +260,13 @@ def check_multirun_launch_mode(trainer_cfg: DictConfig) -> None:
     lightning_log.setLevel(logging.WARNING)  # this trainer is only looked at: no "GPU available" lines for it
     rank = rank_zero_only.rank  # a Trainer sets this process's rank from SLURM's or torchrun's variables
     try:
-        trainer = instantiate({"_target_": "lightning.pytorch.Trainer", **settings}, logger=False,
-                              enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+        trainer = instantiate(
+            {"_target_": "lightning.pytorch.Trainer", **settings},
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
     except Exception:
         return  # settings Lightning rejects (e.g. more GPUs than here): each job reports them itself
     finally:
@@ -247,18 +301,27 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         with graceful_stop.watch_spawned_ranks(trainer) if graceful_stop else contextlib.nullcontext():
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     except DiskFull as err:
-        raise DiskFull(f"{err}: free space there, then continue from the last good one with python train.py ... "
-                       f"resume={run_dir}") from None
+        raise DiskFull(
+            f"{err}: free space there, then continue from the last good one with python train.py ... resume={run_dir}"
+        ) from None
     metrics = logged_metrics(trainer, model)
-    metrics.update(parameters=parameters, fit_seconds=seconds_before + time.perf_counter() - started,
-                   vocab_size=len(datamodule.vocab), **fit_outcome(trainer))
+    metrics.update(
+        parameters=parameters,
+        fit_seconds=seconds_before + time.perf_counter() - started,
+        vocab_size=len(datamodule.vocab),
+        **fit_outcome(trainer),
+    )
     throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
     if throughput is not None and throughput.mean(trainer) is not None:
         metrics["chars_per_sec"] = throughput.mean(trainer)
     stopped_by = graceful_stop.stopped_by(trainer) if graceful_stop else None
     if stopped_by is not None:
-        log.warning("stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
-                    signal.Signals(stopped_by).name, metrics["steps"], run_dir)
+        log.warning(
+            "stopped by %s at step %d; checkpoints saved. Continue with: python train.py ... resume=%s",
+            signal.Signals(stopped_by).name,
+            metrics["steps"],
+            run_dir,
+        )
         raise SystemExit(128 + stopped_by)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and not Path(best).resolve().is_relative_to(run_dir.resolve()):
@@ -266,13 +329,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if cfg.test and not trainer.interrupted:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update(logged_metrics(trainer, model))
-        log.info("test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f", best or "last weights",
-                 metrics["test/loss"], metrics["test/bpc"], metrics["test/ppl"])
+        log.info(
+            "test (%s): loss %.4f nats/char, %.4f bpc, perplexity %.3f",
+            best or "last weights",
+            metrics["test/loss"],
+            metrics["test/bpc"],
+            metrics["test/ppl"],
+        )
     if trainer.is_global_zero:
         log_hparams(trainer, cfg, metrics)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        log.info("%s", end_summary(run_dir, metrics, best, cfg.callbacks.get("samples", {}).get("prompt"),
-                                   tensorboard=any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)))
+        log.info(
+            "%s",
+            end_summary(
+                run_dir,
+                metrics,
+                best,
+                cfg.callbacks.get("samples", {}).get("prompt"),
+                tensorboard=any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers),
+            ),
+        )
     return metrics
 
 
@@ -282,13 +358,26 @@ def log_start(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, datamodule: Ch
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
     devices = trainer.num_devices * trainer.num_nodes
     model = cfg.model
-    log.info("settings: model %s | optimizer %s | data %s", OmegaConf.to_container(model, resolve=True),
-             OmegaConf.to_container(cfg.optimizer, resolve=True), OmegaConf.to_container(cfg.data, resolve=True),
-             extra={"console": False})
+    log.info(
+        "settings: model %s | optimizer %s | data %s",
+        OmegaConf.to_container(model, resolve=True),
+        OmegaConf.to_container(cfg.optimizer, resolve=True),
+        OmegaConf.to_container(cfg.data, resolve=True),
+        extra={"console": False},
+    )
     characters = datamodule.meta.get("characters", {}).get("train")
-    log.info("%s %d×%d, %s parameters | %s training chars, vocabulary %d | %s%s %s", model.cell, model.layers,
-             model.hidden_size, f"{parameters:,}", f"{characters / 1e6:.1f}M" if characters else "?",
-             len(datamodule.vocab), f"{devices}×" if devices > 1 else "", device, trainer.precision)
+    log.info(
+        "%s %d×%d, %s parameters | %s training chars, vocabulary %d | %s%s %s",
+        model.cell,
+        model.layers,
+        model.hidden_size,
+        f"{parameters:,}",
+        f"{characters / 1e6:.1f}M" if characters else "?",
+        len(datamodule.vocab),
+        f"{devices}×" if devices > 1 else "",
+        device,
+        trainer.precision,
+    )
     try:
         shown = run_dir.resolve().relative_to(Path.cwd())
     except ValueError:
@@ -303,29 +392,40 @@ def logged_metrics(trainer: L.Trainer, model: CharLM) -> dict:
     return {**metrics, **{f"{stage}/topic_confusion": m for stage, m in model.topic_confusion.items()}}
 
 
-def end_summary(run_dir: Path, metrics: dict[str, float], best: str, prompt: str | None,
-                tensorboard: bool = True) -> str:
+def end_summary(
+    run_dir: Path, metrics: dict[str, float], best: str, prompt: str | None, tensorboard: bool = True
+) -> str:
     """What a person needs when a run ends: where it is, how good it got, and the commands that
     sample from its best checkpoint and show its curves (quoted for a POSIX shell and for Hydra;
     TensorBoard's only when the run has a TensorBoard logger)."""
-    scores = [f"best val bpc {metrics['best/val_bpc']:.4f}" if "best/val_bpc" in metrics else "no validation",
-              *([f"test bpc {metrics['test/bpc']:.4f}"] if "test/bpc" in metrics else [])]
+    scores = [
+        f"best val bpc {metrics['best/val_bpc']:.4f}" if "best/val_bpc" in metrics else "no validation",
+        *([f"test bpc {metrics['test/bpc']:.4f}"] if "test/bpc" in metrics else []),
+    ]
     ckpt = best or str(run_dir / "checkpoints" / "last.ckpt")
     sample = ["python", "sample.py", override_arg("ckpt", ckpt)]
     if prompt is not None:
         sample.append(override_arg("prompt", prompt, quote=True))
     flag = undertrained(metrics.get("steps"), metrics.get("best/val_bpc"), metrics.get("vocab_size"))
-    return "\n".join([f"finished: {run_dir} | " + ", ".join(scores),
-                      *([f"  warning:     {flag}; give it a larger budget (trainer.max_time, trainer.max_steps)"]
-                        if flag else []),
-                      f"  sample:      {' '.join(sample)}",
-                      *([f"  tensorboard: tensorboard --logdir {shlex.quote(str(run_dir))}"] if tensorboard else [])])
+    return "\n".join(
+        [
+            f"finished: {run_dir} | " + ", ".join(scores),
+            *(
+                [f"  warning:     {flag}; give it a larger budget (trainer.max_time, trainer.max_steps)"]
+                if flag
+                else []
+            ),
+            f"  sample:      {' '.join(sample)}",
+            *([f"  tensorboard: tensorboard --logdir {shlex.quote(str(run_dir))}"] if tensorboard else []),
+        ]
+    )
 
 
 def override_arg(key: str, value: str, quote: bool = False) -> str:
     """``key=value`` as one shell word that Hydra reads back as the string ``value``. The value is
     put in Hydra's double quotes (with ``\\``, ``"`` and ``${`` escaped) when ``quote`` is set or
     Hydra would read it otherwise (as a number, a list, a sweep, an interpolation, ...)."""
+
     def parsed(text: str):  # what the job would see: parsed by Hydra, then resolved by OmegaConf
         try:
             value = OverridesParser.create().parse_override(f"{key}={text}").value()
@@ -348,13 +448,17 @@ def check_budget_left(checkpoint: dict, path, trainer: L.Trainer, datamodule: Ch
     best checkpoint as if it were its own: refused in one line instead."""
     step = checkpoint.get("global_step", 0)
     if trainer.max_steps is not None and 0 <= trainer.max_steps <= step:
-        raise UserError(f"ckpt_path={path} is at step {step}, already at trainer.max_steps={trainer.max_steps}: nothing "
-                        f"to train; raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) to continue it")
+        raise UserError(
+            f"ckpt_path={path} is at step {step}, already at trainer.max_steps={trainer.max_steps}: nothing "
+            f"to train; raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) to continue it"
+        )
     position = checkpoint.get(type(datamodule).__qualname__, {}).get("position")
     per_epoch = datamodule._batches_per_epoch(trainer.world_size)
     if position is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= position // per_epoch:
-        raise UserError(f"ckpt_path={path} has trained {position // per_epoch} epochs, already "
-                        f"trainer.max_epochs={trainer.max_epochs}: nothing to train; raise trainer.max_epochs to continue it")
+        raise UserError(
+            f"ckpt_path={path} has trained {position // per_epoch} epochs, already "
+            f"trainer.max_epochs={trainer.max_epochs}: nothing to train; raise trainer.max_epochs to continue it"
+        )
 
 
 def fit_outcome(trainer: L.Trainer) -> dict[str, float]:
@@ -396,8 +500,17 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) 
     params = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
     # the run's one-number results: columns of the HPARAMS table beside the settings
     results = {key: metrics[key] for key in RESULTS if isinstance(metrics.get(key), (int, float))}
-    summary = "\n".join(["| result | value |", "|---|---|", *(f"| {k} | {v:.4g} |" for k, v in results.items()),
-                         "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in params.items())])
+    summary = "\n".join(
+        [
+            "| result | value |",
+            "|---|---|",
+            *(f"| {k} | {v:.4g} |" for k, v in results.items()),
+            "",
+            "| setting | value |",
+            "|---|---|",
+            *(f"| {k} | {v} |" for k, v in params.items()),
+        ]
+    )
     params.update(results)
     write_text(trainer, "summary", summary)  # TEXT tab: the run on one page
     write_hparams(trainer, params)

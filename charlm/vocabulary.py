@@ -30,12 +30,12 @@ class Vocabulary:
         self._ids[codepoints] = np.arange(1, len(self.chars), dtype=self.dtype)
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocabulary":
+    def from_text(cls, text: str) -> Vocabulary:
         """Build the vocabulary of every distinct character in ``text``, sorted by code point."""
         return cls.from_codepoints(distinct_codepoints(text))
 
     @classmethod
-    def from_codepoints(cls, codepoints) -> "Vocabulary":
+    def from_codepoints(cls, codepoints) -> Vocabulary:
         """Build the vocabulary of the given distinct code points (see ``distinct_codepoints``)."""
         return cls([UNKNOWN] + [chr(c) for c in sorted(set(int(c) for c in codepoints)) if chr(c) != UNKNOWN])
 
@@ -62,9 +62,12 @@ class Vocabulary:
         plural = "" if len(unknown) == 1 else "s"
         known = repr("".join(self.chars[1:]))
         # the size the training log gives ("vocabulary of 84") counts id 0 too: both numbers, said so
-        known = (f"use only these: {known}" if len(known) <= 60 else
-                 f"the model knows {len(self) - 1:,} characters (its vocabulary of {len(self):,} has one more id, "
-                 "for unknown ones)")
+        known = (
+            f"use only these: {known}"
+            if len(known) <= 60
+            else f"the model knows {len(self) - 1:,} characters (its vocabulary of {len(self):,} has one more id, "
+            "for unknown ones)"
+        )
         return f"{len(unknown)} character{plural} not in the model's vocabulary: {names}; {known}"
 
     def decode(self, ids) -> str:

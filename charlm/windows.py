@@ -154,8 +154,9 @@ class ShuffledBatches(Sampler[list[int]]):
 
     BATCH_ROUNDS_PER_CALL = 256  # rounds (one batch for every rank) drawn per call of the permutation
 
-    def __init__(self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 position: int = 0):
+    def __init__(
+        self, num_windows: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, position: int = 0
+    ):
         self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.position = position
@@ -209,8 +210,16 @@ class StreamBatches(Sampler):
     ``CarryingWindows`` and whether the state carries over from the previous batch (not at the
     first chunk of an epoch, where every row starts over)."""
 
-    def __init__(self, num_tokens: int, nchars: int, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, position: int = 0):
+    def __init__(
+        self,
+        num_tokens: int,
+        nchars: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        position: int = 0,
+    ):
         self.num_tokens, self.nchars, self.batch_size, self.seed = num_tokens, nchars, batch_size, seed
         self.rank, self.world_size, self.position = rank, world_size, position
         self.rows = batch_size * world_size
@@ -304,8 +313,16 @@ class EvalStream(Dataset):
     chunks, so the ranks score disjoint rows that together are the whole stream. Each chunk
     is sliced from the (memory-mapped) ``tokens`` when asked for: nothing is copied ahead."""
 
-    def __init__(self, tokens: np.ndarray, rows: int, chunk: int, separator_id: int | None,
-                 rank: int = 0, world_size: int = 1, labels: np.ndarray | None = None):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        rows: int,
+        chunk: int,
+        separator_id: int | None,
+        rank: int = 0,
+        world_size: int = 1,
+        labels: np.ndarray | None = None,
+    ):
         n = len(tokens)
         cuts = np.linspace(0, n, min(rows, max(1, n // 2)) + 1).astype(np.int64)
         if separator_id is not None:
@@ -343,4 +360,3 @@ class EvalStream(Dataset):
                 topics[r, : len(piece)] = piece
             return x, y, torch.from_numpy(topics)
         return x, y
-

@@ -59,11 +59,25 @@ def tiny_run(tmp_path_factory) -> Path:
     text.write_text("".join(f"line {i:04d}: the quick brown fox jumps over the lazy dog.\n" for i in range(300)))
     run_dir = folder / "outputs" / "runs" / "tiny"
     run_dir.mkdir(parents=True)
-    cfg = compose_config(["data=text", f"data.path={text}", f"data.cache_dir={folder}/cache", "data.nchars=32",
-                          "data.eval_rows=8", "data.eval_chunk=64", "model.hidden_size=16", "model.embedding_dim=4",
-                          "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.max_time=null",
-                          "trainer.accelerator=cpu", "callbacks.samples.length=10",
-                          "callbacks.surprisal_image.chars=60"], run_dir)
+    cfg = compose_config(
+        [
+            "data=text",
+            f"data.path={text}",
+            f"data.cache_dir={folder}/cache",
+            "data.nchars=32",
+            "data.eval_rows=8",
+            "data.eval_chunk=64",
+            "model.hidden_size=16",
+            "model.embedding_dim=4",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=3",
+            "trainer.max_time=null",
+            "trainer.accelerator=cpu",
+            "callbacks.samples.length=10",
+            "callbacks.surprisal_image.chars=60",
+        ],
+        run_dir,
+    )
     train(cfg, run_dir)
     return run_dir
 
@@ -71,8 +85,9 @@ def tiny_run(tmp_path_factory) -> Path:
 def run_script(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedProcess:
     """Run one of the project's entry points as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 def started_together(target, path, cache_dir, built_log, n: int = 3) -> list[int]:
@@ -104,4 +119,6 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("xdist_group") is None:
             shared = sorted(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
             alone = not shared and item.get_closest_marker("slow") is not None
-            item.add_marker(pytest.mark.xdist_group(item.nodeid if alone else " ".join([item.module.__name__, *shared])))
+            item.add_marker(
+                pytest.mark.xdist_group(item.nodeid if alone else " ".join([item.module.__name__, *shared]))
+            )

@@ -33,5 +33,7 @@ class RecordLearningRates(L.Callback):
         import torch
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"lrs": self.lrs, "weights": {k: v.cpu() for k, v in pl_module.state_dict().items()}},
-                   self.out_dir / f"lr_rank{trainer.global_rank}.pt")
+        torch.save(
+            {"lrs": self.lrs, "weights": {k: v.cpu() for k, v in pl_module.state_dict().items()}},
+            self.out_dir / f"lr_rank{trainer.global_rank}.pt",
+        )

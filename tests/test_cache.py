@@ -16,14 +16,25 @@ import charlm.cache
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.sources import AgNewsCsv
+
 from conftest import started_together
 
 SPLIT_FILES = ("train", "val", "test", "train_labels", "val_labels", "test_labels")
 
 
 def make_dm(csv, cache_dir):
-    dm = CharDataModule(corpus="ag_news", path=str(csv), val_size=5, test_size=5, nchars=16, stride=16, batch_size=4,
-                        eval_rows=4, eval_chunk=32, cache_dir=str(cache_dir))
+    dm = CharDataModule(
+        corpus="ag_news",
+        path=str(csv),
+        val_size=5,
+        test_size=5,
+        nchars=16,
+        stride=16,
+        batch_size=4,
+        eval_rows=4,
+        eval_chunk=32,
+        cache_dir=str(cache_dir),
+    )
     dm.setup("fit")
     return dm
 
@@ -42,6 +53,7 @@ def truncate(name):
     def damage(cache):
         path = cache / name
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
     return damage
 
 
@@ -51,10 +63,12 @@ def delete(name):
 
 def edit_array(name, change):
     """Rewrite the array ``name`` with ``change(array)``: same dtype and size, so only a checksum finds it."""
+
     def damage(cache):
         array = np.load(cache / f"{name}.npy")
         change(array)
         np.save(cache / f"{name}.npy", array)
+
     return damage
 
 
@@ -63,6 +77,7 @@ def edit_meta(change):
         meta = json.loads((cache / "meta.json").read_text())
         change(meta)
         (cache / "meta.json").write_text(json.dumps(meta))
+
     return damage
 
 
@@ -75,7 +90,7 @@ def swap_two_characters(meta):
 def garble_in_range(tokens):
     """Ids of the middle third moved to other ids of the vocabulary: every id stays valid."""
     third = len(tokens) // 3
-    middle = tokens[third: 2 * third]
+    middle = tokens[third : 2 * third]
     middle[:] = (middle.astype(np.int64) % (int(tokens.max()) - 1) + 1).astype(tokens.dtype)
 
 
@@ -122,8 +137,9 @@ def test_a_whole_cache_is_not_encoded_again(tiny_csv, tmp_path, caplog, monkeypa
     assert not caplog.records
 
 
-def test_a_damaged_cache_without_its_source_stops_with_one_line_naming_the_folder(tiny_csv, tmp_path, monkeypatch,
-                                                                                capsys, caplog):
+def test_a_damaged_cache_without_its_source_stops_with_one_line_naming_the_folder(
+    tiny_csv, tmp_path, monkeypatch, capsys, caplog
+):
     cache = make_dm(tiny_csv, tmp_path / "cache").cache_path
     size = (cache / "train.npy").stat().st_size
     truncate("train.npy")(cache)
@@ -137,7 +153,8 @@ def test_a_damaged_cache_without_its_source_stops_with_one_line_naming_the_folde
     assert exited.value.code == 2 and not caplog.records  # the error line only
     assert capsys.readouterr().err == (
         f"error: the token cache {cache} is damaged (train.npy has {size // 2} bytes, not {size}: truncated or damaged) "
-        f"and could not be encoded again (No such file or directory: {tiny_csv}); delete {cache} and run again\n")
+        f"and could not be encoded again (No such file or directory: {tiny_csv}); delete {cache} and run again\n"
+    )
     shutil.rmtree(cache)  # what the line says; then, with the source back, the next run works
     monkeypatch.undo()
     assert make_dm(tiny_csv, tmp_path / "cache").cache_path == cache
@@ -156,7 +173,8 @@ def test_a_damaged_cache_in_a_folder_that_cannot_be_written_stops_with_one_line(
     assert str(refused.value) == (
         f"the token cache {cache} is damaged (it has no meta.json: a build that did not finish, or a deleted file) and "
         f"could not be encoded again (data.cache_dir={cache.parent} is not a writable folder (Read-only file system)); "
-        f"delete {cache} and run again")
+        f"delete {cache} and run again"
+    )
 
 
 def test_what_a_killed_build_left_is_removed_by_the_next_build(tiny_csv, tmp_path):
@@ -214,6 +232,6 @@ def test_a_large_file_is_checked_in_blocks_that_find_a_change_within_one_or_long
     good = file_checksum(path)
     for start, length in ((0, 1), (len(data) - 1, 1), (len(data) // 2, len(data) // (CHECK_BLOCKS - 1))):
         changed = bytearray(data)
-        changed[start:start + length] = bytes(255 - b for b in changed[start:start + length])
+        changed[start : start + length] = bytes(255 - b for b in changed[start : start + length])
         path.write_bytes(bytes(changed))
         assert file_checksum(path) != good, (start, length)

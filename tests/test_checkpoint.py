@@ -24,8 +24,11 @@ def save_like_lightning(module: CharLM, path):
 def module():
     torch.manual_seed(0)
     vocab = Vocabulary.from_text("hello world, how are you?")
-    return CharLM(vocab=vocab.chars, model=dict(cell="gru", hidden_size=16, layers=2, embedding_dim=4),
-                  optimizer={"_target_": "torch.optim.AdamW", "lr": 0.003})
+    return CharLM(
+        vocab=vocab.chars,
+        model=dict(cell="gru", hidden_size=16, layers=2, embedding_dim=4),
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 0.003},
+    )
 
 
 def test_checkpoint_round_trip_with_weights_only(module, tmp_path):
@@ -101,10 +104,21 @@ def test_a_full_disk_stops_in_one_line_keeps_the_last_checkpoint_and_resumes(tin
     the full folder and the resume command, and that resume then finishes the run."""
     run = tmp_path / "run"
     run.mkdir()  # as Hydra makes it
-    overrides = ["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}", "data.nchars=32",
-                 "data.stride=8", "data.batch_size=16", "model.hidden_size=16", "trainer.max_steps=30",
-                 "trainer.val_check_interval=10", "callbacks.samples.length=5", "test=false",
-                 "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
+    overrides = [
+        "data=text",
+        f"data.path={tiny_text}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.nchars=32",
+        "data.stride=8",
+        "data.batch_size=16",
+        "model.hidden_size=16",
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=10",
+        "callbacks.samples.length=5",
+        "test=false",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+    ]
     written = []
 
     def filling_open(file, mode="r", *args, **kwargs):
@@ -122,7 +136,8 @@ def test_a_full_disk_stops_in_one_line_keeps_the_last_checkpoint_and_resumes(tin
     assert [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()] == [
         f"error: the folder {run / 'checkpoints'} is full (No space left on device) writing {failed}; the checkpoints "
         f"saved before are kept: free space there, then continue from the last good one with python train.py ... "
-        f"resume={run}"]
+        f"resume={run}"
+    ]
     assert written[2].parent == run / "checkpoints" and not list((run / "checkpoints").glob(".*"))  # no temp file
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
 

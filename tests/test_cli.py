@@ -3,21 +3,35 @@
 import shlex
 
 import pytest
-
 import torch
 
 from conftest import run_script
 
-TINY = ["model.hidden_size=32", "model.embedding_dim=8", "data.nchars=32", "data.stride=32", "data.batch_size=16",
-        "data.val_size=40", "data.test_size=40", "trainer.max_steps=24", "trainer.val_check_interval=12",
-        "trainer.log_every_n_steps=4", "callbacks.samples.length=20"]
+TINY = [
+    "model.hidden_size=32",
+    "model.embedding_dim=8",
+    "data.nchars=32",
+    "data.stride=32",
+    "data.batch_size=16",
+    "data.val_size=40",
+    "data.test_size=40",
+    "trainer.max_steps=24",
+    "trainer.val_check_interval=12",
+    "trainer.log_every_n_steps=4",
+    "callbacks.samples.length=20",
+]
 
 
 @pytest.mark.slow
 def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
     run = tmp_path / "run"
-    result = run_script("train.py", f"data.path={ag_news_test_csv}", f"data.cache_dir={tmp_path / 'cache'}",
-                        f"hydra.run.dir={run}", *TINY)
+    result = run_script(
+        "train.py",
+        f"data.path={ag_news_test_csv}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run}",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run / "train.log").read_text()
     assert "test (" in log and "bpc" in log
@@ -26,13 +40,13 @@ def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
     for noise in ("💡 Tip", "GPU available", "TPU available", "LeafSpec", "Total FLOPs", "smaller than the logging"):
         assert noise not in console and noise not in log
     # the console starts with two short lines; Lightning's notes and the full settings are in train.log only
-    start = [line for line in result.stdout[:result.stdout.index("step ")].splitlines() if line.strip()]
+    start = [line for line in result.stdout[: result.stdout.index("step ")].splitlines() if line.strip()]
     assert len(start) == 2 and len(start[0]) <= 80, start  # the second: the run folder's path as given
     assert start[0].startswith("lstm 1×32, ") and start[1] == f"run folder: {run}"
     for note in ("Seed set to", "settings: model {", "Restoring states", "Loaded model weights", "stopped: `max_steps"):
         assert note in log and note not in console, note
     # the run ends with what to do next, on the console and in train.log
-    summary = log[log.index("finished: "):].splitlines()
+    summary = log[log.index("finished: ") :].splitlines()
     assert summary[0].startswith(f"finished: {run} | best val bpc ") and ", test bpc " in summary[0]
     assert "\n".join(summary) in result.stdout
     lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in summary[1:]}
@@ -68,9 +82,20 @@ def test_runs_started_together_get_their_own_folders(tmp_path, tiny_text):
     from conftest import ROOT
 
     # (a refused run leaves no folder: these two train, one step each)
-    args = [sys.executable, str(ROOT / "train.py"), "data=text", f"data.path={tiny_text}", "model.hidden_size=8",
-            "data.nchars=16", "trainer.max_steps=1", "~callbacks.samples", "test=false"]
-    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "data=text",
+        f"data.path={tiny_text}",
+        "model.hidden_size=8",
+        "data.nchars=16",
+        "trainer.max_steps=1",
+        "~callbacks.samples",
+        "test=false",
+    ]
+    procs = [
+        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     folders = list((tmp_path / "outputs" / "runs").iterdir())
     assert len(folders) == 2 and all((f / "metrics.json").exists() for f in folders)

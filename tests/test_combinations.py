@@ -4,10 +4,12 @@ runs are trained once, in this process, on the same small AG News-format corpus,
 ``outputs/runs`` (the topic run first, so the unconditioned one is the newest run)."""
 
 import math
+
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from test_topics import write_corpus
 
 from charlm.activations import surprisal
 from charlm.classify import run as classify_run
@@ -16,8 +18,8 @@ from charlm.errors import UserError
 from charlm.inspect import run as inspect_run
 from charlm.module import load_checkpoint, newest_checkpoint
 from charlm.training import train
+
 from conftest import ROOT
-from test_topics import write_corpus
 
 KINDS = ["plain", "topics"]
 TOPICS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -32,12 +34,27 @@ def runs(tmp_path_factory):
     for kind in reversed(KINDS):  # the unconditioned run last: the newest
         run_dir = folder / "outputs" / "runs" / kind
         run_dir.mkdir(parents=True)
-        cfg = compose_config([f"data.path={path}", "data.val_size=20", "data.test_size=20", "data.nchars=32",
-                              "data.stride=16", "data.batch_size=16", f"data.cache_dir={folder}/cache",
-                              "model.hidden_size=16", "model.embedding_dim=4", "trainer.max_steps=4",
-                              "trainer.val_check_interval=2", "trainer.max_time=null", "trainer.accelerator=cpu",
-                              "callbacks.samples.length=10", "callbacks.surprisal_image.chars=60",
-                              *(["model.topics=true"] if kind == "topics" else [])], run_dir)
+        cfg = compose_config(
+            [
+                f"data.path={path}",
+                "data.val_size=20",
+                "data.test_size=20",
+                "data.nchars=32",
+                "data.stride=16",
+                "data.batch_size=16",
+                f"data.cache_dir={folder}/cache",
+                "model.hidden_size=16",
+                "model.embedding_dim=4",
+                "trainer.max_steps=4",
+                "trainer.val_check_interval=2",
+                "trainer.max_time=null",
+                "trainer.accelerator=cpu",
+                "callbacks.samples.length=10",
+                "callbacks.surprisal_image.chars=60",
+                *(["model.topics=true"] if kind == "topics" else []),
+            ],
+            run_dir,
+        )
         train(cfg, run_dir)
         ckpts[kind] = run_dir / "checkpoints" / "best.ckpt"
     return folder, ckpts
@@ -82,8 +99,9 @@ def test_inspect(runs, kind, tmp_path):
     topics = [None, "sports"] if kind == "topics" else [None]
     for topic in topics:
         out = tmp_path / f"{topic}.html"
-        page, inspection = inspect_run(config("inspect", [f"ckpt={ckpts[kind]}", f"text={text}", f"out={out}",
-                                                          f"topic={topic or 'null'}"]))
+        page, inspection = inspect_run(
+            config("inspect", [f"ckpt={ckpts[kind]}", f"text={text}", f"out={out}", f"topic={topic or 'null'}"])
+        )
         assert page == out and out.stat().st_size > 0
         module = load_checkpoint(ckpts[kind])
         ids = torch.from_numpy(module.vocab.encode(text).astype(np.int64))
@@ -97,10 +115,18 @@ def test_inspect(runs, kind, tmp_path):
     if kind == "topics":
         unknown, sports = (surprisal(load_checkpoint(ckpts[kind]).net, ids, topic=t) for t in (None, 1))
         assert not np.allclose(unknown[1:], sports[1:])  # the topic is read
-        for topic, message in [("all", "topic=all is one topic at a time here; pass one of this model's topics: "
-                                        "World, Sports, Business, Sci/Tech (or null: the topic unknown)"),
-                               ("Cooking", "topic=Cooking is not one of this model's topics: World, Sports, Business, "
-                                           "Sci/Tech (or null: the topic unknown)")]:
+        for topic, message in [
+            (
+                "all",
+                "topic=all is one topic at a time here; pass one of this model's topics: "
+                "World, Sports, Business, Sci/Tech (or null: the topic unknown)",
+            ),
+            (
+                "Cooking",
+                "topic=Cooking is not one of this model's topics: World, Sports, Business, "
+                "Sci/Tech (or null: the topic unknown)",
+            ),
+        ]:
             with pytest.raises(UserError) as refused:
                 inspect_run(config("inspect", [f"ckpt={ckpts[kind]}", f"text={text}", f"topic={topic}"]))
             assert str(refused.value) == message
@@ -116,8 +142,9 @@ def test_classify(runs, kind):
     if kind == "plain":
         with pytest.raises(UserError) as refused:
             classify_run(cfg)
-        assert str(refused.value) == (f"ckpt={ckpts[kind]} has no topics; classify needs a model trained with "
-                                      "model.topics=true")
+        assert str(refused.value) == (
+            f"ckpt={ckpts[kind]} has no topics; classify needs a model trained with model.topics=true"
+        )
         return
     probabilities = classify_run(cfg)
     assert sorted(probabilities) == sorted(TOPICS) and sum(probabilities.values()) == pytest.approx(1)
@@ -147,8 +174,10 @@ def test_classify_takes_the_newest_topic_run_by_default(runs, tmp_path):
     (tmp_path / "runs" / "checkpoints" / "best.ckpt").write_bytes(b"not a checkpoint")  # passed over
     with pytest.raises(UserError) as refused:
         classify_run(config("classify", [f"runs_dir={tmp_path}", "text=ccc"]))
-    assert str(refused.value) == (f"no checkpoints/best.ckpt of a model trained with topics under runs_dir={tmp_path}; "
-                                  "train one (python train.py model.topics=true) or pass ckpt=PATH")
+    assert str(refused.value) == (
+        f"no checkpoints/best.ckpt of a model trained with topics under runs_dir={tmp_path}; "
+        "train one (python train.py model.topics=true) or pass ckpt=PATH"
+    )
 
 
 def test_text_with_commas_and_apostrophes_as_typed(runs, monkeypatch, capsys):
@@ -163,11 +192,16 @@ def test_text_with_commas_and_apostrophes_as_typed(runs, monkeypatch, capsys):
     classify._main()
     out, err = capsys.readouterr()
     # (the tiny test corpus lacks most of these letters: classify says so in a warning line first)
-    assert err.splitlines()[-1] == f"note: no ckpt given: using the newest topic run's {ckpts['topics'].relative_to(folder)}"
+    assert (
+        err.splitlines()[-1]
+        == f"note: no ckpt given: using the newest topic run's {ckpts['topics'].relative_to(folder)}"
+    )
     assert sorted(line.split()[0] for line in out.splitlines()) == sorted(TOPICS)
     text = "Sudan's talks, again"
-    monkeypatch.setattr("sys.argv", ["inspect", f"ckpt={ckpts['topics']}", f"text={text}", "topic=Sports",
-                                     f"out={folder / 'page.html'}"])
+    monkeypatch.setattr(
+        "sys.argv",
+        ["inspect", f"ckpt={ckpts['topics']}", f"text={text}", "topic=Sports", f"out={folder / 'page.html'}"],
+    )
     inspect._main()
     out = capsys.readouterr().out
     assert f"{len(text)} characters" in out and "(topic Sports)" in out

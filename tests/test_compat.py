@@ -33,8 +33,14 @@ def loader():
 
 
 def trainer(**kwargs):
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
-                     enable_progress_bar=False, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        **kwargs,
+    )
 
 
 def test_the_launchers_tell_spawned_and_relaunched_ranks_apart():
@@ -95,7 +101,9 @@ def test_dataset_fingerprint_and_tensorboard_writer(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     a, b = (datasets.Dataset.from_dict({"text": [text]}) for text in ("one", "two"))
-    assert isinstance(compat.dataset_fingerprint(a), str) and compat.dataset_fingerprint(a) != compat.dataset_fingerprint(b)
+    assert isinstance(compat.dataset_fingerprint(a), str) and compat.dataset_fingerprint(
+        a
+    ) != compat.dataset_fingerprint(b)
     writer = SummaryWriter(str(tmp_path))
     assert hasattr(compat.tensorboard_file_writer(writer), "add_summary")
     writer.close()

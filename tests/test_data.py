@@ -6,15 +6,26 @@ import pytest
 import torch
 
 from charlm.data import CharDataModule
+from charlm.errors import UserError
 from charlm.sources import SEPARATOR, read_ag_news_csv
 from charlm.windows import IGNORE, ORDER_VERSION
-from charlm.errors import UserError
+
 from conftest import started_together
 
 
 def make_dm(path, tmp_path, **kwargs):
-    args = dict(corpus="ag_news", path=str(path), val_size=5, test_size=5, nchars=16, stride=4, batch_size=8,
-                eval_rows=4, eval_chunk=32, cache_dir=str(tmp_path / "cache"))
+    args = dict(
+        corpus="ag_news",
+        path=str(path),
+        val_size=5,
+        test_size=5,
+        nchars=16,
+        stride=4,
+        batch_size=8,
+        eval_rows=4,
+        eval_chunk=32,
+        cache_dir=str(tmp_path / "cache"),
+    )
     args.update(kwargs)
     dm = CharDataModule(**args)
     dm.setup("fit")
@@ -154,10 +165,12 @@ def test_hub_path_uses_test_split_and_a_tail_of_train_for_val(tmp_path, monkeypa
     datasets = pytest.importorskip("datasets")
     train = [f"train articles {i}" for i in range(40)]
     test = [f"test article {i}" for i in range(10)]
-    fake = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": train, "label": [0] * 40}),
-        "test": datasets.Dataset.from_dict({"text": test, "label": [0] * 10}),
-    })
+    fake = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": train, "label": [0] * 40}),
+            "test": datasets.Dataset.from_dict({"text": test, "label": [0] * 10}),
+        }
+    )
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda name: calls.append(name) or fake)
     monkeypatch.setattr("charlm.sources.hub_unreachable", lambda: None)  # the Hub answers
@@ -192,8 +205,9 @@ def test_hub_unreachable_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("local_copy", [True, False])
-def test_a_hub_that_does_not_answer_is_found_by_one_request_then_datasets_runs_offline(tmp_path, monkeypatch,
-                                                                                       local_copy):
+def test_a_hub_that_does_not_answer_is_found_by_one_request_then_datasets_runs_offline(
+    tmp_path, monkeypatch, local_copy
+):
     """One request to an endpoint that refuses it; then ``datasets`` loads its local copy in offline mode
     (or fails at once without one) instead of trying each file 6 times over 30 s."""
     datasets = pytest.importorskip("datasets")
@@ -202,8 +216,12 @@ def test_a_hub_that_does_not_answer_is_found_by_one_request_then_datasets_runs_o
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    fake = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": [f"{split} article {i}" for i in range(20)]})
-                                 for split in ("train", "test")})
+    fake = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict({"text": [f"{split} article {i}" for i in range(20)]})
+            for split in ("train", "test")
+        }
+    )
     modes = []
 
     def load_dataset(name):
@@ -218,8 +236,11 @@ def test_a_hub_that_does_not_answer_is_found_by_one_request_then_datasets_runs_o
         dm.setup("fit")
         assert dm.vocab.decode(np.load(dm.cache_path / "train.npy")) == SEPARATOR.join(fake["train"]["text"][:16])
     else:
-        with pytest.raises(UserError, match=r"^could not load fancyzhx/ag_news from the Hugging Face Hub \(no answer "
-                                            r"from http://127\.0\.0\.1:9: .*Connection refused\); offline\? use a local copy"):
+        with pytest.raises(
+            UserError,
+            match=r"^could not load fancyzhx/ag_news from the Hugging Face Hub \(no answer "
+            r"from http://127\.0\.0\.1:9: .*Connection refused\); offline\? use a local copy",
+        ):
             dm.setup("fit")
     assert modes == [(True, True)]
     assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == (False, False)  # put back
@@ -250,7 +271,9 @@ def test_text_is_read_in_pieces_and_decoded_across_piece_boundaries(tmp_path):
 
 
 @pytest.mark.parametrize("chunk_bytes, val_size, test_size", [(1000, 0.1, 3000), (1 << 23, 10, 10)])
-def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(tmp_path, monkeypatch, chunk_bytes, val_size, test_size):
+def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(
+    tmp_path, monkeypatch, chunk_bytes, val_size, test_size
+):
     import charlm.sources
     from charlm.vocabulary import Vocabulary
 
@@ -265,7 +288,11 @@ def test_a_streamed_text_corpus_encodes_as_the_whole_text_would(tmp_path, monkey
     vocab = Vocabulary.from_text(text[:n_train])
     assert dm.vocab.chars == vocab.chars
     whole = vocab.encode(text)
-    for split, (a, b) in {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, None)}.items():
+    for split, (a, b) in {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, None),
+    }.items():
         assert np.array_equal(np.load(dm.cache_path / f"{split}.npy"), whole[a:b]), split
 
 
@@ -372,8 +399,9 @@ def stream_epoch(dm, epoch):
 
 
 @pytest.mark.parametrize("nchars, batch_size", [(16, 8), (7, 3), (40, 1)])
-def test_streams_serve_each_target_at_most_once_an_epoch_and_leave_out_less_than_a_round(tiny_csv, tmp_path, nchars,
-                                                                                         batch_size):
+def test_streams_serve_each_target_at_most_once_an_epoch_and_leave_out_less_than_a_round(
+    tiny_csv, tmp_path, nchars, batch_size
+):
     dm = make_dm(tiny_csv, tmp_path, order="streams", nchars=nchars, batch_size=batch_size)
     tokens = torch.from_numpy(np.load(dm.cache_path / "train.npy").astype(np.int64))
     sampler = dm.train_dataloader().batch_sampler
@@ -388,7 +416,9 @@ def test_streams_serve_each_target_at_most_once_an_epoch_and_leave_out_less_than
         for k, (x, y, _) in enumerate(batches):
             assert x.shape == y.shape == (batch_size, nchars) and torch.equal(x[:, 1:], y[:, :-1])
             for r, start in enumerate(starts + k * nchars):  # row r continues where its last chunk ended
-                assert torch.equal(x[r], tokens[start : start + nchars]) and torch.equal(y[r], tokens[start + 1 : start + nchars + 1])
+                assert torch.equal(x[r], tokens[start : start + nchars]) and torch.equal(
+                    y[r], tokens[start + 1 : start + nchars + 1]
+                )
                 targets[start + 1 : start + nchars + 1] += 1
         assert targets.max() == 1
         missed = len(tokens) - 1 - targets.sum()  # target positions are 1 .. n-1
@@ -402,7 +432,9 @@ def test_streams_ranks_take_disjoint_rows_and_the_order_resumes_mid_epoch():
     n, nchars, size, world = 5003, 10, 4, 3
     per_rank = [StreamBatches(n, nchars, size, seed=2, rank=r, world_size=world) for r in range(world)]
     assert len({len(s) for s in per_rank}) == 1 and len(per_rank[0]) == (n - nchars) // (size * world * nchars)
-    targets = [np.concatenate([starts[:, None] + np.arange(1, nchars + 1) for starts, _ in s]).ravel() for s in per_rank]
+    targets = [
+        np.concatenate([starts[:, None] + np.arange(1, nchars + 1) for starts, _ in s]).ravel() for s in per_rank
+    ]
     everything = np.concatenate(targets)
     assert len(set(everything)) == len(everything)  # each rank its own rows: no target on two ranks
     full = list(per_rank[1])
@@ -422,8 +454,12 @@ def test_articles_are_one_batch_each_of_every_window_in_file_order(tiny_csv, tmp
     for (x, y), text in zip(batches, kept):
         ids = torch.tensor(dm.vocab.encode(text))
         assert x.shape == (len(text) - 30, 30)  # a window at every start whose target fits
-        assert all(torch.equal(x[i], ids[i : i + 30]) and torch.equal(y[i], ids[i + 1 : i + 31]) for i in (0, 7, len(x) - 1))
-    dm.load_state_dict({"position": len(kept) + 3, "order": ORDER_VERSION, "data_order": "articles"})  # epoch 1, article 3
+        assert all(
+            torch.equal(x[i], ids[i : i + 30]) and torch.equal(y[i], ids[i + 1 : i + 31]) for i in (0, 7, len(x) - 1)
+        )
+    dm.load_state_dict(
+        {"position": len(kept) + 3, "order": ORDER_VERSION, "data_order": "articles"}
+    )  # epoch 1, article 3
     assert all(torch.equal(a[0], b[0]) for a, b in zip(dm.train_dataloader(), batches[3:]))
 
 
@@ -436,5 +472,3 @@ def test_articles_of_a_short_article_are_skipped_and_ranks_take_turns(tmp_path):
     assert [b.tolist() for b in ArticleBatches(bounds, nchars=2)] == [[3, 4], [9, 10, 11]]
     assert [b.tolist() for b in ArticleBatches(bounds, nchars=2, rank=1, world_size=2)] == [[9, 10, 11]]
     assert len(ArticleBatches(bounds, nchars=2, rank=0, world_size=3)) == 0
-
-

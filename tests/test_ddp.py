@@ -16,6 +16,7 @@ import torch
 
 from charlm.data import CharDataModule
 from charlm.module import load_checkpoint
+
 from conftest import ROOT, run_script
 
 pytestmark = pytest.mark.slow  # every test here starts train.py processes
@@ -34,19 +35,48 @@ def ddp_run(tmp_path_factory):
     """A 2-rank DDP run of train.py on random text (so every window is unique), one epoch."""
     tmp = tmp_path_factory.mktemp("ddp")
     corpus = random_text(tmp / "corpus.txt")
-    data = ["data=text", f"data.path={corpus}", f"data.cache_dir={tmp / 'cache'}", "data.val_size=3000",
-            "data.test_size=3000", f"data.nchars={NCHARS}", f"data.stride={NCHARS}", f"data.batch_size={BATCH}",
-            "data.eval_rows=5", "data.eval_chunk=64"]
-    result = run_script(ROOT / "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", *data,
-                        "trainer.max_epochs=1", "model.hidden_size=32", "model.embedding_dim=8",
-                        "trainer.log_every_n_steps=5", "callbacks.samples.length=20",
-                        "+callbacks.record._target_=tests.recorder.RecordTrainingWindows",
-                        f"+callbacks.record.out_dir={tmp / 'windows'}", cwd=tmp)
+    data = [
+        "data=text",
+        f"data.path={corpus}",
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.val_size=3000",
+        "data.test_size=3000",
+        f"data.nchars={NCHARS}",
+        f"data.stride={NCHARS}",
+        f"data.batch_size={BATCH}",
+        "data.eval_rows=5",
+        "data.eval_chunk=64",
+    ]
+    result = run_script(
+        ROOT / "train.py",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        *data,
+        "trainer.max_epochs=1",
+        "model.hidden_size=32",
+        "model.embedding_dim=8",
+        "trainer.log_every_n_steps=5",
+        "callbacks.samples.length=20",
+        "+callbacks.record._target_=tests.recorder.RecordTrainingWindows",
+        f"+callbacks.record.out_dir={tmp / 'windows'}",
+        cwd=tmp,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp / "outputs" / "runs").iterdir())
     assert len(runs) == 1  # the second rank works in the first one's folder
-    dm = CharDataModule(corpus="text", path=str(corpus), cache_dir=str(tmp / "cache"), val_size=3000,
-                        test_size=3000, nchars=NCHARS, stride=NCHARS, batch_size=BATCH, eval_rows=5, eval_chunk=64)
+    dm = CharDataModule(
+        corpus="text",
+        path=str(corpus),
+        cache_dir=str(tmp / "cache"),
+        val_size=3000,
+        test_size=3000,
+        nchars=NCHARS,
+        stride=NCHARS,
+        batch_size=BATCH,
+        eval_rows=5,
+        eval_chunk=64,
+    )
     dm.setup("fit")
     return tmp, runs[0], dm
 
@@ -65,8 +95,9 @@ def test_ranks_train_on_disjoint_shards_that_cover_the_epoch(ddp_run):
 def test_metrics_reduced_across_ranks_equal_one_process_on_the_same_weights(ddp_run):
     tmp, run, dm = ddp_run
     metrics = json.loads((run / "metrics.json").read_text())
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     for stage, ckpt, step in (("val", "last", trainer.validate), ("test", "best", trainer.test)):
         module = load_checkpoint(run / "checkpoints" / f"{ckpt}.ckpt")
         step(module, datamodule=dm, verbose=False)
@@ -90,8 +121,17 @@ def test_checkpoints_logs_and_metrics_are_written_once(ddp_run):
 
 
 def test_a_multirun_with_ddp_stops_before_training_with_one_line(tmp_path, tiny_text):
-    result = run_script(ROOT / "train.py", "-m", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-                        "data=text", f"data.path={tiny_text}", "model.hidden_size=16,32", cwd=tmp_path)
+    result = run_script(
+        ROOT / "train.py",
+        "-m",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "data=text",
+        f"data.path={tiny_text}",
+        "model.hidden_size=16,32",
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert "use trainer.strategy=ddp_spawn for multirun" in result.stderr
     assert "Traceback" not in result.stderr
@@ -100,10 +140,25 @@ def test_a_multirun_with_ddp_stops_before_training_with_one_line(tmp_path, tiny_
 
 @pytest.mark.xdist_group("ddp spawn multirun")
 def test_a_multirun_with_ddp_spawn_runs_every_job_on_two_ranks(tmp_path, tiny_text):
-    result = run_script(ROOT / "train.py", "-m", "trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2",
-                        "trainer.accelerator=cpu", "data=text", f"data.path={tiny_text}", "data.val_size=2000",
-                        "data.test_size=2000", "data.nchars=32", "data.stride=32", "data.batch_size=8",
-                        "model.hidden_size=16,32", "trainer.max_steps=6", "callbacks.samples.length=10", cwd=tmp_path)
+    result = run_script(
+        ROOT / "train.py",
+        "-m",
+        "trainer=ddp",
+        "trainer.strategy=ddp_spawn",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "data=text",
+        f"data.path={tiny_text}",
+        "data.val_size=2000",
+        "data.test_size=2000",
+        "data.nchars=32",
+        "data.stride=32",
+        "data.batch_size=8",
+        "model.hidden_size=16,32",
+        "trainer.max_steps=6",
+        "callbacks.samples.length=10",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((tmp_path / "outputs" / "sweeps").glob("*/*/metrics.json"))
     assert len(jobs) == 2 and not (tmp_path / "outputs" / "runs").exists()
@@ -119,13 +174,30 @@ def test_ranks_share_one_clock_under_a_time_budget(tmp_path):
     """Under trainer.max_time the learning rate follows the clock; every rank reads rank 0's, so
     the ranks' learning rates are equal at every step and their weights stay identical."""
     corpus = random_text(tmp_path / "corpus.txt")
-    result = run_script(ROOT / "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data=text",
-                        f"data.path={corpus}", "data.val_size=3000", "data.test_size=3000", "data.nchars=32",
-                        "data.stride=32", "data.batch_size=8", "model.hidden_size=16", "model.embedding_dim=8",
-                        "trainer.max_time=00:00:00:04", "trainer.max_epochs=-1", "callbacks.lr_decay.warmup_steps=5",
-                        "~callbacks.samples", "~callbacks.surprisal_image", "test=false",
-                        "+callbacks.record._target_=tests.recorder.RecordLearningRates",
-                        f"+callbacks.record.out_dir={tmp_path / 'lr'}", cwd=tmp_path)
+    result = run_script(
+        ROOT / "train.py",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "data=text",
+        f"data.path={corpus}",
+        "data.val_size=3000",
+        "data.test_size=3000",
+        "data.nchars=32",
+        "data.stride=32",
+        "data.batch_size=8",
+        "model.hidden_size=16",
+        "model.embedding_dim=8",
+        "trainer.max_time=00:00:00:04",
+        "trainer.max_epochs=-1",
+        "callbacks.lr_decay.warmup_steps=5",
+        "~callbacks.samples",
+        "~callbacks.surprisal_image",
+        "test=false",
+        "+callbacks.record._target_=tests.recorder.RecordLearningRates",
+        f"+callbacks.record.out_dir={tmp_path / 'lr'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / "lr" / f"lr_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert len(ranks[0]["lrs"]) == len(ranks[1]["lrs"]) > 10
@@ -140,13 +212,31 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
     """SIGTERM to rank 1 only: the ranks agree to stop, save, and exit; no rank waits forever."""
     log = open(tmp_path / "stderr.txt", "w")
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.devices=2",
-                             "trainer.accelerator=cpu", "data=text", f"data.path={random_text(tmp_path / 'c.txt')}",
-                             "data.val_size=3000", "data.test_size=3000", "data.nchars=32", "data.stride=32",
-                             "data.batch_size=8", "model.hidden_size=32", "trainer.max_epochs=1000",
-                             "callbacks.last_checkpoint.every_n_train_steps=7", "callbacks.samples.length=10",
-                             f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "data=text",
+            f"data.path={random_text(tmp_path / 'c.txt')}",
+            "data.val_size=3000",
+            "data.test_size=3000",
+            "data.nchars=32",
+            "data.stride=32",
+            "data.batch_size=8",
+            "model.hidden_size=32",
+            "trainer.max_epochs=1000",
+            "callbacks.last_checkpoint.every_n_train_steps=7",
+            "callbacks.samples.length=10",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run / "checkpoints" / "last.ckpt").exists():
@@ -169,9 +259,13 @@ def spawned_ranks(pid):
     return sorted(child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes())
 
 
-@pytest.mark.parametrize("how, signum", [
-    pytest.param("rank 1", signal.SIGTERM, marks=pytest.mark.xdist_group("ddp spawn rank 1")),
-    pytest.param("process group", signal.SIGINT, marks=pytest.mark.xdist_group("ddp spawn process group"))])
+@pytest.mark.parametrize(
+    "how, signum",
+    [
+        pytest.param("rank 1", signal.SIGTERM, marks=pytest.mark.xdist_group("ddp spawn rank 1")),
+        pytest.param("process group", signal.SIGINT, marks=pytest.mark.xdist_group("ddp spawn process group")),
+    ],
+)
 def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, signum):
     """Under ddp_spawn the ranks are worker processes and train.py waits in the main one. A SIGTERM
     to rank 1 only, or a terminal's Ctrl-C (SIGINT to the whole process group, which the main
@@ -180,14 +274,31 @@ def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, sig
     finished; skipped"; run once, the stop being the same). A SIGTERM to the main process alone
     takes the same path as the Ctrl-C's in the main process (GracefulStop.watch_spawned_ranks)."""
     run = tmp_path / "run"
-    settings = ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.accelerator=cpu", "data=text",
-                f"data.path={random_text(tmp_path / 'c.txt')}", "data.val_size=3000", "data.test_size=3000",
-                "data.nchars=32", "data.stride=32", "data.batch_size=8", "model.hidden_size=16",
-                "callbacks.last_checkpoint.every_n_train_steps=7", "callbacks.samples.length=10"]
+    settings = [
+        "trainer=ddp",
+        "trainer.strategy=ddp_spawn",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "data=text",
+        f"data.path={random_text(tmp_path / 'c.txt')}",
+        "data.val_size=3000",
+        "data.test_size=3000",
+        "data.nchars=32",
+        "data.stride=32",
+        "data.batch_size=8",
+        "model.hidden_size=16",
+        "callbacks.last_checkpoint.every_n_train_steps=7",
+        "callbacks.samples.length=10",
+    ]
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *settings, "trainer.max_steps=1000000",
-                                 f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *settings, "trainer.max_steps=1000000", f"hydra.run.dir={run}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while not (run / "checkpoints" / "last.ckpt").exists():
@@ -202,13 +313,16 @@ def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, sig
         proc.kill()
     output, log = (tmp_path / "stderr.txt").read_text(), (run / "train.log").read_text()
     stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert f"stopped by {signal.Signals(signum).name} at step {stopped}; checkpoints saved. Continue with: python " \
-           f"train.py ... resume={run}" in log
+    assert (
+        f"stopped by {signal.Signals(signum).name} at step {stopped}; checkpoints saved. Continue with: python "
+        f"train.py ... resume={run}" in log
+    )
     assert "KeyboardInterrupt" not in output + log and "Traceback" not in output + log
     assert not (run / "metrics.json").exists() and "test (" not in log
     if how != "rank 1":
         return
-    resumed = run_script(ROOT / "train.py", *settings, f"trainer.max_steps={stopped + 10}", f"resume={run}",
-                         cwd=tmp_path)
+    resumed = run_script(
+        ROOT / "train.py", *settings, f"trainer.max_steps={stopped + 10}", f"resume={run}", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["steps"] == stopped + 10

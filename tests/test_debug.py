@@ -21,6 +21,7 @@ def seen(monkeypatch):
         def recorded(self, batch, batch_idx, original=original, stage=stage):
             seen[stage].append(batch[0][0].clone())
             return original(self, batch, batch_idx)
+
         monkeypatch.setattr(CharLM, hook, recorded)
     return seen
 
@@ -28,11 +29,28 @@ def seen(monkeypatch):
 def run(preset, tiny_text, tmp_path, *overrides):
     run_dir = tmp_path / preset
     run_dir.mkdir()
-    cfg = compose_config([f"debug={preset}", "data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path}/cache",
-                          "data.nchars=16", "data.stride=16", "data.batch_size=4", "data.eval_rows=2",
-                          "data.eval_chunk=32", "model.hidden_size=8", "model.embedding_dim=4",
-                          "trainer.accelerator=cpu", "callbacks.samples.length=5", "callbacks.surprisal_image.chars=40",
-                          "callbacks.train_eval.chars=64", "callbacks.validation.points=2", *overrides], run_dir)
+    cfg = compose_config(
+        [
+            f"debug={preset}",
+            "data=text",
+            f"data.path={tiny_text}",
+            f"data.cache_dir={tmp_path}/cache",
+            "data.nchars=16",
+            "data.stride=16",
+            "data.batch_size=4",
+            "data.eval_rows=2",
+            "data.eval_chunk=32",
+            "model.hidden_size=8",
+            "model.embedding_dim=4",
+            "trainer.accelerator=cpu",
+            "callbacks.samples.length=5",
+            "callbacks.surprisal_image.chars=40",
+            "callbacks.train_eval.chars=64",
+            "callbacks.validation.points=2",
+            *overrides,
+        ],
+        run_dir,
+    )
     return run_dir, train(cfg, run_dir)
 
 

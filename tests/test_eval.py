@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -17,6 +16,8 @@ from charlm.evaluation import data_config, format_table, run, write_results
 from charlm.module import load_checkpoint
 from charlm.scoring import evaluate_stream, split_metrics
 from charlm.windows import EvalStream
+
+from conftest import ROOT, run_script
 
 
 def evaluate(overrides, notes=None):
@@ -56,8 +57,16 @@ def test_another_corpus_is_read_in_the_checkpoints_own_ids(tiny_run, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("".join(f"The Lazy Dog: a quick brown fox, line {chr(97 + i % 26)}.\n" for i in range(200)))
     notes = []
-    row = evaluate([f"ckpt={tiny_run}/checkpoints/best.ckpt", "data=text", f"data.path={other}",
-                    f"data.cache_dir={tmp_path}/cache", "data.eval_rows=5"], notes)
+    row = evaluate(
+        [
+            f"ckpt={tiny_run}/checkpoints/best.ckpt",
+            "data=text",
+            f"data.path={other}",
+            f"data.cache_dir={tmp_path}/cache",
+            "data.eval_rows=5",
+        ],
+        notes,
+    )
     assert row["corpus"] == str(other)
     dm = CharDataModule(corpus="text", path=str(other), cache_dir=str(tmp_path / "cache"))
     dm.setup()
@@ -66,9 +75,13 @@ def test_another_corpus_is_read_in_the_checkpoints_own_ids(tiny_run, tmp_path):
     ids = module.vocab.encode(text).astype(np.int64)
     unknown = sorted({c for c, i in zip(text, ids) if not i})
     assert unknown and dm.vocab.chars != module.vocab.chars
-    assert notes == [(f"{int((ids == 0).sum()):,} of {len(ids):,} characters of the test split of {other} "
-                      f"({(ids == 0).mean():.1%}) are not in the checkpoint's vocabulary: {''.join(unknown)!r}; "
-                      "they are scored as its unknown id")]
+    assert notes == [
+        (
+            f"{int((ids == 0).sum()):,} of {len(ids):,} characters of the test split of {other} "
+            f"({(ids == 0).mean():.1%}) are not in the checkpoint's vocabulary: {''.join(unknown)!r}; "
+            "they are scored as its unknown id"
+        )
+    ]
     stream = EvalStream(ids, 5, 64, None)
     expected = evaluate_stream(module.net, (stream[i] for i in range(len(stream))), split_metrics("test"))
     assert row["bpc"] == pytest.approx(float(expected["test/bpc"]), rel=1e-6)

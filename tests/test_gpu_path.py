@@ -21,9 +21,20 @@ MODEL = dict(cell="lstm", hidden_size=8, layers=2, dropout=0.1, embedding_dim=0)
 
 
 def tiny_config(tiny_text, tmp_path, *overrides):
-    return compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
-                           "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=16",
-                           "callbacks.samples.length=5", *overrides], tmp_path / "run")
+    return compose_config(
+        [
+            "data=text",
+            f"data.path={tiny_text}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.nchars=32",
+            "data.stride=8",
+            "data.batch_size=16",
+            "model.hidden_size=16",
+            "callbacks.samples.length=5",
+            *overrides,
+        ],
+        tmp_path / "run",
+    )
 
 
 # --- precision
@@ -32,6 +43,7 @@ def tiny_config(tiny_text, tmp_path, *overrides):
 @pytest.fixture
 def no_half_rnn(monkeypatch):
     """An RNN layer that raises, as a cuDNN without bfloat16 (or fp16) RNNs does, under ``dtypes`` autocast."""
+
     def simulate(*dtypes):
         real = torch.nn.LSTM.forward
 
@@ -41,6 +53,7 @@ def no_half_rnn(monkeypatch):
             return real(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.nn.LSTM, "forward", forward)
+
     return simulate
 
 
@@ -53,8 +66,9 @@ def test_the_probe_runs_one_real_training_step_and_reports_a_failing_one(no_half
     assert precision.try_precision(MODEL, "32-true", cpu) is None
 
 
-@pytest.mark.parametrize("failing, expected", [((), "bf16-mixed"), (("bf16-mixed",), "16-mixed"),
-                                               (("bf16-mixed", "16-mixed"), "32-true")])
+@pytest.mark.parametrize(
+    "failing, expected", [((), "bf16-mixed"), (("bf16-mixed",), "16-mixed"), (("bf16-mixed", "16-mixed"), "32-true")]
+)
 def test_auto_takes_the_first_precision_that_runs_with_one_line_on_a_fallback(monkeypatch, caplog, failing, expected):
     tried = []
 
@@ -72,8 +86,10 @@ def test_auto_takes_the_first_precision_that_runs_with_one_line_on_a_fallback(mo
         assert tried == list(precision.AUTO_ORDER[: len(failing) + 1])
         lines = [r.getMessage() for r in caplog.records]
         if failing:
-            assert lines == [f"precision: {'; '.join(f'{n} failed (not implemented for {chr(39)}BFloat16{chr(39)})' for n in failing)}"
-                             f" on cuda:0; training with {expected}" + (" (TF32 matmuls)" if expected == "32-true" else "")]
+            assert lines == [
+                f"precision: {'; '.join(f'{n} failed (not implemented for {chr(39)}BFloat16{chr(39)})' for n in failing)}"
+                f" on cuda:0; training with {expected}" + (" (TF32 matmuls)" if expected == "32-true" else "")
+            ]
         else:
             assert lines == []
         assert torch.get_float32_matmul_precision() == ("high" if expected == "32-true" else matmul)
@@ -90,15 +106,23 @@ def test_auto_skips_bf16_on_a_gpu_without_native_bf16_and_is_32_true_on_the_cpu(
     assert precision.choose_precision("auto", "gpu", MODEL) == "16-mixed" and tried == ["16-mixed"]
 
 
-def test_a_simulated_gpu_without_half_rnns_trains_in_32_true_through_build(tiny_text, tmp_path, monkeypatch, no_half_rnn):
+def test_a_simulated_gpu_without_half_rnns_trains_in_32_true_through_build(
+    tiny_text, tmp_path, monkeypatch, no_half_rnn
+):
     """The whole decision as train.py makes it: on a 'GPU' (the CPU, through the GPU code path)
     whose RNN kernels refuse both half types, the Trainer is built with 32-true."""
     no_half_rnn(torch.bfloat16, torch.float16)
     monkeypatch.setattr(precision, "on_gpu", lambda device: True)
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    monkeypatch.setattr(precision, "precision_plugin",  # fp16 autocast as on a GPU (Lightning swaps it on the CPU)
-                        lambda name, device: L.pytorch.plugins.precision.MixedPrecision(name, "cpu")
-                        if name.endswith("mixed") else L.pytorch.plugins.precision.Precision())
+    monkeypatch.setattr(
+        precision,
+        "precision_plugin",  # fp16 autocast as on a GPU (Lightning swaps it on the CPU)
+        lambda name, device: (
+            L.pytorch.plugins.precision.MixedPrecision(name, "cpu")
+            if name.endswith("mixed")
+            else L.pytorch.plugins.precision.Precision()
+        ),
+    )
     matmul = torch.get_float32_matmul_precision()
     try:
         _, _, trainer = build(tiny_config(tiny_text, tmp_path, "trainer.max_steps=1"))
@@ -109,8 +133,11 @@ def test_a_simulated_gpu_without_half_rnns_trains_in_32_true_through_build(tiny_
 
 def test_an_explicit_precision_the_device_cannot_run_is_one_line(tiny_text, tmp_path, no_half_rnn):
     no_half_rnn(torch.bfloat16)
-    with pytest.raises(UserError, match=r"^trainer\.precision=bf16-mixed cannot train this model on cpu "
-                                        r"\(\"_cudnn_rnn\" not implemented for 'bfloat16'\); use trainer\.precision=auto"):
+    with pytest.raises(
+        UserError,
+        match=r"^trainer\.precision=bf16-mixed cannot train this model on cpu "
+        r"\(\"_cudnn_rnn\" not implemented for 'bfloat16'\); use trainer\.precision=auto",
+    ):
         build(tiny_config(tiny_text, tmp_path, "trainer.precision=bf16-mixed"))
     _, _, trainer = build(tiny_config(tiny_text, tmp_path, "trainer.precision=64-true"))  # honoured as asked
     assert trainer.precision == "64-true"
@@ -152,6 +179,7 @@ class SyncRecorder:
             if self.is_host(tensor):
                 self.mark_host(out)
             return out
+
         return wrapper
 
     def _wrap(self, name, method):
@@ -171,6 +199,7 @@ class SyncRecorder:
                 return out
             finally:
                 self.inside = False
+
         return wrapper
 
 
@@ -193,29 +222,41 @@ def test_training_steps_between_logging_steps_make_no_host_device_sync(tiny_text
     checkpoints) may read device values on the host; a per-step .item(), bool(tensor), .cpu() or
     print of a device tensor in the step, a callback or Lightning's loop fails this test."""
     log_every, steps = 10, 30
-    cfg = tiny_config(tiny_text, tmp_path, f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={log_every}",
-                      "callbacks.progress_bar.refresh_rate=3",  # the bar redraws between logging steps too
-                      "callbacks.validation.points=1")  # validation (a sync point of its own) at the end only
+    cfg = tiny_config(
+        tiny_text,
+        tmp_path,
+        f"trainer.max_steps={steps}",
+        f"trainer.log_every_n_steps={log_every}",
+        "callbacks.progress_bar.refresh_rate=3",  # the bar redraws between logging steps too
+        "callbacks.validation.points=1",
+    )  # validation (a sync point of its own) at the end only
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     recorder = SyncRecorder(monkeypatch)
     trainer.callbacks.insert(0, StepTracker(recorder))
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == steps
-    syncing = {step: dict(calls) for step, calls in recorder.calls.items()
-               if step % log_every and step != steps}
+    syncing = {step: dict(calls) for step, calls in recorder.calls.items() if step % log_every and step != steps}
     assert syncing == {}
     assert any(step % log_every == 0 for step in recorder.calls)  # the recorder does see the logging steps' reads
 
 
 def nan_at_step_25(tiny_text, tmp_path, validations: int):
     """A 40-step job (logging every 20 steps, ``validations`` validations) whose loss is NaN at step 25."""
-    cfg = tiny_config(tiny_text, tmp_path, "trainer.max_steps=40", "trainer.log_every_n_steps=20",
-                      "callbacks.last_checkpoint.every_n_train_steps=100", f"callbacks.validation.points={validations}")
+    cfg = tiny_config(
+        tiny_text,
+        tmp_path,
+        "trainer.max_steps=40",
+        "trainer.log_every_n_steps=20",
+        "callbacks.last_checkpoint.every_n_train_steps=100",
+        f"callbacks.validation.points={validations}",
+    )
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     real_step = model.training_step
-    model.training_step = lambda batch, batch_idx: real_step(batch, batch_idx) * (torch.nan if trainer.global_step == 24 else 1)
+    model.training_step = lambda batch, batch_idx: (
+        real_step(batch, batch_idx) * (torch.nan if trainer.global_step == 24 else 1)
+    )
     return datamodule, model, trainer
 
 
@@ -246,8 +287,18 @@ def test_a_nan_before_a_validation_is_caught_before_it(tiny_text, tmp_path):
 def data_module(path, tmp_path, on_device, **kwargs):
     from charlm.data import CharDataModule
 
-    dm = CharDataModule(corpus="ag_news", path=str(path), val_size=5, test_size=5, nchars=16, stride=4, batch_size=8,
-                        cache_dir=str(tmp_path / "cache"), on_device=on_device, **kwargs)
+    dm = CharDataModule(
+        corpus="ag_news",
+        path=str(path),
+        val_size=5,
+        test_size=5,
+        nchars=16,
+        stride=4,
+        batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+        on_device=on_device,
+        **kwargs,
+    )
     dm.setup("fit")
     return dm
 
@@ -255,8 +306,9 @@ def data_module(path, tmp_path, on_device, **kwargs):
 def as_rank(dm, rank, world_size):
     from types import SimpleNamespace
 
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size,
-                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    dm.trainer = SimpleNamespace(
+        global_rank=rank, world_size=world_size, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
     return dm
 
 
@@ -298,8 +350,14 @@ def fit_and_resume(tiny_text, tmp_path, on_device):
 
     recorded = []
     for steps, ckpt in ((5, None), (9, tmp_path / "run" / "checkpoints" / "last.ckpt")):
-        cfg = tiny_config(tiny_text, tmp_path, f"data.on_device={str(on_device).lower()}", f"trainer.max_steps={steps}",
-                          "~callbacks.progress_bar", "+trainer.enable_progress_bar=false")
+        cfg = tiny_config(
+            tiny_text,
+            tmp_path,
+            f"data.on_device={str(on_device).lower()}",
+            f"trainer.max_steps={steps}",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+        )
         L.seed_everything(0)
         datamodule, model, trainer = build(cfg)
         recorder = RecordInputs()
@@ -326,21 +384,43 @@ def test_two_jobs_side_by_side_give_the_results_of_the_same_jobs_one_after_anoth
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     from conftest import run_script
 
-    tiny = ["model.hidden_size=16,24", "model.embedding_dim=8", "data.nchars=32", "data.stride=32",
-            "data.batch_size=16", "data.val_size=20", "data.test_size=20", "trainer.max_steps=8",
-            "trainer.val_check_interval=4", "callbacks.samples.length=10", f"data.path={ag_news_test_csv}",
-            f"data.cache_dir={tmp_path / 'cache'}", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
+    tiny = [
+        "model.hidden_size=16,24",
+        "model.embedding_dim=8",
+        "data.nchars=32",
+        "data.stride=32",
+        "data.batch_size=16",
+        "data.val_size=20",
+        "data.test_size=20",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "callbacks.samples.length=10",
+        f"data.path={ag_news_test_csv}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+    ]
     results = {}
     for launcher in ("basic", "parallel"):
         sweep = tmp_path / launcher
-        result = run_script("train.py", "-m", f"hydra/launcher={launcher}", *tiny, f"hydra.sweep.dir={sweep}",
-                            env={"OMP_NUM_THREADS": "1"})
+        result = run_script(
+            "train.py",
+            "-m",
+            f"hydra/launcher={launcher}",
+            *tiny,
+            f"hydra.sweep.dir={sweep}",
+            env={"OMP_NUM_THREADS": "1"},
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
         assert len(jobs) == 2
-        results[launcher] = {job.name: (json.loads((job / "metrics.json").read_text()),
-                                        torch.load(job / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"])
-                             for job in jobs}
+        results[launcher] = {
+            job.name: (
+                json.loads((job / "metrics.json").read_text()),
+                torch.load(job / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"],
+            )
+            for job in jobs
+        }
     assert results["basic"].keys() == results["parallel"].keys()
     for name, (metrics, weights) in results["basic"].items():
         parallel_metrics, parallel_weights = results["parallel"][name]
@@ -366,8 +446,9 @@ def test_a_checkpoint_written_on_a_gpu_samples_and_resumes_on_the_cpu(tiny_text,
     trainer.fit(model, datamodule=datamodule)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
-    checkpoint["rng_states"]["cuda"] = [torch.cuda.default_generators[0].get_state() if torch.cuda.is_available()
-                                        else torch.get_rng_state()]
+    checkpoint["rng_states"]["cuda"] = [
+        torch.cuda.default_generators[0].get_state() if torch.cuda.is_available() else torch.get_rng_state()
+    ]
     with monkeypatch.context() as patch:
         patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
         torch.save(checkpoint, last)

@@ -12,11 +12,17 @@ from omegaconf import OmegaConf
 
 from charlm.config import CONF_DIR, command_line, refuse_training_overrides, register_resolvers
 from charlm.errors import UserError
+
 from conftest import ROOT, run_script
 
 # config name -> the command as typed
-COMMANDS = {"config": "python train.py", "sample": "python sample.py", "classify": "python -m charlm.classify",
-            "inspect": "python -m charlm.inspect", "eval": "python eval.py"}
+COMMANDS = {
+    "config": "python train.py",
+    "sample": "python sample.py",
+    "classify": "python -m charlm.classify",
+    "inspect": "python -m charlm.inspect",
+    "eval": "python eval.py",
+}
 TRAINING_GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 
 
@@ -36,7 +42,7 @@ def section(text: str, title: str) -> list[str]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(title))
     body = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         body.append(line)
@@ -71,8 +77,19 @@ def test_train_help_gives_the_values_of_this_command():
 
 
 @pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval"])
-@pytest.mark.parametrize("arg", ["model=gru", "+model=gru", "trainer.max_steps=5", "+trainer.max_steps=5",
-                                 "~callbacks", "ckpt_path=x.ckpt", "data.path=a.txt", "experiment=lesson"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "model=gru",
+        "+model=gru",
+        "trainer.max_steps=5",
+        "+trainer.max_steps=5",
+        "~callbacks",
+        "ckpt_path=x.ckpt",
+        "data.path=a.txt",
+        "experiment=lesson",
+    ],
+)
 def test_a_training_setting_is_refused_in_one_line(config_name, arg):
     command = COMMANDS[config_name]
     if config_name == "eval" and arg.startswith("data."):  # eval.py's own: the corpus to score on
@@ -80,8 +97,10 @@ def test_a_training_setting_is_refused_in_one_line(config_name, arg):
         return
     with pytest.raises(UserError) as refused:
         refuse_training_overrides([command, "ckpt=x", arg], command, config_name)
-    assert str(refused.value) == (f"{arg} is a training setting (train.py); {command.split()[-1]} reads the model "
-                                  f"from its checkpoint: pass ckpt=PATH ({command} --help lists its settings)")
+    assert str(refused.value) == (
+        f"{arg} is a training setting (train.py); {command.split()[-1]} reads the model "
+        f"from its checkpoint: pass ckpt=PATH ({command} --help lists its settings)"
+    )
 
 
 @pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval"])
@@ -89,8 +108,11 @@ def test_the_commands_own_settings_pass(config_name):
     """Every key of the command's config (sample.py's seed= too, though train.py has one), flags and
     Hydra's keys pass the check, whatever their values."""
     keys = [key for key in OmegaConf.load(CONF_DIR / f"{config_name}.yaml") if key not in ("defaults", "hydra")]
-    refuse_training_overrides(["x", "--help", "-m", "hydra.run.dir=.", *[f"{key}=model=gru" for key in keys]],
-                              COMMANDS[config_name], config_name)
+    refuse_training_overrides(
+        ["x", "--help", "-m", "hydra.run.dir=.", *[f"{key}=model=gru" for key in keys]],
+        COMMANDS[config_name],
+        config_name,
+    )
 
 
 @pytest.mark.slow
@@ -102,8 +124,10 @@ def test_the_real_commands(tmp_path):
     assert shown.returncode == 0 and shown.stdout.startswith("sample.py: write text"), shown.stderr
     assert shown.stdout.strip() == help_text("sample").strip()
     assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr == ("error: model=gru is a training setting (train.py); sample.py reads the model from its "
-                              "checkpoint: pass ckpt=PATH (python sample.py --help lists its settings)\n")
+    assert refused.stderr == (
+        "error: model=gru is a training setting (train.py); sample.py reads the model from its "
+        "checkpoint: pass ckpt=PATH (python sample.py --help lists its settings)\n"
+    )
 
 
 def test_command_line_takes_free_text_as_typed_after_the_check():

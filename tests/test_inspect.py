@@ -16,17 +16,27 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from charlm import activations
+from charlm.activations import (
+    SCORE_CHUNK,
+    _inputs,
+    cut_note,
+    inspect_text,
+    layer_states,
+    page_chars,
+    rank_units,
+    surprisal,
+    text_properties,
+)
 from charlm.callbacks import SurprisalImage
 from charlm.data import CharDataModule
 from charlm.errors import UserError
 from charlm.inspect import run as inspect_run
-from charlm import activations
-from charlm.activations import (SCORE_CHUNK, _inputs, cut_note, inspect_text, layer_states, page_chars, rank_units,
-                                surprisal, text_properties)
 from charlm.model import CharRNN
 from charlm.module import CharLM
 from charlm.page import page_html, read_page_data, surprisal_image
 from charlm.vocabulary import Vocabulary
+
 from conftest import ROOT, run_script
 
 TEXT = 'He said "look (there)" and left.\nShe said "no".\n' * 4
@@ -58,8 +68,10 @@ def test_step_by_step_states_equal_torchs(cell, layers, embedding_dim):
                 torch.testing.assert_close(states[k]["c"][-1], state[1][k, 0], rtol=1e-5, atol=1e-6)
                 gates = states[k]["gates"]
                 torch.testing.assert_close(states[k]["h"], gates["output"] * torch.tanh(states[k]["c"]))
-    assert set(states[0]["gates"]) == {"lstm": {"input", "forget", "output"}, "gru": {"reset", "update"},
-                                       "rnn": set()}[cell]
+    assert (
+        set(states[0]["gates"])
+        == {"lstm": {"input", "forget", "output"}, "gru": {"reset", "update"}, "rnn": set()}[cell]
+    )
     for gate in states[0]["gates"].values():
         assert ((gate > 0) & (gate < 1)).all()
 
@@ -72,8 +84,16 @@ def test_topic_models_states_and_surprisal_equal_the_forward(cell, layers, topic
     state and the last layer's states at every step equal those of ``CharRNN.forward`` under the same
     topic (``None``: the unknown topic), and so do the bits; the topic changes them."""
     torch.manual_seed(0)
-    net = CharRNN(len(VOCAB), cell=cell, hidden_size=10, layers=layers, embedding_dim=4, topics=4, topic_dim=3,
-                  topic_mode=topic_mode).eval()
+    net = CharRNN(
+        len(VOCAB),
+        cell=cell,
+        hidden_size=10,
+        layers=layers,
+        embedding_dim=4,
+        topics=4,
+        topic_dim=3,
+        topic_mode=topic_mode,
+    ).eval()
     ids = ids_of(TEXT[:60])
     seen = {}
     net.rnn.register_forward_hook(lambda _, __, out: seen.update(out=out))
@@ -82,7 +102,9 @@ def test_topic_models_states_and_surprisal_equal_the_forward(cell, layers, topic
     states = layer_states(net, ids, topic)
     torch.testing.assert_close(states[-1]["h"], seen["out"][0][0], rtol=1e-5, atol=1e-6)
     for k in range(layers):
-        torch.testing.assert_close(states[k]["h"][-1], (state[0] if cell == "lstm" else state)[k, 0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            states[k]["h"][-1], (state[0] if cell == "lstm" else state)[k, 0], rtol=1e-5, atol=1e-6
+        )
         if cell == "lstm":
             torch.testing.assert_close(states[k]["c"][-1], state[1][k, 0], rtol=1e-5, atol=1e-6)
     logp = torch.log_softmax(logits[0, :-1], dim=-1)
@@ -128,8 +150,18 @@ def test_page_data_equals_the_model(module):
 def test_mean_bits_equal_the_evaluation_loss(module, tmp_path, tiny_text):
     """The test split scored by trainer.test (one row, one chunk: the same zero-state context) and
     by inspect_text: mean bits equal test/bpc up to float rounding."""
-    dm = CharDataModule(corpus="text", path=str(tiny_text), val_size=200, test_size=300, nchars=16, stride=16,
-                        batch_size=4, eval_rows=1, eval_chunk=1000, cache_dir=str(tmp_path / "cache"))
+    dm = CharDataModule(
+        corpus="text",
+        path=str(tiny_text),
+        val_size=200,
+        test_size=300,
+        nchars=16,
+        stride=16,
+        batch_size=4,
+        eval_rows=1,
+        eval_chunk=1000,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup("fit")
     torch.manual_seed(2)
     model = CharLM(vocab=dm.vocab.chars, model=dict(cell="gru", hidden_size=12, embedding_dim=0))
@@ -150,7 +182,7 @@ def test_text_properties():
 
 
 def test_a_unit_that_tracks_quotes_ranks_first():
-    text = ('x "quoted words here" and then (some bracketed) more\n' * 20)
+    text = 'x "quoted words here" and then (some bracketed) more\n' * 20
     props = text_properties(text)
     rng = np.random.default_rng(0)
     layers = [{"h": rng.normal(size=(len(text), 8)), "c": rng.normal(size=(len(text), 8))} for _ in range(2)]
@@ -184,7 +216,7 @@ def test_a_long_text_is_scored_in_chunks_as_in_one_pass(module):
     assert max(read) == SCORE_CHUNK and sum(read) == len(text) - 1
     one_pass = surprisal(module.net, ids_of(text), 5, chunk=len(text))
     np.testing.assert_allclose(inspection.whole["mean_bits"], np.nanmean(one_pass[0]), rtol=1e-5)
-    np.testing.assert_allclose(inspection.bits[1:], one_pass[0][1:len(inspection.text)], atol=1e-4)
+    np.testing.assert_allclose(inspection.bits[1:], one_pass[0][1 : len(inspection.text)], atol=1e-4)
     chunked = surprisal(module.net, ids_of(text), 5, top_chars=200, chunk=64)
     np.testing.assert_allclose(chunked[0][1:], one_pass[0][1:], atol=1e-4)
     assert (chunked[1][1:] == one_pass[1][1:200]).all() and chunked[1].shape == (200, 5)
@@ -200,12 +232,23 @@ def test_the_page_of_a_long_text_is_cut_with_a_note(module, tmp_path, monkeypatc
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
     (tmp_path / "long.txt").write_text(TEXT * 6)  # 1,152 characters
-    out, inspection = inspect_run(types.SimpleNamespace(ckpt=str(ckpt), topic=None, text=None, text_file=str(tmp_path / "long.txt"),
-                                                        out=str(tmp_path / "page.html"), max_chars=20_000, top_units=5,
-                                                        device="cpu"))
+    out, inspection = inspect_run(
+        types.SimpleNamespace(
+            ckpt=str(ckpt),
+            topic=None,
+            text=None,
+            text_file=str(tmp_path / "long.txt"),
+            out=str(tmp_path / "page.html"),
+            max_chars=20_000,
+            top_units=5,
+            device="cpu",
+        )
+    )
     assert capsys.readouterr().err == f"note: {cut_note(300, len(TEXT) * 6)}\n"
     data = read_page_data(out.read_text(encoding="utf-8"))
-    assert len(data["chars"]) == len(data["bits"]) == len(data["top_ids"]) == 300 and data["total_chars"] == len(TEXT) * 6
+    assert (
+        len(data["chars"]) == len(data["bits"]) == len(data["top_ids"]) == 300 and data["total_chars"] == len(TEXT) * 6
+    )
     assert len(base64.b64decode(data["states"][0]["q"])) == 300 * 16
     bits = surprisal(module.net, ids_of(TEXT * 6))
     assert data["mean_bits"] == pytest.approx(np.nanmean(bits), abs=1e-4)
@@ -216,7 +259,7 @@ def test_command_writes_a_page_a_browser_renders(tmp_path):
     """python -m charlm.inspect on a checkpoint of a Korean and English model, with a text file;
     then, where Chromium is installed, the page as a browser builds it: one span per character and
     the tooltip of #char=N showing the top guess."""
-    text = "서울의 시장은 \"오늘\" 말했다 (월요일).\nThe market fell.\n" * 3
+    text = '서울의 시장은 "오늘" 말했다 (월요일).\nThe market fell.\n' * 3
     vocab = Vocabulary.from_text(text)
     torch.manual_seed(0)
     module = CharLM(vocab=vocab.chars, model=dict(cell="lstm", hidden_size=8, embedding_dim=4))
@@ -224,8 +267,14 @@ def test_command_writes_a_page_a_browser_renders(tmp_path):
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
     (tmp_path / "ko.txt").write_text(text, encoding="utf-8")
-    result = run_script("-m", "charlm.inspect", f"ckpt={ckpt}", f"text_file={tmp_path / 'ko.txt'}", cwd=tmp_path,
-                        env={"PYTHONPATH": str(ROOT)})
+    result = run_script(
+        "-m",
+        "charlm.inspect",
+        f"ckpt={ckpt}",
+        f"text_file={tmp_path / 'ko.txt'}",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     page = ckpt.parent / "inspect.html"
     assert re.match(rf"wrote {re.escape(str(page))} \(\d+\.\d MB\): {len(text)} characters, mean \d", result.stdout)
@@ -235,26 +284,50 @@ def test_command_writes_a_page_a_browser_renders(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         pytest.skip("no Chromium here to render the page")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          f"file://{page}#char=3"], capture_output=True, text=True, timeout=60).stdout
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"file://{page}#char=3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert dom.count("data-i=") == len(text)
-    tip = dom[dom.index('id="tip"'):]
+    tip = dom[dom.index('id="tip"') :]
     top1 = vocab.chars[data["top_ids"][3][0]]
     assert "#3</b>" in tip and f'<span class="g">{top1}</span>' in tip.split("</table>")[0]
 
 
 def test_surprisal_image_is_written_at_validation_by_rank_0(tmp_path, tiny_text):
-    dm = CharDataModule(corpus="text", path=str(tiny_text), val_size=400, test_size=200, nchars=16, stride=16,
-                        batch_size=4, cache_dir=str(tmp_path / "cache"))
+    dm = CharDataModule(
+        corpus="text",
+        path=str(tiny_text),
+        val_size=400,
+        test_size=200,
+        nchars=16,
+        stride=16,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup("fit")
-    model = CharLM(vocab=dm.vocab.chars, model=dict(hidden_size=8, embedding_dim=4),
-                   optimizer={"_target_": "torch.optim.AdamW", "lr": 0.01})
+    model = CharLM(
+        vocab=dm.vocab.chars,
+        model=dict(hidden_size=8, embedding_dim=4),
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 0.01},
+    )
     callback = SurprisalImage(chars=300, columns=48)
-    trainer = L.Trainer(max_steps=4, val_check_interval=2, num_sanity_val_steps=0, accelerator="cpu",
-                        logger=TensorBoardLogger(tmp_path, name="", version=""), callbacks=[callback],
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_steps=4,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="", version=""),
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(model, datamodule=dm)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     images = events.Images("inspect/surprisal")

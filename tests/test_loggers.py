@@ -17,17 +17,30 @@ from charlm.errors import exit_on_user_error
 from charlm.loggers import METRICS_FILE, MetricsFile, read_metrics
 from charlm.summary import curves, main, resume_command
 from charlm.training import build, end_summary, train
+
 from conftest import ROOT, run_script
 
-TINY = ["data=text", "data.nchars=32", "data.stride=32", "data.batch_size=16", "data.val_size=0.05",
-        "data.test_size=0.05", "model.hidden_size=8", "model.embedding_dim=4", "trainer.val_check_interval=3",
-        "trainer.log_every_n_steps=1", "~callbacks.samples", "~callbacks.surprisal_image"]
+TINY = [
+    "data=text",
+    "data.nchars=32",
+    "data.stride=32",
+    "data.batch_size=16",
+    "data.val_size=0.05",
+    "data.test_size=0.05",
+    "model.hidden_size=8",
+    "model.embedding_dim=4",
+    "trainer.val_check_interval=3",
+    "trainer.log_every_n_steps=1",
+    "~callbacks.samples",
+    "~callbacks.surprisal_image",
+]
 
 
 def tiny(tiny_text, run_dir, *overrides):
     """A built job on the tiny corpus writing into ``run_dir``."""
-    cfg = compose_config([*TINY, f"data.path={tiny_text}", f"data.cache_dir={run_dir.parent / 'cache'}", *overrides],
-                         run_dir)
+    cfg = compose_config(
+        [*TINY, f"data.path={tiny_text}", f"data.cache_dir={run_dir.parent / 'cache'}", *overrides], run_dir
+    )
     L.seed_everything(0)
     return cfg, *build(cfg)
 
@@ -72,9 +85,9 @@ def test_a_resumed_fit_drops_the_rows_after_its_checkpoint_and_continues_the_clo
     _, datamodule, model, trainer = tiny(tiny_text, run_dir, "trainer.max_steps=9")
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     after = rows(run_dir)
-    assert after[:len(first)] == first and all(r["value"] != "99.0" for r in after)
+    assert after[: len(first)] == first and all(r["value"] != "99.0" for r in after)
     assert [step for step, _, _ in points(run_dir, "val/bpc")] == [3, 6, 9]
-    resumed = [float(r["seconds"]) for r in after[len(first):]]
+    resumed = [float(r["seconds"]) for r in after[len(first) :]]
     assert float(first[-1]["seconds"]) <= fit_seconds < resumed[0] and resumed == sorted(resumed)
     # (not lr-AdamW: Lightning's LearningRateMonitor logs a resumed run's first learning rate a step late, at
     # the step of the next one, in every logger: its on_train_batch_start comes before compat.align_logging_step)
@@ -110,8 +123,10 @@ def test_only_rank_zero_writes(tmp_path, monkeypatch):
 def test_the_sweep_summary_reads_curves_from_metrics_csv(tmp_path):
     """A run without TensorBoard event files (logger=csv) has its curves (before: none, and the
     summary's columns read "val/bpc at 0 chars")."""
-    (tmp_path / METRICS_FILE).write_text("step,seconds,name,value\n2,1.5,train/loss,4.0\n4,2.0,val/bpc,3.5\n"
-                                         "4,2.0,train_eval/bpc,3.25\n8,4.0,val/bpc,3.0\n8,4.0,train_eval/bpc,2.5\n")
+    (tmp_path / METRICS_FILE).write_text(
+        "step,seconds,name,value\n2,1.5,train/loss,4.0\n4,2.0,val/bpc,3.5\n"
+        "4,2.0,train_eval/bpc,3.25\n8,4.0,val/bpc,3.0\n8,4.0,train_eval/bpc,2.5\n"
+    )
     found = curves(tmp_path, chars_per_step=100)
     assert found["val/bpc"] == {"step": [4, 8], "characters": [400, 800], "seconds": [2.0, 4.0], "value": [3.5, 3.0]}
     assert found["train_eval/bpc"]["value"] == [3.25, 2.5]
@@ -125,33 +140,55 @@ def test_a_multirun_with_a_hydra_interpolation_on_its_command_line_names_folders
     """Before: SweptKeys and the summary's resume command resolved the overrides, and failed with
     "HydraConfig was not set" / "Unsupported interpolation type hydra": job folders named after every
     setting, no summary.md, and python -m charlm.summary ended in a traceback."""
-    overrides = {"hydra": ["hydra.sweep.dir=/tmp/sweep", "hydra.mode=MULTIRUN"],
-                 "task": ["logger=csv", INTERPOLATED, "model.cell=lstm,gru"]}
-    config = OmegaConf.create({"hydra": {"overrides": overrides, "sweeper": {"params": None},
-                                         "job": {"config": {"override_dirname": {"exclude_keys": ["resume"]}}}}})
+    overrides = {
+        "hydra": ["hydra.sweep.dir=/tmp/sweep", "hydra.mode=MULTIRUN"],
+        "task": ["logger=csv", INTERPOLATED, "model.cell=lstm,gru"],
+    }
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "overrides": overrides,
+                "sweeper": {"params": None},
+                "job": {"config": {"override_dirname": {"exclude_keys": ["resume"]}}},
+            }
+        }
+    )
     SweptKeys().on_multirun_start(config)
-    assert config.hydra.overrides.hydra[-1] == ("hydra.job.config.override_dirname.exclude_keys="
-                                                "[resume,logger,logger.csv.save_dir]")
-    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": overrides, "runtime": {"cwd": str(ROOT)}}}),
-                   tmp_path / "multirun.yaml")
+    assert config.hydra.overrides.hydra[-1] == (
+        "hydra.job.config.override_dirname.exclude_keys=[resume,logger,logger.csv.save_dir]"
+    )
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"overrides": overrides, "runtime": {"cwd": str(ROOT)}}}), tmp_path / "multirun.yaml"
+    )
     cwd, command = resume_command(tmp_path)
     assert "'logger.csv.save_dir=${hydra:runtime.output_dir}/csvlog'" in command and command.endswith("resume=true")
 
 
 def run_here(run_dir, overrides, tiny_text):
-    cfg = compose_config([*TINY, f"data.path={tiny_text}", f"data.cache_dir={run_dir.parent / 'cache'}",
-                          "trainer.max_steps=2", *overrides], run_dir)
+    cfg = compose_config(
+        [
+            *TINY,
+            f"data.path={tiny_text}",
+            f"data.cache_dir={run_dir.parent / 'cache'}",
+            "trainer.max_steps=2",
+            *overrides,
+        ],
+        run_dir,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)  # as Hydra does
     train(cfg, run_dir)
 
 
-WANDB_MISSING = ('logger=wandb needs the wandb package, which is not installed: pip install -e ".[wandb]" (or use '
-                 'another logger, e.g. logger=csv)')
+WANDB_MISSING = (
+    'logger=wandb needs the wandb package, which is not installed: pip install -e ".[wandb]" (or use '
+    "another logger, e.g. logger=csv)"
+)
 
 
 @pytest.mark.parametrize("preset, module", [("wandb", "wandb"), ("mlflow", "mlflow")])
-def test_a_logger_whose_package_is_missing_is_one_line_and_exit_2(tiny_text, tmp_path, capsys, monkeypatch, preset,
-                                                                    module):
+def test_a_logger_whose_package_is_missing_is_one_line_and_exit_2(
+    tiny_text, tmp_path, capsys, monkeypatch, preset, module
+):
     """Checked before anything is built (no data prepared, no checkpoint); shown whether or not the
     package is installed here."""
     real = __import__("importlib.util").util.find_spec
@@ -169,12 +206,17 @@ def test_a_csv_logger_writing_into_the_run_folder_is_refused(tiny_text, tmp_path
     """Lightning's CSVLogger there would write its metrics.csv over the run's own."""
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exited, exit_on_user_error():
-        run_here(run_dir, ["logger=csv", "logger.csv.save_dir=${hydra:runtime.output_dir}", "logger.csv.version=''"],
-                 tiny_text)
+        run_here(
+            run_dir,
+            ["logger=csv", "logger.csv.save_dir=${hydra:runtime.output_dir}", "logger.csv.version=''"],
+            tiny_text,
+        )
     assert exited.value.code == 2
-    message = (f"a CSVLogger with save_dir={run_dir} would write its metrics.csv over the run's own "
-               f"{run_dir}/metrics.csv; give it a folder of its own, e.g. "
-               "logger.csv.save_dir='${hydra:runtime.output_dir}/csv' (logger=csv does)")
+    message = (
+        f"a CSVLogger with save_dir={run_dir} would write its metrics.csv over the run's own "
+        f"{run_dir}/metrics.csv; give it a folder of its own, e.g. "
+        "logger.csv.save_dir='${hydra:runtime.output_dir}/csv' (logger=csv does)"
+    )
     assert capsys.readouterr().err == f"error: {message}\n"
     docs = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
     assert f"`error: {message.replace(str(run_dir), '<run>')}`" in docs
@@ -187,17 +229,25 @@ def test_the_end_summary_names_tensorboard_only_for_a_run_that_has_it(tmp_path):
 
 
 def test_the_presets_compose(tmp_path):
-    targets = {name: {key: cfg["_target_"].rsplit(".", 1)[-1]
-                      for key, cfg in compose_config([f"logger={name}"], tmp_path).logger.items()}
-               for name in ("tensorboard", "csv", "wandb", "mlflow", "many")}
-    assert targets == {"tensorboard": {"tensorboard": "TensorBoardLogger"}, "csv": {"csv": "CSVLogger"},
-                       "wandb": {"wandb": "WandbLogger"}, "mlflow": {"mlflow": "MLFlowLogger"},
-                       "many": {"tensorboard": "TensorBoardLogger", "csv": "CSVLogger"}}
+    targets = {
+        name: {
+            key: cfg["_target_"].rsplit(".", 1)[-1]
+            for key, cfg in compose_config([f"logger={name}"], tmp_path).logger.items()
+        }
+        for name in ("tensorboard", "csv", "wandb", "mlflow", "many")
+    }
+    assert targets == {
+        "tensorboard": {"tensorboard": "TensorBoardLogger"},
+        "csv": {"csv": "CSVLogger"},
+        "wandb": {"wandb": "WandbLogger"},
+        "mlflow": {"mlflow": "MLFlowLogger"},
+        "many": {"tensorboard": "TensorBoardLogger", "csv": "CSVLogger"},
+    }
 
 
 @pytest.mark.slow  # a fit, and wandb's service started
 def test_wandb_offline_logs_into_the_run_folder(tiny_text, tmp_path, monkeypatch):
-    pytest.importorskip("wandb", reason="wandb is not installed (an extra: pip install -e \".[wandb]\")")
+    pytest.importorskip("wandb", reason='wandb is not installed (an extra: pip install -e ".[wandb]")')
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
@@ -213,7 +263,7 @@ def test_wandb_offline_logs_into_the_run_folder(tiny_text, tmp_path, monkeypatch
 @pytest.mark.slow  # a fit
 def test_mlflow_logs_to_a_local_file_store(tiny_text, tmp_path, monkeypatch):
     """MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE is set: charlm sets it for logger=mlflow."""
-    pytest.importorskip("mlflow", reason="mlflow is not installed (an extra: pip install -e \".[mlflow]\")")
+    pytest.importorskip("mlflow", reason='mlflow is not installed (an extra: pip install -e ".[mlflow]")')
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # unset, and unset again afterwards
     store = tmp_path / "mlruns"
@@ -232,9 +282,19 @@ def test_mlflow_logs_to_a_local_file_store(tiny_text, tmp_path, monkeypatch):
 
 
 def multirun(sweep_dir, corpus, *overrides):
-    return run_script("train.py", "-m", *TINY, f"data.path={corpus}", f"data.cache_dir={sweep_dir.parent / 'cache'}",
-                      "logger=csv", INTERPOLATED, "model.cell=lstm,gru", f"hydra.sweep.dir={sweep_dir}", *overrides,
-                      env={"OMP_NUM_THREADS": "1"})
+    return run_script(
+        "train.py",
+        "-m",
+        *TINY,
+        f"data.path={corpus}",
+        f"data.cache_dir={sweep_dir.parent / 'cache'}",
+        "logger=csv",
+        INTERPOLATED,
+        "model.cell=lstm,gru",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+        env={"OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +323,7 @@ def test_csv_alone_runs_and_resumes_with_its_rows_kept(csv_sweep):
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["cell=gru", "cell=lstm"]
     assert "Traceback" not in first.stderr + resumed.stderr
     killed = sweep_dir / "cell=lstm"
-    assert rows(killed)[:len(before)] == before
+    assert rows(killed)[: len(before)] == before
     assert [step for step, _, _ in points(killed, "val/bpc")] == [3, 6, 9]
     assert all(value != 99.0 for _, _, value in points(killed, "val/bpc"))
     assert json.loads((killed / "metrics.json").read_text())["steps"] == 9
@@ -281,8 +341,13 @@ def test_csv_alone_sweep_summary_has_its_curves_and_plots(csv_sweep):
     assert "val/bpc at 0 chars" not in summary and "val/bpc at 3,072 chars" in summary  # 6 steps x 16 x 32
     with open(sweep_dir / "curves.csv", newline="") as f:
         curve = list(csv.DictReader(f))
-    assert sorted((r["run"], int(r["step"])) for r in curve) == [("cell=gru", 3), ("cell=gru", 6), ("cell=lstm", 3),
-                                                                 ("cell=lstm", 6), ("cell=lstm", 9)]
+    assert sorted((r["run"], int(r["step"])) for r in curve) == [
+        ("cell=gru", 3),
+        ("cell=gru", 6),
+        ("cell=lstm", 3),
+        ("cell=lstm", 6),
+        ("cell=lstm", 9),
+    ]
     assert all(r["val_bpc"] and r["train_eval_bpc"] and float(r["seconds"]) > 0 for r in curve)
     for name in ("best_val_bpc.png", "learning_curves.png", "overfitting.png"):
         assert (sweep_dir / name).stat().st_size > 10_000

@@ -7,7 +7,9 @@ from charlm.errors import UserError
 from charlm.model import CharRNN, parameter_count
 
 
-@pytest.mark.parametrize("cell, layers, embedding_dim", list(itertools.product(["lstm", "gru", "rnn"], [1, 2, 3], [0, 8])))
+@pytest.mark.parametrize(
+    "cell, layers, embedding_dim", list(itertools.product(["lstm", "gru", "rnn"], [1, 2, 3], [0, 8]))
+)
 def test_output_shapes_and_carried_state(cell, layers, embedding_dim):
     model = CharRNN(vocab_size=11, cell=cell, hidden_size=12, layers=layers, dropout=0.1, embedding_dim=embedding_dim)
     model.eval()
@@ -37,23 +39,35 @@ def test_dropout_regularizes_a_one_layer_model_in_training_only():
     assert plain.state_dict().keys() == model.state_dict().keys()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(cell="transformer"), "model.cell='transformer'"),
-    (dict(layers=0), "model.layers=0"),
-    (dict(hidden_size=0), "model.hidden_size=0"),
-    (dict(dropout=1.0), "model.dropout=1.0"),
-    (dict(dropout=-0.1), "model.dropout=-0.1"),
-    (dict(embedding_dim=-1), "model.embedding_dim=-1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cell="transformer"), "model.cell='transformer'"),
+        (dict(layers=0), "model.layers=0"),
+        (dict(hidden_size=0), "model.hidden_size=0"),
+        (dict(dropout=1.0), "model.dropout=1.0"),
+        (dict(dropout=-0.1), "model.dropout=-0.1"),
+        (dict(embedding_dim=-1), "model.embedding_dim=-1"),
+    ],
+)
 def test_bad_model_settings_are_refused(kwargs, message):
     with pytest.raises(UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
         CharRNN(vocab_size=5, **kwargs)
 
 
-@pytest.mark.parametrize("cell, layers, embedding_dim, topics, topic_mode",
-                         list(itertools.product(["lstm", "gru", "rnn"], [1, 3], [0, 5], [0, 4], ["input", "state"])))
+@pytest.mark.parametrize(
+    "cell, layers, embedding_dim, topics, topic_mode",
+    list(itertools.product(["lstm", "gru", "rnn"], [1, 3], [0, 5], [0, 4], ["input", "state"])),
+)
 def test_parameter_count_from_the_settings_is_the_modules(cell, layers, embedding_dim, topics, topic_mode):
     """What ``charlm.precision.check_model_memory`` counts before building a model is what it holds."""
-    args = dict(cell=cell, hidden_size=7, layers=layers, embedding_dim=embedding_dim, topics=topics, topic_dim=3,
-                topic_mode=topic_mode)
+    args = dict(
+        cell=cell,
+        hidden_size=7,
+        layers=layers,
+        embedding_dim=embedding_dim,
+        topics=topics,
+        topic_dim=3,
+        topic_mode=topic_mode,
+    )
     assert parameter_count(11, **args) == sum(p.numel() for p in CharRNN(11, **args).parameters())

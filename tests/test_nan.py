@@ -13,11 +13,24 @@ from charlm.training import build
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_text, tmp_path):
-    cfg = compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
-                          "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=16",
-                          "trainer.max_steps=100", "trainer.val_check_interval=10",
-                          "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.samples.length=5",
-                          "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"], tmp_path)
+    cfg = compose_config(
+        [
+            "data=text",
+            f"data.path={tiny_text}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.nchars=32",
+            "data.stride=8",
+            "data.batch_size=16",
+            "model.hidden_size=16",
+            "trainer.max_steps=100",
+            "trainer.val_check_interval=10",
+            "callbacks.last_checkpoint.every_n_train_steps=5",
+            "callbacks.samples.length=5",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
     L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     real_step = model.training_step
@@ -39,10 +52,22 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_t
 def test_signal_handlers_come_back_after_a_fit_that_raises(tiny_text, tmp_path):
     """GracefulStop takes Ctrl-C during training; after a fit that ends in an exception (here the
     NaN stop) Ctrl-C must interrupt again, not only set a flag."""
-    cfg = compose_config(["data=text", f"data.path={tiny_text}", f"data.cache_dir={tmp_path / 'cache'}",
-                          "data.nchars=32", "data.stride=8", "data.batch_size=16", "model.hidden_size=16",
-                          "trainer.max_steps=20", "callbacks.samples.length=5", "~callbacks.progress_bar",
-                          "+trainer.enable_progress_bar=false"], tmp_path)
+    cfg = compose_config(
+        [
+            "data=text",
+            f"data.path={tiny_text}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.nchars=32",
+            "data.stride=8",
+            "data.batch_size=16",
+            "model.hidden_size=16",
+            "trainer.max_steps=20",
+            "callbacks.samples.length=5",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
     datamodule, model, trainer = build(cfg)
     model.training_step = lambda batch, batch_idx: torch.tensor(math.nan, requires_grad=True)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}

@@ -13,16 +13,28 @@ from charlm.module import CharLM
 
 
 def streams(tiny_csv, tmp_path, **kwargs):
-    dm = CharDataModule(corpus="ag_news", path=str(tiny_csv), val_size=5, test_size=5, nchars=16, batch_size=3,
-                        eval_rows=4, eval_chunk=32, cache_dir=str(tmp_path / "cache"), order="streams", **kwargs)
+    dm = CharDataModule(
+        corpus="ag_news",
+        path=str(tiny_csv),
+        val_size=5,
+        test_size=5,
+        nchars=16,
+        batch_size=3,
+        eval_rows=4,
+        eval_chunk=32,
+        cache_dir=str(tmp_path / "cache"),
+        order="streams",
+        **kwargs,
+    )
     dm.setup("fit")
     return dm
 
 
 def attached(module):
     """``module`` as a Trainer would hold it, for calling its training step directly."""
-    module._trainer = SimpleNamespace(_logger_connector=SimpleNamespace(should_update_logs=False), world_size=1,
-                                      global_rank=0)
+    module._trainer = SimpleNamespace(
+        _logger_connector=SimpleNamespace(should_update_logs=False), world_size=1, global_rank=0
+    )
     return module
 
 
@@ -40,8 +52,12 @@ def test_the_carried_state_is_that_of_one_long_forward_pass_over_each_row(tiny_c
     rows = torch.stack([tokens[s : s + chunks * 16 + 1] for s in starts])  # each row's text, read whole
     with torch.no_grad():
         logits, state = module.net(rows[:, :-1])
-    expected = [F.cross_entropy(logits[:, k * 16 : (k + 1) * 16].flatten(0, 1), rows[:, k * 16 + 1 : (k + 1) * 16 + 1].flatten())
-                for k in range(chunks)]
+    expected = [
+        F.cross_entropy(
+            logits[:, k * 16 : (k + 1) * 16].flatten(0, 1), rows[:, k * 16 + 1 : (k + 1) * 16 + 1].flatten()
+        )
+        for k in range(chunks)
+    ]
     torch.testing.assert_close(torch.stack(losses), torch.stack(expected))
     carried = module._state_tensors(module._train_state)
     for a, b in zip(carried, module._state_tensors(state)):

@@ -25,11 +25,14 @@ def test_an_order_and_a_source_are_found_by_name(tmp_path):
     assert isinstance(dm.order, Streams) and isinstance(dm.source, TextFolder)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("order", "shuffled", "data.order='shuffled' is not known; use windows, streams, articles"),
-    ("corpus", "web", "data.corpus='web' is not known; use ag_news, text, folder"),
-    ("corpus", None, "data.corpus=None is not known; use ag_news, text, folder"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("order", "shuffled", "data.order='shuffled' is not known; use windows, streams, articles"),
+        ("corpus", "web", "data.corpus='web' is not known; use ag_news, text, folder"),
+        ("corpus", None, "data.corpus=None is not known; use ag_news, text, folder"),
+    ],
+)
 def test_an_unknown_name_is_refused_in_one_line_listing_the_known_ones(tmp_path, key, value, message):
     with pytest.raises(UserError) as refused:
         CharDataModule(path=str(tmp_path), cache_dir=str(tmp_path / "cache"), **{key: value})
@@ -46,8 +49,17 @@ def test_a_new_order_is_one_registered_class(tiny_text, tmp_path, monkeypatch):
             return ShuffledBatches(len(self.windows) // 2, self.batch_size, self.seed, rank, world_size, position)
 
     monkeypatch.setitem(ORDERS, EveryOtherWindow.name, EveryOtherWindow)
-    dm = CharDataModule(corpus="text", path=str(tiny_text), val_size=500, test_size=500, nchars=16, stride=16,
-                        batch_size=4, cache_dir=str(tmp_path / "cache"), order="every_other")
+    dm = CharDataModule(
+        corpus="text",
+        path=str(tiny_text),
+        val_size=500,
+        test_size=500,
+        nchars=16,
+        stride=16,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+        order="every_other",
+    )
     dm.setup("fit")
     assert len(dm.train_dataloader()) == len(dm.train_set) // 2 // 4
     assert dm.state_dict()["data_order"] == "every_other"
@@ -55,8 +67,9 @@ def test_a_new_order_is_one_registered_class(tiny_text, tmp_path, monkeypatch):
 
 # --- data=folder
 
-ARTICLES = [f"article {i:02d}\nline two of article {i:02d}: {'lorem ipsum ' * (i % 5 + 3)}\nthe end.\n"
-            for i in range(20)]
+ARTICLES = [
+    f"article {i:02d}\nline two of article {i:02d}: {'lorem ipsum ' * (i % 5 + 3)}\nthe end.\n" for i in range(20)
+]
 
 
 @pytest.fixture
@@ -72,8 +85,18 @@ def folder(tmp_path):
 
 
 def folder_dm(path, tmp_path, **kwargs):
-    args = dict(corpus="folder", path=str(path), val_size=3, test_size=0.1, nchars=16, stride=8, batch_size=4,
-                eval_rows=4, eval_chunk=32, cache_dir=str(tmp_path / "cache"))
+    args = dict(
+        corpus="folder",
+        path=str(path),
+        val_size=3,
+        test_size=0.1,
+        nchars=16,
+        stride=8,
+        batch_size=4,
+        eval_rows=4,
+        eval_chunk=32,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm = CharDataModule(**{**args, **kwargs})
     dm.setup("fit")
     return dm
@@ -158,10 +181,22 @@ def test_train_py_trains_and_tests_on_a_folder_in_the_articles_order(folder, tmp
     from conftest import ROOT, run_script
 
     run = tmp_path / "run"
-    result = run_script(ROOT / "train.py", "data=folder", f"data.path={folder}", f"data.cache_dir={tmp_path / 'cache'}",
-                        "data.order=articles", "data.nchars=16", "data.val_size=3", "data.test_size=2",
-                        "model.hidden_size=16", "model.embedding_dim=8", "trainer.max_steps=6",
-                        "callbacks.samples.length=5", f"hydra.run.dir={run}", env={"OMP_NUM_THREADS": "1"})
+    result = run_script(
+        ROOT / "train.py",
+        "data=folder",
+        f"data.path={folder}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.order=articles",
+        "data.nchars=16",
+        "data.val_size=3",
+        "data.test_size=2",
+        "model.hidden_size=16",
+        "model.embedding_dim=8",
+        "trainer.max_steps=6",
+        "callbacks.samples.length=5",
+        f"hydra.run.dir={run}",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["test/bpc"] > 0

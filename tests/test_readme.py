@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from charlm.config import literal_prompt_overrides
+
 from conftest import ROOT, run_script
 
 README = ROOT / "README.md"
@@ -27,12 +28,23 @@ SAMPLING = ROOT / "docs" / "sampling.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 RUN = "tiny"  # replaces the placeholder <run> in the commands
 # Has every character of the documented prompts: "Today ", the default "today ", and Hangul.
-TEXT = "".join(f"Today {i:03d}: today the recurrent network reads the news. 순환 신경망은 글자를 읽는다.\n"
-               for i in range(200))
+TEXT = "".join(
+    f"Today {i:03d}: today the recurrent network reads the news. 순환 신경망은 글자를 읽는다.\n" for i in range(200)
+)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a tiny model gains nothing from more; two processes share 2 cores
-TINY = ["model.hidden_size=32", "model.embedding_dim=8", "data.nchars=32", "data.stride=32", "data.batch_size=16",
-        "data.val_size=400", "data.test_size=400", "trainer.max_steps=20", "trainer.val_check_interval=10",
-        "trainer.log_every_n_steps=4", "callbacks.samples.length=20"]
+TINY = [
+    "model.hidden_size=32",
+    "model.embedding_dim=8",
+    "data.nchars=32",
+    "data.stride=32",
+    "data.batch_size=16",
+    "data.val_size=400",
+    "data.test_size=400",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "trainer.log_every_n_steps=4",
+    "callbacks.samples.length=20",
+]
 
 
 def bash_commands(path: Path, program: str = "python sample.py") -> list[str]:
@@ -98,8 +110,16 @@ def workdir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("readme")
     corpus = work / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
-    result = run_script(ROOT / "train.py", "data=text", f"data.path={corpus}", f"data.cache_dir={work / 'cache'}",
-                        f"hydra.run.dir={work / 'outputs' / 'runs' / RUN}", *TINY, cwd=work, env=ONE_THREAD)
+    result = run_script(
+        ROOT / "train.py",
+        "data=text",
+        f"data.path={corpus}",
+        f"data.cache_dir={work / 'cache'}",
+        f"hydra.run.dir={work / 'outputs' / 'runs' / RUN}",
+        *TINY,
+        cwd=work,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (work / "outputs" / "runs" / RUN / "checkpoints" / "best.ckpt").exists()
     (work / "sample.py").symlink_to(ROOT / "sample.py")
@@ -114,12 +134,25 @@ def workdir(tmp_path_factory) -> Path:
 def ran(workdir) -> dict[str, subprocess.CompletedProcess]:
     """Every documented sampling command through bash, two at a time; a command documented twice (the
     same arguments after bash) runs once."""
-    env = {**os.environ, "PATH": f"{workdir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **ONE_THREAD}
+    env = {
+        **os.environ,
+        "PATH": f"{workdir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        **ONE_THREAD,
+    }
 
     def run(cmd):
-        return subprocess.run(substitute(cmd), shell=True, executable="/bin/bash", cwd=workdir, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            substitute(cmd),
+            shell=True,
+            executable="/bin/bash",
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     unique = {tuple(bash_argv(substitute(cmd))): cmd for _, cmd in DOC_COMMANDS}
     with ThreadPoolExecutor(2) as pool:
@@ -169,7 +202,7 @@ QUOTING = [
     ("'prompt=Hello, world'", "prompt=Hello, world", "Hello, world"),
     ("prompt=1", "prompt=1", "1"),
     ('"prompt=\\"It\'s \\""', 'prompt="It\'s "', "It's "),
-    ("'prompt=\"say \\\"hi\\\" \"'", 'prompt="say \\"hi\\" "', 'say "hi" '),
+    ('\'prompt="say \\"hi\\" "\'', 'prompt="say \\"hi\\" "', 'say "hi" '),
     ("'prompt=\"a\\nb\"'", 'prompt="a\\nb"', "a\\nb"),
     ("$'prompt=\"\\nToday \"'", 'prompt="\nToday "', "\nToday "),
     ("prompt=null", "prompt=null", None),
@@ -223,7 +256,9 @@ def test_relative_links_point_to_existing_files(page):
         file = (page.parent / target).resolve() if target else page
         assert file.exists(), f"{page.relative_to(ROOT)}: {link} -> no such file"
         if anchor:
-            assert file.suffix == ".md" and anchor in anchors(file), f"{page.relative_to(ROOT)}: {link} -> no such heading"
+            assert file.suffix == ".md" and anchor in anchors(file), (
+                f"{page.relative_to(ROOT)}: {link} -> no such heading"
+            )
 
 
 @pytest.mark.parametrize("page", PAGES[1:], ids=[p.name for p in PAGES[1:]])
@@ -233,8 +268,11 @@ def test_each_page_starts_with_a_title_a_summary_and_a_back_link(page):
     assert "](../README.md)" in "\n".join(rest[:4])
 
 
-TRAIN_COMMANDS = [cmd for cmd in bash_commands(README, "python train.py")
-                  + [c.replace(".venv/bin/python", "python", 1) for c in bash_commands(README, ".venv/bin/python train.py")]]
+TRAIN_COMMANDS = [
+    cmd
+    for cmd in bash_commands(README, "python train.py")
+    + [c.replace(".venv/bin/python", "python", 1) for c in bash_commands(README, ".venv/bin/python train.py")]
+]
 
 
 def test_the_readme_has_training_commands():
@@ -264,6 +302,6 @@ def test_the_readme_promises_what_a_new_user_meets():
     repeats itself until the model is well trained; each README line that shows it says so."""
     text = " ".join(README.read_text(encoding="utf-8").split())
     korean = text.index("prompt=순환")
-    assert "trained on Korean text" in text[korean:korean + 100]
+    assert "trained on Korean text" in text[korean : korean + 100]
     greedy = [line for line in README.read_text(encoding="utf-8").splitlines() if "temperature=0 " in line]
     assert greedy and all("until well trained" in line or "until the model is well trained" in line for line in greedy)

@@ -23,10 +23,12 @@ pytestmark = pytest.mark.slow  # every test here starts train.py processes
 STEPS, PER_EPOCH = 80, 48  # 48 batches an epoch: 779 windows of 32 every 16 characters, 16 a batch
 STREAM_CHUNKS = 24  # data.order=streams: (12720 - 32) // (16 rows * 32) chunks an epoch
 ENV = {"OMP_NUM_THREADS": "1"}  # a tiny model: one thread is as fast, and lets runs overlap
-GROUPS = {"per_epoch": ["trainer.val_check_interval=null", "~callbacks.lr_decay"],
-          "mid_epoch": ["trainer.val_check_interval=20"],
-          # the state carried across batches must come back too
-          "streams": ["trainer.val_check_interval=20", "data.order=streams"]}
+GROUPS = {
+    "per_epoch": ["trainer.val_check_interval=null", "~callbacks.lr_decay"],
+    "mid_epoch": ["trainer.val_check_interval=20"],
+    # the state carried across batches must come back too
+    "streams": ["trainer.val_check_interval=20", "data.order=streams"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +39,34 @@ def corpus(tmp_path_factory):
 
 
 def settings(corpus, group, max_steps=STEPS):
-    return ["data=text", f"data.path={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", "data.val_size=0.1",
-            "data.test_size=0.1", "data.nchars=32", "data.stride=16", "data.batch_size=16", "model.hidden_size=32",
-            "model.layers=2", "model.dropout=0.2", f"trainer.max_steps={max_steps}",
-            "callbacks.last_checkpoint.every_n_train_steps=10", "callbacks.samples.length=5", *GROUPS[group]]
+    return [
+        "data=text",
+        f"data.path={corpus}",
+        f"data.cache_dir={corpus.parent / 'cache'}",
+        "data.val_size=0.1",
+        "data.test_size=0.1",
+        "data.nchars=32",
+        "data.stride=16",
+        "data.batch_size=16",
+        "model.hidden_size=32",
+        "model.layers=2",
+        "model.dropout=0.2",
+        f"trainer.max_steps={max_steps}",
+        "callbacks.last_checkpoint.every_n_train_steps=10",
+        "callbacks.samples.length=5",
+        *GROUPS[group],
+    ]
 
 
 def start(overrides, run_dir):
-    return subprocess.Popen([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **ENV},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +154,24 @@ def case(group, signum):
 # The graceful signals (SIGINT, SIGTERM, SIGUSR2) share one handler (GracefulStop) and its checkpoint; a
 # SIGKILL resumes from the last periodic checkpoint instead. Each group: one graceful stop, and a SIGKILL
 # where the state carried between batches differs (the constant-lr epoch order, the streams' state).
-@pytest.mark.parametrize("group, signum", [case("per_epoch", signal.SIGINT), case("per_epoch", signal.SIGKILL),
-                                           case("mid_epoch", signal.SIGUSR2),
-                                           case("streams", signal.SIGTERM), case("streams", signal.SIGKILL)])
+@pytest.mark.parametrize(
+    "group, signum",
+    [
+        case("per_epoch", signal.SIGINT),
+        case("per_epoch", signal.SIGKILL),
+        case("mid_epoch", signal.SIGUSR2),
+        case("streams", signal.SIGTERM),
+        case("streams", signal.SIGKILL),
+    ],
+)
 def test_stopped_run_resumes_to_the_same_weights_and_metrics(corpus, tmp_path, straight, group, signum):
     overrides, stopped = settings(corpus, group), tmp_path / "stopped"
     # SIGKILL: after the checkpoint of step 20 or 30 (mid-epoch); a graceful stop checkpoints where it lands
     status = interrupt(overrides, stopped, signum, after_step=20 if signum == signal.SIGKILL else 10)
     assert status == (-signum if signum == signal.SIGKILL else 128 + signum)
-    assert stopped_mid_epoch(stopped, STREAM_CHUNKS if group == "streams" else PER_EPOCH), "the stop landed on an epoch end"
+    assert stopped_mid_epoch(stopped, STREAM_CHUNKS if group == "streams" else PER_EPOCH), (
+        "the stop landed on an epoch end"
+    )
     if signum != signal.SIGKILL:
         log = (stopped / "train.log").read_text()
         assert f"stopped by {signal.Signals(signum).name}" in log and f"resume={stopped}" in log
@@ -166,8 +195,13 @@ def test_run_ended_by_its_budget_continues_with_a_larger_one_to_the_same_weights
     assert ended.returncode == 0, ended.stderr[-2000:]
     assert stopped_mid_epoch(first)
 
-    more = run_script("train.py", *overrides, f"ckpt_path={first}/checkpoints/last.ckpt",
-                      f"hydra.run.dir={tmp_path / 'more'}", env=ENV)
+    more = run_script(
+        "train.py",
+        *overrides,
+        f"ckpt_path={first}/checkpoints/last.ckpt",
+        f"hydra.run.dir={tmp_path / 'more'}",
+        env=ENV,
+    )
     assert more.returncode == 0, more.stderr[-2000:]
     assert str(first) not in (tmp_path / "more" / "train.log").read_text().splitlines()[-1]  # tests its own best
     assert_same_run(straight("per_epoch"), tmp_path / "more", test_too=False)
@@ -176,10 +210,12 @@ def test_run_ended_by_its_budget_continues_with_a_larger_one_to_the_same_weights
 @pytest.mark.xdist_group("resume per_epoch")
 def test_continuing_a_checkpoint_already_at_the_budget_is_refused(corpus, tmp_path, straight):
     last = straight("per_epoch") / "checkpoints" / "last.ckpt"
-    result = run_script("train.py", *settings(corpus, "per_epoch"), f"ckpt_path={last}",
-                        f"hydra.run.dir={tmp_path / 'again'}", env=ENV)
+    result = run_script(
+        "train.py", *settings(corpus, "per_epoch"), f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'again'}", env=ENV
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: ckpt_path={last} is at step {STEPS}, already at trainer.max_steps={STEPS}: nothing to train; "
-        f"raise trainer.max_steps (e.g. trainer.max_steps={2 * STEPS}) to continue it"]
+        f"raise trainer.max_steps (e.g. trainer.max_steps={2 * STEPS}) to continue it"
+    ]
     assert not (tmp_path / "again" / "checkpoints").exists()

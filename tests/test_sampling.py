@@ -9,6 +9,7 @@ from charlm.model import CharRNN
 from charlm.module import CharLM
 from charlm.sampling import default_prompt, generate, generate_text
 from charlm.vocabulary import Vocabulary
+
 from conftest import ROOT, run_script
 
 VOCAB = Vocabulary.from_text("abcdefghijklmnopqrstuvwxyz .")
@@ -56,20 +57,23 @@ def test_samples_advance_together_and_match_single_runs(model):
     assert len(steps) == 5 and all(len(step) == 3 for step in steps)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(prompt="hello WORLD"), "5 characters not in the model's vocabulary: 'WORLD'"),
-    (dict(prompt=""), "prompt is empty"),
-    (dict(temperature=-1), "temperature=-1"),
-    (dict(length=-5), "length=-5"),
-    (dict(top_k=0), "top_k=0"),
-    (dict(top_p=0.0), "top_p=0.0"),
-    (dict(top_p=1.5), "top_p=1.5"),
-    (dict(temperature=float("nan")), "temperature=nan must be a number >= 0"),
-    (dict(temperature=float("inf")), "temperature=inf must be a number >= 0"),
-    (dict(temperature=True), "temperature=True"),
-    (dict(top_p=float("nan")), "top_p=nan"),
-    (dict(top_k=True), "top_k=True"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt="hello WORLD"), "5 characters not in the model's vocabulary: 'WORLD'"),
+        (dict(prompt=""), "prompt is empty"),
+        (dict(temperature=-1), "temperature=-1"),
+        (dict(length=-5), "length=-5"),
+        (dict(top_k=0), "top_k=0"),
+        (dict(top_p=0.0), "top_p=0.0"),
+        (dict(top_p=1.5), "top_p=1.5"),
+        (dict(temperature=float("nan")), "temperature=nan must be a number >= 0"),
+        (dict(temperature=float("inf")), "temperature=inf must be a number >= 0"),
+        (dict(temperature=True), "temperature=True"),
+        (dict(top_p=float("nan")), "top_p=nan"),
+        (dict(top_k=True), "top_k=True"),
+    ],
+)
 def test_bad_sampling_arguments_are_refused_before_any_text(model, kwargs, message):
     args = dict(prompt="hello", length=10) | kwargs
     with pytest.raises(UserError, match=message):
@@ -82,8 +86,10 @@ def test_a_temperature_too_small_for_any_other_choice_is_greedy(model, temperatu
     one-hot, i.e. greedy decoding, for every number of samples and with top-k / top-p too."""
     greedy = generate_text(model, VOCAB, "the ", 40, temperature=0)
     assert generate_text(model, VOCAB, "the ", 40, temperature=temperature, seed=1) == greedy
-    assert generate_text(model, VOCAB, "the ", 40, temperature=temperature, top_k=3, top_p=0.5, seed=1,
-                         num_samples=2) == greedy * 2
+    assert (
+        generate_text(model, VOCAB, "the ", 40, temperature=temperature, top_k=3, top_p=0.5, seed=1, num_samples=2)
+        == greedy * 2
+    )
 
 
 def test_a_huge_temperature_samples_every_character_alike(model):
@@ -95,8 +101,9 @@ def test_a_huge_temperature_samples_every_character_alike(model):
 def test_extreme_top_k_and_top_p_are_fine(model):
     greedy = generate_text(model, VOCAB, "a", 30)
     assert generate_text(model, VOCAB, "a", 30, temperature=1.0, top_p=1e-300, seed=2) == greedy
-    assert generate_text(model, VOCAB, "a", 30, temperature=1.0, top_k=10**9, seed=2) == \
-        generate_text(model, VOCAB, "a", 30, temperature=1.0, seed=2)
+    assert generate_text(model, VOCAB, "a", 30, temperature=1.0, top_k=10**9, seed=2) == generate_text(
+        model, VOCAB, "a", 30, temperature=1.0, seed=2
+    )
 
 
 def test_broken_weights_are_named_not_a_multinomial_error(model):
@@ -125,9 +132,11 @@ def test_text_samples_adapt_the_default_prompt_and_refuse_a_bad_one_before_train
     samples = TextSamples()
     samples.on_fit_start(None, module)
     assert samples._prompt == "a"
-    for bad, message in [(dict(prompt="today "), r"^callbacks.samples.prompt='today ' has 5 characters not in"),
-                         (dict(temperatures=[0.5, float("nan")]), r"^callbacks.samples.temperatures: nan must be"),
-                         (dict(prompt="a", length=-2), r"^callbacks.samples.length=-2 must be")]:
+    for bad, message in [
+        (dict(prompt="today "), r"^callbacks.samples.prompt='today ' has 5 characters not in"),
+        (dict(temperatures=[0.5, float("nan")]), r"^callbacks.samples.temperatures: nan must be"),
+        (dict(prompt="a", length=-2), r"^callbacks.samples.length=-2 must be"),
+    ]:
         with pytest.raises(UserError, match=message):
             TextSamples(**bad).on_fit_start(None, module)
     assert TextSamples(temperatures=0.5).temperatures == [0.5]
@@ -145,9 +154,11 @@ def test_sample_py_as_typed(tmp_path):
     run.mkdir(parents=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, run / "best.ckpt")
     ckpt = f"ckpt={run / 'best.ckpt'}"
-    commands = [(ckpt, "prompt=순환", "length=12", "temperature=1e-300"),
-                (ckpt, "length=3", "temperature=0", "num_samples=2"),
-                ("prompt=ab ", "length=3", "temperature=0")]
+    commands = [
+        (ckpt, "prompt=순환", "length=12", "temperature=1e-300"),
+        (ckpt, "length=3", "temperature=0", "num_samples=2"),
+        ("prompt=ab ", "length=3", "temperature=0"),
+    ]
     with ThreadPoolExecutor(max_workers=3) as pool:
         hangul, default, newest = pool.map(lambda args: run_script(ROOT / "sample.py", *args, cwd=tmp_path), commands)
     assert hangul.returncode == 0 and hangul.stderr == "", hangul.stderr
@@ -157,20 +168,29 @@ def test_sample_py_as_typed(tmp_path):
         "note: the default prompt 'today ' has characters the model does not know; starting from '\\n' instead "
         "(choose one with prompt=...)",
         "note: temperature=0 is greedy decoding, which has one answer: the 2 samples are the same; use "
-        "temperature > 0 (and top_k > 1 or null) for different ones"]
+        "temperature > 0 (and top_k > 1 or null) for different ones",
+    ]
     assert newest.returncode == 0 and newest.stdout.startswith("ab ") and len(newest.stdout) == 7, newest.stderr
     assert newest.stderr == "note: no ckpt given: using the newest run's outputs/runs/r/checkpoints/best.ckpt\n"
 
 
-@pytest.mark.parametrize("typed, prompt", [
-    ("Today ", "Today "),            # prompt="Today " in a shell: Hydra would trim the space
-    ("순환", "순환"), ("café", "café"),  # Hydra's lexer refuses most non-ASCII letters
-    ("Hello, world", "Hello, world"),  # a comma: a sweep for Hydra
-    ("123", "123"), ("true", "true"),  # a number, a bool for Hydra
-    ("it's \\'", "it's \\'"), ("a\\", "a\\"), ("(x", "(x"),
-    ("'Today '", "Today "), ('"순환"', "순환"),  # quoted for Hydra, as the README shows: Hydra's reading
-    ("null", None),                  # the default prompt
-])
+@pytest.mark.parametrize(
+    "typed, prompt",
+    [
+        ("Today ", "Today "),  # prompt="Today " in a shell: Hydra would trim the space
+        ("순환", "순환"),
+        ("café", "café"),  # Hydra's lexer refuses most non-ASCII letters
+        ("Hello, world", "Hello, world"),  # a comma: a sweep for Hydra
+        ("123", "123"),
+        ("true", "true"),  # a number, a bool for Hydra
+        ("it's \\'", "it's \\'"),
+        ("a\\", "a\\"),
+        ("(x", "(x"),
+        ("'Today '", "Today "),
+        ('"순환"', "순환"),  # quoted for Hydra, as the README shows: Hydra's reading
+        ("null", None),  # the default prompt
+    ],
+)
 def test_a_prompt_on_the_command_line_is_taken_as_typed(typed, prompt):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -194,9 +214,12 @@ def test_ctrl_c_ends_a_long_text_without_a_traceback(tmp_path):
     torch.manual_seed(0)
     module = CharLM(vocab=VOCAB.chars, model=dict(hidden_size=8, embedding_dim=4))
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "m.ckpt")
-    process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), f"ckpt={tmp_path / 'm.ckpt'}",
-                                "length=1000000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "sample.py"), f"ckpt={tmp_path / 'm.ckpt'}", "length=1000000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert process.stdout.read(50)  # it is generating
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)

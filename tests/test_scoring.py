@@ -34,10 +34,10 @@ def plain_loss(net, tokens, starts, lengths, labels=None, topic=True) -> float:
     for start, length in zip(starts, lengths):
         if length < 2:
             continue
-        row = torch.from_numpy(tokens[start:start + length]).long()
+        row = torch.from_numpy(tokens[start : start + length]).long()
         kwargs = {}
         if labels is not None and topic:
-            kwargs["topic"] = torch.from_numpy(labels[start:start + length - 1]).long()[None]
+            kwargs["topic"] = torch.from_numpy(labels[start : start + length - 1]).long()[None]
         with torch.no_grad():
             logits, _ = net(row[None, :-1], **kwargs)
         logits = logits[0].double()
@@ -74,8 +74,9 @@ def test_the_scorer_is_a_plain_cross_entropy_loop_over_the_stream(topics):
 def test_the_training_sample_has_its_own_metrics(tiny_text, tmp_path, monkeypatch):
     """TrainSampleScore scores the training text into a fresh metric set of its own: the module's val
     metrics, part way through a validation, are neither updated nor reset by it."""
-    dm = CharDataModule(corpus="text", path=str(tiny_text), nchars=16, eval_rows=4, eval_chunk=32,
-                        cache_dir=str(tmp_path / "cache"))
+    dm = CharDataModule(
+        corpus="text", path=str(tiny_text), nchars=16, eval_rows=4, eval_chunk=32, cache_dir=str(tmp_path / "cache")
+    )
     dm.setup()
     torch.manual_seed(0)
     module = CharLM(vocab=dm.vocab.chars, model={"cell": "gru", "hidden_size": 8}).eval()

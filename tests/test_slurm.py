@@ -10,12 +10,21 @@ from hydra.utils import instantiate
 from charlm.config import compose_config
 from charlm.errors import UserError
 from charlm.training import check_multirun_launch_mode
+
 from conftest import ROOT
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra: pip install -e '.[slurm]'")
 
-SLURM_TASK = {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "charlm", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4",
-              "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_NODELIST": "gpu[01-02]"}
+SLURM_TASK = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_JOB_NAME": "charlm",
+    "SLURM_NTASKS": "8",
+    "SLURM_NTASKS_PER_NODE": "4",
+    "SLURM_PROCID": "5",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "1",
+    "SLURM_NODELIST": "gpu[01-02]",
+}
 
 
 class Submitted(Exception):
@@ -25,8 +34,17 @@ class Submitted(Exception):
 def test_launcher_preset_submits_one_array_job_with_a_task_per_device(tmp_path, monkeypatch):
     import submitit.slurm.slurm as slurm
 
-    cfg = compose_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-                          "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    cfg = compose_config(
+        [
+            "hydra/launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        tmp_path,
+    )
     launcher = instantiate(cfg.hydra.launcher)
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
     scripts = []
@@ -58,8 +76,9 @@ def test_a_slurm_sweep_of_ddp_jobs_is_not_refused_on_the_submitting_machine(tmp_
 
 
 def test_ranks_started_by_slurm_are_not_refused_under_multirun(monkeypatch):
-    cfg = compose_config(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "trainer.accelerator=cpu"],
-                         ROOT / "outputs")
+    cfg = compose_config(
+        ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "trainer.accelerator=cpu"], ROOT / "outputs"
+    )
     with pytest.raises(UserError, match="re-run the whole sweep"):  # on one machine, Lightning would relaunch
         check_multirun_launch_mode(cfg.trainer)
     for key, value in SLURM_TASK.items():

@@ -14,19 +14,39 @@ import torch
 from omegaconf import OmegaConf
 
 from charlm.config import job_dirname, swept_keys
+
 from conftest import ROOT, run_script
 
 # Smaller than test_cli.TINY: a sweep trains several models.
-TINY = ["model.hidden_size=16", "model.embedding_dim=8", "data.nchars=32", "data.stride=32", "data.batch_size=16",
-        "data.val_size=20", "data.test_size=20", "trainer.max_steps=8", "trainer.val_check_interval=4",
-        "trainer.log_every_n_steps=2", "callbacks.samples.length=10", "callbacks.samples.temperatures=[0,1]"]
+TINY = [
+    "model.hidden_size=16",
+    "model.embedding_dim=8",
+    "data.nchars=32",
+    "data.stride=32",
+    "data.batch_size=16",
+    "data.val_size=20",
+    "data.test_size=20",
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=4",
+    "trainer.log_every_n_steps=2",
+    "callbacks.samples.length=10",
+    "callbacks.samples.temperatures=[0,1]",
+]
 ENV = {"OMP_NUM_THREADS": "1"}  # tiny models: threads only add overhead on a shared CPU
 
 
 def multirun(sweep_dir, data_path, *overrides):
     """``python train.py -m`` into ``sweep_dir`` with tiny settings (``overrides`` replace them)."""
-    return run_script("train.py", "-m", *TINY, *overrides, f"data.path={data_path}",
-                      f"data.cache_dir={sweep_dir.parent / 'cache'}", f"hydra.sweep.dir={sweep_dir}", env=ENV)
+    return run_script(
+        "train.py",
+        "-m",
+        *TINY,
+        *overrides,
+        f"data.path={data_path}",
+        f"data.cache_dir={sweep_dir.parent / 'cache'}",
+        f"hydra.sweep.dir={sweep_dir}",
+        env=ENV,
+    )
 
 
 def read_csv(path):
@@ -54,8 +74,14 @@ def seeded(ag_news_test_csv, tmp_path_factory):
     from charlm.summary import collect
 
     sweep_dir = tmp_path_factory.mktemp("seeded") / "cells"
-    result = multirun(sweep_dir, ag_news_test_csv, "model.cell=lstm,gru", "seed=1,2", "trainer.max_steps=20",
-                      "trainer.val_check_interval=null")
+    result = multirun(
+        sweep_dir,
+        ag_news_test_csv,
+        "model.cell=lstm,gru",
+        "seed=1,2",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=null",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return (sweep_dir, *collect(sweep_dir))
 
@@ -97,8 +123,11 @@ def test_configurations_group_the_seeds_with_their_mean_and_spread(seeded):
     assert math.isclose(float(other["delta_vs_best"]), delta)
     within = delta <= math.hypot(float(other["best_val_bpc_std"]), float(best["best_val_bpc_std"]))
     assert other["within_spread"] == str(within)
-    line = next(line for line in (sweep_dir / "summary.md").read_text().splitlines()
-                if line.startswith(f"| {other['configuration']} | 2 | "))
+    line = next(
+        line
+        for line in (sweep_dir / "summary.md").read_text().splitlines()
+        if line.startswith(f"| {other['configuration']} | 2 | ")
+    )
     assert f"| {delta:+.4f}{' (within seed spread)' if within else ''} |" in line
     assert f"| {best['configuration']} | 2 | " in (sweep_dir / "summary.md").read_text()
 
@@ -106,19 +135,40 @@ def test_configurations_group_the_seeds_with_their_mean_and_spread(seeded):
 def fake_run(name, cell, best, seed):
     """A job as charlm.summary.read_run returns it, without curves: for the rules of ``group``."""
     empty = {"step": [], "characters": [], "seconds": [], "value": []}
-    return {"run": name, "cell": cell, "layers": 1, "hidden_size": 8, "seed": seed, "parameters": 1,
-            "best_val_bpc": best, "test_bpc": best, "chars_per_sec": 1.0, "fit_seconds": 1.0, "characters": None,
-            "final_train_eval_bpc": None, "gap": None, "curves": {"val/bpc": empty, "train_eval/bpc": empty},
-            "settings": {"model.cell": cell, "model.layers": 1, "model.hidden_size": 8, "model.dropout": 0.0}}
+    return {
+        "run": name,
+        "cell": cell,
+        "layers": 1,
+        "hidden_size": 8,
+        "seed": seed,
+        "parameters": 1,
+        "best_val_bpc": best,
+        "test_bpc": best,
+        "chars_per_sec": 1.0,
+        "fit_seconds": 1.0,
+        "characters": None,
+        "final_train_eval_bpc": None,
+        "gap": None,
+        "curves": {"val/bpc": empty, "train_eval/bpc": empty},
+        "settings": {"model.cell": cell, "model.layers": 1, "model.hidden_size": 8, "model.dropout": 0.0},
+    }
 
 
 def test_a_difference_within_the_seeds_spread_is_flagged_and_a_larger_one_not():
     from charlm.summary import group
 
-    runs = [fake_run("a1", "lstm", 1.00, 1), fake_run("a2", "lstm", 1.02, 2),   # mean 1.01, std 0.0141
-            fake_run("b1", "gru", 1.02, 1), fake_run("b2", "gru", 1.04, 2),     # +0.02 <= 0.02: within
-            fake_run("c1", "rnn", 1.10, 1), fake_run("c2", "rnn", 1.12, 2),     # +0.10: not
-            {**fake_run("d1", "lstm", 1.5, 1), "settings": {**fake_run("", "lstm", 0, 0)["settings"], "model.dropout": 0.2}}]
+    runs = [
+        fake_run("a1", "lstm", 1.00, 1),
+        fake_run("a2", "lstm", 1.02, 2),  # mean 1.01, std 0.0141
+        fake_run("b1", "gru", 1.02, 1),
+        fake_run("b2", "gru", 1.04, 2),  # +0.02 <= 0.02: within
+        fake_run("c1", "rnn", 1.10, 1),
+        fake_run("c2", "rnn", 1.12, 2),  # +0.10: not
+        {
+            **fake_run("d1", "lstm", 1.5, 1),
+            "settings": {**fake_run("", "lstm", 0, 0)["settings"], "model.dropout": 0.2},
+        },
+    ]
     configs = {c["configuration"]: c for c in group(runs)}
     assert list(configs) == ["lstm 1×8 d=0", "gru 1×8 d=0", "rnn 1×8 d=0", "lstm 1×8 d=0.2"]  # best first
     assert [c["n"] for c in configs.values()] == [2, 2, 2, 1]
@@ -200,8 +250,11 @@ def test_a_run_in_the_articles_order_has_no_characters_axis_but_its_seconds(seed
     assert chars_per_step(OmegaConf.create({"data": {"batch_size": 4, "nchars": 8, "order": "streams"}})) == 32
     sweep_dir, rows, _ = seeded
     curve = {"step": [5, 10], "characters": [None, None], "seconds": [1.0, 2.0], "value": [3.0, 2.5]}
-    lesson = {**fake_run("lesson", "lstm", 2.5, 1), "curves": {"val/bpc": curve, "train_eval/bpc": curve},
-              "settings": {**fake_run("", "lstm", 0, 0)["settings"], "data.order": "articles", "experiment": "lesson"}}
+    lesson = {
+        **fake_run("lesson", "lstm", 2.5, 1),
+        "curves": {"val/bpc": curve, "train_eval/bpc": curve},
+        "settings": {**fake_run("", "lstm", 0, 0)["settings"], "data.order": "articles", "experiment": "lesson"},
+    }
     configs = group([*rows, lesson])
     # a preset's runs are named by it, and do not lengthen the others' labels
     assert sorted(c["configuration"] for c in configs) == ["gru 1×16", "lesson (lstm 1×8)", "lstm 1×16"]
@@ -241,27 +294,46 @@ def test_the_table_has_parameters_and_flops_of_each_configuration(seeded):
 
     sweep_dir, rows, configs = seeded
     for config in configs:
-        vocab = len(torch.load(sweep_dir / config["runs"][0] / "checkpoints" / "best.ckpt",
-                               weights_only=True)["hyper_parameters"]["vocab"])
+        vocab = len(
+            torch.load(sweep_dir / config["runs"][0] / "checkpoints" / "best.ckpt", weights_only=True)[
+                "hyper_parameters"
+            ]["vocab"]
+        )
         flops = matmul_flops_per_char(config["cell"], 16, 1, vocab_size=vocab, embedding_dim=8)
-        assert config["flops_per_char"] == flops and config["parameters"] == metrics_of(sweep_dir / config["runs"][0])["parameters"]
+        assert (
+            config["flops_per_char"] == flops
+            and config["parameters"] == metrics_of(sweep_dir / config["runs"][0])["parameters"]
+        )
         assert f"| {flops:,} |" in (sweep_dir / "summary.md").read_text()
 
 
 def test_label_names_the_differing_settings_shortly():
     from charlm.summary import label
 
-    settings = {"model.cell": "lstm", "model.layers": 2, "model.hidden_size": 256, "model.dropout": 0.2,
-                "optimizer.lr": 0.003, "trainer.max_time": "00:00:05:00"}
+    settings = {
+        "model.cell": "lstm",
+        "model.layers": 2,
+        "model.hidden_size": 256,
+        "model.dropout": 0.2,
+        "optimizer.lr": 0.003,
+        "trainer.max_time": "00:00:05:00",
+    }
     assert label(settings, ["model.dropout", "optimizer.lr", "model.layers"]) == "lstm 2×256 d=0.2 lr=0.003"
     assert label(settings, ["trainer.max_time"]) == "lstm 2×256 max_time=00:00:05:00"
 
 
 def test_job_dirname_drops_config_groups_unless_ambiguous():
-    assert job_dirname(["model.cell=gru", "model.layers=2", "model.hidden_size=256", "data.path=x.txt", "sweep=lesson"],
-                       ["data.path", "sweep"]) == "cell=gru,layers=2,hidden_size=256"
-    assert job_dirname(["model.dropout=0.1", "data.dropout=0", "callbacks.samples.length=9", "data=text"], []) == \
-        "model.dropout=0.1,data.dropout=0,samples.length=9,data=text"
+    assert (
+        job_dirname(
+            ["model.cell=gru", "model.layers=2", "model.hidden_size=256", "data.path=x.txt", "sweep=lesson"],
+            ["data.path", "sweep"],
+        )
+        == "cell=gru,layers=2,hidden_size=256"
+    )
+    assert (
+        job_dirname(["model.dropout=0.1", "data.dropout=0", "callbacks.samples.length=9", "data=text"], [])
+        == "model.dropout=0.1,data.dropout=0,samples.length=9,data=text"
+    )
     assert job_dirname([], []) == "defaults"
 
 
@@ -272,8 +344,16 @@ def test_job_dirname_rounds_decimals_when_asked():
 
 
 def test_swept_keys_come_from_the_command_line_and_the_sweeper_params():
-    task = ["model.cell=lstm,gru", "model.hidden_size=choice(8,16)", "data.path=x.txt", "trainer.max_steps=150",
-            "model.layers=2", "resume=true", "optimizer.lr=0.1,0.2", "optimizer.lr=0.3"]  # the last value wins
+    task = [
+        "model.cell=lstm,gru",
+        "model.hidden_size=choice(8,16)",
+        "data.path=x.txt",
+        "trainer.max_steps=150",
+        "model.layers=2",
+        "resume=true",
+        "optimizer.lr=0.1,0.2",
+        "optimizer.lr=0.3",
+    ]  # the last value wins
     params = {"model.layers": "1,2,3", "optimizer.lr": "tag(log, interval(0.0003, 0.01))", "model.dropout": "0.1"}
     swept, constant = swept_keys(task, params)
     assert swept == {"model.cell", "model.hidden_size"}  # the command line's layers=2 replaces the params' sweep
@@ -305,7 +385,7 @@ def test_summary_rows_are_the_jobs_real_metrics(sweep):
         assert (f"cell={row['cell']}", f"layers={row['layers']}", row["hidden_size"]) == (cell, layers, "16")
     best = min(rows.values(), key=lambda r: float(r["best_val_bpc"]))
     markdown = (sweep_dir / "summary.md").read_text()
-    jobs = markdown[markdown.index("## Jobs"):]
+    jobs = markdown[markdown.index("## Jobs") :]
     table = [line for line in jobs.splitlines() if line.startswith("| ")]
     assert len(table) == 5 and table[1].startswith(f"| {best['run']} | ")  # header, then rows by best val/bpc
     assert f"{float(best['best_val_bpc']):.4f}" in table[1]
@@ -355,8 +435,11 @@ def test_tensorboard_reads_scalars_samples_and_hparams_of_every_run(sweep):
         assert [e.step for e in events.Tensors("samples/T=0/text_summary")] == [4, 8]
         assert all(p.step % 2 == 0 for p in events.Scalars("train/loss"))  # every log_every_n_steps=2 steps
         best_step = int(read_csv(sweep_dir / "summary.csv")[run.name]["best_step"])
-        assert best_step in (4, 8) and any(math.isclose(p.value, metrics["best/val_bpc"], rel_tol=1e-6)
-                                           for p in events.Scalars("val/bpc") if p.step == best_step)
+        assert best_step in (4, 8) and any(
+            math.isclose(p.value, metrics["best/val_bpc"], rel_tol=1e-6)
+            for p in events.Scalars("val/bpc")
+            if p.step == best_step
+        )
 
 
 def test_summary_command_rebuilds_the_same_table(sweep):
@@ -420,13 +503,21 @@ def test_presets_compose():
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         lesson = compose("config", overrides=["sweep=lesson"], return_hydra_config=True)
-        assert dict(lesson.hydra.sweeper.params) == {"model.cell": "lstm,gru", "model.layers": "1,2,3",
-                                                      "model.hidden_size": "128,256,512"}
+        assert dict(lesson.hydra.sweeper.params) == {
+            "model.cell": "lstm,gru",
+            "model.layers": "1,2,3",
+            "model.hidden_size": "128,256,512",
+        }
         seeds = compose("config", overrides=["sweep=lesson_seeds"], return_hydra_config=True)
         assert seeds.hydra.sweeper.params.seed == "1,2" and seeds.trainer.max_time
-        chars = compose("config", overrides=["sweep=equal_chars", "data.batch_size=16", "data.nchars=32",
-                                             "train_chars=10000"], return_hydra_config=True)
-        assert chars.trainer.max_steps == 20 and chars.hydra.sweeper.params["model.cell"] == "lstm,gru"  # ceil(10000/512)
+        chars = compose(
+            "config",
+            overrides=["sweep=equal_chars", "data.batch_size=16", "data.nchars=32", "train_chars=10000"],
+            return_hydra_config=True,
+        )
+        assert (
+            chars.trainer.max_steps == 20 and chars.hydra.sweeper.params["model.cell"] == "lstm,gru"
+        )  # ceil(10000/512)
         gpu = compose("config", overrides=["sweep=gpu"], return_hydra_config=True)
         assert gpu.trainer.accelerator == "gpu" and gpu.hydra.sweeper.params.seed == "1,2"
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -462,15 +553,21 @@ def test_an_undertrained_run_is_flagged_and_never_the_best():
     assert undertrained(500, 6.39, 84) == "undertrained: val 6.39 bpc, the uniform guess is 6.39"
     assert undertrained(500, 2.1, 84) == ""
     short = {**fake_run("lstm", "lstm", 6.40, 1), "undertrained": undertrained(2, 6.40, 84)}
-    trained = {**fake_run("gru", "gru", 6.45, 1), "undertrained": undertrained(900, 6.45, 84)}  # 900 steps, still uniform
+    trained = {
+        **fake_run("gru", "gru", 6.45, 1),
+        "undertrained": undertrained(900, 6.45, 84),
+    }  # 900 steps, still uniform
     good = {**fake_run("rnn", "rnn", 3.0, 1), "undertrained": ""}
     configs = group([short, trained, good])
     for config in configs:
         config["_best"] = configs[0]
     cells = {c["configuration"]: _config_cells(c)[6] for c in configs}
     assert list(cells) == ["rnn 1×8", "lstm 1×8", "gru 1×8"]  # the trained one first, though its val is highest
-    assert cells == {"rnn 1×8": "best", "lstm 1×8": "not ranked (undertrained: 2 steps (< 100))",
-                     "gru 1×8": "not ranked (undertrained: val 6.45 bpc, the uniform guess is 6.39)"}
+    assert cells == {
+        "rnn 1×8": "best",
+        "lstm 1×8": "not ranked (undertrained: 2 steps (< 100))",
+        "gru 1×8": "not ranked (undertrained: val 6.45 bpc, the uniform guess is 6.39)",
+    }
     configs = group([short, trained])  # all undertrained: compared with the first, which is not the best
     for config in configs:
         config["_best"] = configs[0]

@@ -15,6 +15,7 @@ from charlm.module import load_checkpoint
 from charlm.sampling import generate_text, topic_ids
 from charlm.sources import SEPARATOR
 from charlm.training import train
+
 from conftest import run_script
 
 LETTERS = "abcd"
@@ -36,8 +37,17 @@ def write_corpus(folder, n=120):
 
 def test_every_character_carries_its_articles_label(tmp_path):
     path = write_corpus(tmp_path)
-    dm = CharDataModule(path=str(path), val_size=10, test_size=10, nchars=16, stride=5, batch_size=4,
-                        eval_rows=3, eval_chunk=7, cache_dir=str(tmp_path / "cache"))
+    dm = CharDataModule(
+        path=str(path),
+        val_size=10,
+        test_size=10,
+        nchars=16,
+        stride=5,
+        batch_size=4,
+        eval_rows=3,
+        eval_chunk=7,
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert dm.use_topics() == ["World", "Sports", "Business", "Sci/Tech"]
     separators = 0
     for split in ("train", "val", "test"):
@@ -64,8 +74,15 @@ def test_every_character_carries_its_articles_label(tmp_path):
 
 
 def test_unconditioned_batches_are_unchanged(tmp_path):
-    dm = CharDataModule(path=str(write_corpus(tmp_path)), val_size=10, test_size=10, nchars=16, stride=5,
-                        batch_size=4, cache_dir=str(tmp_path / "cache"))
+    dm = CharDataModule(
+        path=str(write_corpus(tmp_path)),
+        val_size=10,
+        test_size=10,
+        nchars=16,
+        stride=5,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup()
     assert len(dm.train_set[0]) == 2 and len(dm.eval_stream("val")[0]) == 2
 
@@ -76,10 +93,12 @@ def test_hub_labels_and_names(tmp_path, monkeypatch):
     feature = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
     train = [LETTERS[i % 4] * 5 for i in range(40)]
     test = [LETTERS[i % 4] * 3 for i in range(8)]
-    fake = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": train, "label": [i % 4 for i in range(40)]}, features=feature),
-        "test": datasets.Dataset.from_dict({"text": test, "label": [i % 4 for i in range(8)]}, features=feature),
-    })
+    fake = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": train, "label": [i % 4 for i in range(40)]}, features=feature),
+            "test": datasets.Dataset.from_dict({"text": test, "label": [i % 4 for i in range(8)]}, features=feature),
+        }
+    )
     monkeypatch.setattr(datasets, "load_dataset", lambda name: fake)
     dm = CharDataModule(path=None, val_size=4, nchars=8, stride=8, batch_size=2, cache_dir=str(tmp_path))
     assert dm.use_topics() == names
@@ -104,11 +123,26 @@ def trained(tmp_path_factory):
     path = write_corpus(folder, n=200)
     run_dir = folder / "run"
     run_dir.mkdir()
-    cfg = compose_config([f"data.path={path}", "data.val_size=20", "data.test_size=40", "data.nchars=32",
-                          "data.stride=16", "data.batch_size=16", f"data.cache_dir={folder}/cache", "model.topics=true",
-                          "model.hidden_size=32", "model.topic_dropout=0.3", "trainer.max_steps=60",
-                          "trainer.max_time=null", "optimizer.lr=0.01", "trainer.accelerator=cpu",
-                          "callbacks.samples.length=20"], run_dir)
+    cfg = compose_config(
+        [
+            f"data.path={path}",
+            "data.val_size=20",
+            "data.test_size=40",
+            "data.nchars=32",
+            "data.stride=16",
+            "data.batch_size=16",
+            f"data.cache_dir={folder}/cache",
+            "model.topics=true",
+            "model.hidden_size=32",
+            "model.topic_dropout=0.3",
+            "trainer.max_steps=60",
+            "trainer.max_time=null",
+            "optimizer.lr=0.01",
+            "trainer.accelerator=cpu",
+            "callbacks.samples.length=20",
+        ],
+        run_dir,
+    )
     metrics = train(cfg, run_dir)
     return run_dir, metrics
 
@@ -146,8 +180,9 @@ def test_checkpoint_is_weights_only_with_topic_names_and_samples_per_topic(train
     raw = torch.load(ckpt, weights_only=True)
     assert raw["hyper_parameters"]["topics"] == ["World", "Sports", "Business", "Sci/Tech"]
     module = load_checkpoint(ckpt)
-    sports = generate_text(module.net, module.vocab, SEPARATOR, 30, temperature=0.5, seed=0,
-                           topic=topic_ids(module.topics, "sports"))[0]
+    sports = generate_text(
+        module.net, module.vocab, SEPARATOR, 30, temperature=0.5, seed=0, topic=topic_ids(module.topics, "sports")
+    )[0]
     letters = [c for c in sports if c in LETTERS]
     assert letters and max(LETTERS, key=letters.count) == "b"  # Sports is written in b
     assert max(classify(module, "bbbb bb bbb").items(), key=lambda kv: kv[1])[0] == "Sports"

@@ -39,8 +39,10 @@ def test_unknown_characters_are_named_in_a_short_line_even_for_a_large_vocabular
     with pytest.raises(UserError) as refused:
         vocab.encode(chr(0xAC00) + "Hello, wonderful world\r\n", strict=True)
     message = str(refused.value)
-    assert message == ("14 characters not in the model's vocabulary: 'Helo, wn' and 6 more; "
-                       "the model knows 1,500 characters (its vocabulary of 1,501 has one more id, for unknown ones)")
+    assert message == (
+        "14 characters not in the model's vocabulary: 'Helo, wn' and 6 more; "
+        "the model knows 1,500 characters (its vocabulary of 1,501 has one more id, for unknown ones)"
+    )
     assert len(vocab) == 1501  # the number the training log gives: "vocabulary of 1501"
     assert len(message) < 200
 
