@@ -1,7 +1,9 @@
 """charlm.compat on the installed libraries: each private name still exists and still means what charlm
 relies on. A failure here names the library change to adapt to."""
 
+import ast
 import importlib
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -107,3 +109,66 @@ def test_dataset_fingerprint_and_tensorboard_writer(tmp_path):
     writer = SummaryWriter(str(tmp_path))
     assert hasattr(compat.tensorboard_file_writer(writer), "add_summary")
     writer.close()
+
+
+LIBRARIES = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "torch", "torchmetrics", "datasets", "tensorboard")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def private_library_names(path: Path) -> list[str]:
+    """``line: name`` of each private (single-underscore) name of a library that ``path`` imports, or
+    reaches as an attribute of an imported library module (``torch._dynamo``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found, modules = [], set()
+
+    def private(dotted: str) -> bool:
+        return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in LIBRARIES:
+                    modules.add(alias.asname or alias.name.split(".")[0])
+                    if private(alias.name):
+                        found.append(f"{node.lineno}: {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
+            for alias in node.names:
+                if private(f"{node.module}.{alias.name}"):
+                    found.append(f"{node.lineno}: {node.module}.{alias.name}")
+                elif not alias.name[0].isupper():  # a submodule imported by name (from torch import nn)
+                    modules.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in modules:
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_private_library_name_outside_compat():
+    """Every private name of a library lives in charlm/compat.py, where its reason and its test are."""
+    files = [
+        *sorted((ROOT / "charlm").glob("*.py")),
+        *sorted(ROOT.glob("*.py")),
+        *sorted((ROOT / "benchmarks").glob("*.py")),
+    ]
+    found = {
+        str(path.relative_to(ROOT)): names
+        for path in files
+        if path.name != "compat.py" and (names := private_library_names(path))
+    }
+    assert found == {}
+    assert private_library_names(ROOT / "charlm" / "compat.py")  # the check finds them where they are
+
+
+def test_the_check_finds_each_form_of_private_name(tmp_path):
+    code = tmp_path / "code.py"
+    code.write_text(
+        "import torch\nimport torch._dynamo\nfrom torch import nn\n"
+        "from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher\n"
+        "from hydra._internal.utils import run_and_report\n"
+        "x = torch._C\ny = nn._reduction\nz = torch.nn.functional.relu\nclass A:\n    def f(self):\n        self._g()\n"
+    )
+    assert [line.split(":")[0] for line in private_library_names(code)] == ["2", "4", "5", "6", "7"]
