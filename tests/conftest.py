@@ -47,16 +47,25 @@ def tiny_text(tmp_path) -> Path:
     return path
 
 
+# Has every character of the documented prompts ("Today ", the default "today ", Hangul): the README's
+# sampling commands run on tiny_run's model.
+TINY_TEXT = "".join(
+    f"Today {i:03d}: today the quick brown fox jumps over the lazy dog. 순환 신경망은 글자를 읽는다.\n"
+    for i in range(300)
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder (config.yaml, checkpoints/best.ckpt, metrics.json) of a tiny model trained in this
-    process on a small text for a few steps, shared by the tests that need a real trained checkpoint."""
+    process on a small text for a few steps, shared by the tests that need a real trained checkpoint
+    (eval.py's, the README's sampling commands)."""
     from charlm.config import compose_config
     from charlm.training import train
 
     folder = tmp_path_factory.mktemp("tiny_run")
     text = folder / "tiny.txt"
-    text.write_text("".join(f"line {i:04d}: the quick brown fox jumps over the lazy dog.\n" for i in range(300)))
+    text.write_text(TINY_TEXT, encoding="utf-8")
     run_dir = folder / "outputs" / "runs" / "tiny"
     run_dir.mkdir(parents=True)
     cfg = compose_config(

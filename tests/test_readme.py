@@ -10,6 +10,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -21,30 +22,13 @@ from omegaconf import OmegaConf
 
 from charlm.config import literal_prompt_overrides
 
-from conftest import ROOT, run_script
+from conftest import ROOT
 
 README = ROOT / "README.md"
 SAMPLING = ROOT / "docs" / "sampling.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 RUN = "tiny"  # replaces the placeholder <run> in the commands
-# Has every character of the documented prompts: "Today ", the default "today ", and Hangul.
-TEXT = "".join(
-    f"Today {i:03d}: today the recurrent network reads the news. 순환 신경망은 글자를 읽는다.\n" for i in range(200)
-)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a tiny model gains nothing from more; two processes share 2 cores
-TINY = [
-    "model.hidden_size=32",
-    "model.embedding_dim=8",
-    "data.nchars=32",
-    "data.stride=32",
-    "data.batch_size=16",
-    "data.val_size=400",
-    "data.test_size=400",
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=10",
-    "trainer.log_every_n_steps=4",
-    "callbacks.samples.length=20",
-]
 
 
 def bash_commands(path: Path, program: str = "python sample.py") -> list[str]:
@@ -104,23 +88,12 @@ def meant_prompt(cmd: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A folder laid out as the docs assume: sample.py, conf/ and outputs/runs/<run>/ of one tiny model,
-    and a ``python`` on PATH that is this interpreter."""
+def workdir(tiny_run, tmp_path_factory) -> Path:
+    """A folder laid out as the docs assume: sample.py, conf/ and outputs/runs/<run>/ (the session's tiny
+    model, trained on a text with every character of the documented prompts), and a ``python`` on PATH
+    that is this interpreter."""
     work = tmp_path_factory.mktemp("readme")
-    corpus = work / "corpus.txt"
-    corpus.write_text(TEXT, encoding="utf-8")
-    result = run_script(
-        ROOT / "train.py",
-        "data=text",
-        f"data.path={corpus}",
-        f"data.cache_dir={work / 'cache'}",
-        f"hydra.run.dir={work / 'outputs' / 'runs' / RUN}",
-        *TINY,
-        cwd=work,
-        env=ONE_THREAD,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copytree(tiny_run, work / "outputs" / "runs" / RUN)
     assert (work / "outputs" / "runs" / RUN / "checkpoints" / "best.ckpt").exists()
     (work / "sample.py").symlink_to(ROOT / "sample.py")
     (work / "conf").symlink_to(ROOT / "conf")
