@@ -3,6 +3,7 @@ relies on. A failure here names the library change to adapt to."""
 
 import ast
 import importlib
+import os
 from pathlib import Path
 
 import lightning as L
@@ -172,3 +173,14 @@ def test_the_check_finds_each_form_of_private_name(tmp_path):
         "x = torch._C\ny = nn._reduction\nz = torch.nn.functional.relu\nclass A:\n    def f(self):\n        self._g()\n"
     )
     assert [line.split(":")[0] for line in private_library_names(code)] == ["2", "4", "5", "6", "7"]
+
+
+def test_pytest_xdist_keeps_each_group_on_one_worker(request):
+    """Under pytest-xdist with --dist loadgroup (pyproject), a test's node id carries its group, which is
+    how the scheduler keeps a module's shared runs on one worker; a pytest that ignores the renamed id
+    (9.2 with xdist 3.8) would make every worker repeat them, at twice the cost."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None or request.config.getvalue("dist") != "no":
+        pytest.skip("runs in a pytest-xdist worker (the default: -n auto --dist loadgroup)")
+    if not request.config.getvalue("loadgroup"):
+        pytest.skip("another --dist than loadgroup")
+    assert request.node.nodeid.endswith("@test_compat")

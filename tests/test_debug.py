@@ -63,8 +63,9 @@ def test_fdr_runs_one_batch_of_each_stage_and_saves_no_best_checkpoint(tiny_text
 
 
 def test_overfit_trains_on_the_same_batches_every_epoch(tiny_text, tmp_path, seen):
-    _, metrics = run("overfit", tiny_text, tmp_path, "trainer.overfit_batches=2", "trainer.max_steps=6")
-    assert metrics["steps"] == 6
+    # 22 epochs of 2 batches: more than the default max_epochs=20, which the preset lifts
+    _, metrics = run("overfit", tiny_text, tmp_path, "trainer.overfit_batches=2", "trainer.max_steps=44")
+    assert metrics["steps"] == 44
     first = seen["train"][:2]
     assert not torch.equal(first[0], first[1])
     assert all(torch.equal(x, first[i % 2]) for i, x in enumerate(seen["train"]))

@@ -61,7 +61,7 @@ def test_help_starts_with_a_description_lists_settings_and_three_examples(config
     assert len(examples) == 3 and all(line.startswith(f"  {command} ") for line in examples)
     if config_name == "config":
         groups = section(text, "Config groups")
-        assert {line.split("=")[0].strip() for line in groups} == set(TRAINING_GROUPS) - {"callbacks", "logger"}
+        assert {line.split("=")[0].strip() for line in groups} == set(TRAINING_GROUPS) - {"callbacks"}
         return
     # a command that reads a checkpoint: every key of its config, one line each, and no training group but its own
     # (eval.py's data)
