@@ -264,15 +264,15 @@ def spawned_ranks(pid):
     [
         pytest.param("rank 1", signal.SIGTERM, marks=pytest.mark.xdist_group("ddp spawn rank 1")),
         pytest.param("process group", signal.SIGINT, marks=pytest.mark.xdist_group("ddp spawn process group")),
+        pytest.param("main process", signal.SIGTERM, marks=pytest.mark.xdist_group("ddp spawn main process")),
     ],
 )
 def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, signum):
     """Under ddp_spawn the ranks are worker processes and train.py waits in the main one. A SIGTERM
-    to rank 1 only, or a terminal's Ctrl-C (SIGINT to the whole process group, which the main
-    process also passes on to the ranks) is a stop there too: exit status 128 + the signal with the
-    resume line, no test and no metrics.json; resume= then continues the run (not "already
-    finished; skipped"; run once, the stop being the same). A SIGTERM to the main process alone
-    takes the same path as the Ctrl-C's in the main process (GracefulStop.watch_spawned_ranks)."""
+    to rank 1 only, a terminal's Ctrl-C (SIGINT to the whole process group), or a SIGTERM to the
+    main process only (passed on to the ranks) is a stop there too: exit status 128 + the signal
+    with the resume line, no test and no metrics.json; resume= then continues the run (not
+    "already finished; skipped"; run once, the stop being the same)."""
     run = tmp_path / "run"
     settings = [
         "trainer=ddp",
@@ -306,8 +306,10 @@ def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, sig
             time.sleep(0.2)
         if how == "rank 1":
             os.kill(spawned_ranks(proc.pid)[1], signum)
-        else:
+        elif how == "process group":
             os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
         assert proc.wait(timeout=180) == 128 + signum, (tmp_path / "stderr.txt").read_text()[-2000:]
     finally:
         proc.kill()
