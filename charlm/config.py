@@ -235,6 +235,9 @@ NOISE_WARNINGS = (
     # charlm.data.CharDataModule saves and restores the position in the data itself (its
     # state_dict), which Lightning's check for a resumable DataLoader does not see.
     r".*your dataloader is not resumable",
+    # resume= continues a run in its own folder, so its checkpoints/ is expected to hold the run's
+    # checkpoints; each run folder is new otherwise (named with the time and the process id).
+    r"Checkpoint directory .* exists and is not empty",
 )
 
 

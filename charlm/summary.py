@@ -109,7 +109,7 @@ def undertrained(steps: int | None, best_val_bpc: float | None, vocab_size: int 
     ``UNDERTRAINED_STEPS`` steps, or its best val bpc never left the uniform guess over its
     vocabulary (log2 of its size). Such a run is flagged, and never crowned best in a sweep."""
     if steps is not None and steps < UNDERTRAINED_STEPS:
-        return f"undertrained: {steps} steps (< {UNDERTRAINED_STEPS})"
+        return f"undertrained: {steps} step{'' if steps == 1 else 's'} (< {UNDERTRAINED_STEPS})"
     if best_val_bpc is not None and vocab_size and best_val_bpc > UNIFORM_SHARE * math.log2(vocab_size):
         return f"undertrained: val {best_val_bpc:.2f} bpc, the uniform guess is {math.log2(vocab_size):.2f}"
     return ""

@@ -336,3 +336,17 @@ def test_a_csv_logger_alone_trains_with_samples_and_images(tiny_text, tmp_path):
     log_hparams(trainer, cfg, {"parameters": 1, "test/bpc": 2.0})
     rows = (next((tmp_path / "csv").rglob("metrics.csv"))).read_text()
     assert "val/bpc" in rows.splitlines()[0] and len(rows.splitlines()) > 2
+
+
+def test_lightnings_note_on_a_resumed_runs_checkpoint_folder_is_quiet():
+    """resume= writes into the run's own checkpoints/: Lightning's warning that the folder is not empty
+    reached the console of every resumed run; other warnings still come through."""
+    import warnings
+
+    from charlm.config import quiet_known_noise
+
+    with warnings.catch_warnings(record=True) as caught:
+        quiet_known_noise()
+        warnings.warn("Checkpoint directory /runs/r/checkpoints exists and is not empty.", UserWarning, stacklevel=1)
+        warnings.warn("a warning charlm does not know", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning charlm does not know"]
