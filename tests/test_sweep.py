@@ -550,6 +550,7 @@ def test_an_undertrained_run_is_flagged_and_never_the_best():
     from charlm.summary import _config_cells, group, undertrained
 
     assert undertrained(2, 6.40, 84) == "undertrained: 2 steps (< 100)"
+    assert undertrained(1, 6.40, 84) == "undertrained: 1 step (< 100)"
     assert undertrained(500, 6.39, 84) == "undertrained: val 6.39 bpc, the uniform guess is 6.39"
     assert undertrained(500, 2.1, 84) == ""
     short = {**fake_run("lstm", "lstm", 6.40, 1), "undertrained": undertrained(2, 6.40, 84)}
