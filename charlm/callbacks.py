@@ -266,6 +266,7 @@ class GracefulStop(L.Callback):
         self.signal: int | None = None
         self.sync_every_n_steps = sync_every_n_steps
         self._previous = {}
+        self._installed_by: int | None = None
 
     def _handle(self, signum, frame) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
@@ -278,16 +279,26 @@ class GracefulStop(L.Callback):
         )
 
     def _install(self, handler) -> None:
+        if self._previous and self._installed_by == os.getpid():
+            return  # already installed here (at the sanity check); a ddp_spawn rank gets the main process's copy
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
+            self._installed_by = os.getpid()
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
 
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module) -> None:
+        # from the sanity check on, not only from training's start: a Ctrl-C there was Lightning's
+        # KeyboardInterrupt (exit 1, a run folder without a checkpoint); now the run trains its first
+        # step, saves it and stops as resumable. (Not earlier: Lightning installs its own SIGTERM
+        # handler after on_fit_start and puts back, as it ends, whatever it found.)
         self._install(self._handle)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._install(self._handle)  # no sanity check (num_sanity_val_steps=0, a resumed run)
 
     def _agree(self, trainer: L.Trainer, pl_module) -> None:
         """Every rank takes the signal any rank received (one all-reduce)."""

@@ -74,3 +74,41 @@ def test_signal_handlers_come_back_after_a_fit_that_raises(tiny_text, tmp_path):
     with pytest.raises(NonFiniteLoss):
         trainer.fit(model, datamodule=datamodule)
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_ctrl_c_before_training_starts_stops_as_resumable(tiny_text, tmp_path):
+    """A Ctrl-C in the first seconds (here during the sanity check) stops the run like one during
+    training: a checkpoint saved after the first step and the signal recorded, not Lightning's
+    KeyboardInterrupt and exit 1 with no checkpoint."""
+    import os
+
+    import lightning as L
+
+    from charlm.callbacks import GracefulStop
+
+    class CtrlCInSanityCheck(L.Callback):
+        def on_sanity_check_start(self, trainer, pl_module):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = compose_config(
+        [
+            "data=text",
+            f"data.path={tiny_text}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.nchars=32",
+            "model.hidden_size=8",
+            "model.embedding_dim=4",
+            "trainer.max_steps=50",
+            "~callbacks.samples",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
+    datamodule, model, trainer = build(cfg)
+    trainer.callbacks.append(CtrlCInSanityCheck())
+    trainer.fit(model, datamodule=datamodule)
+    (stop,) = [c for c in trainer.callbacks if isinstance(c, GracefulStop)]
+    assert stop.stopped_by(trainer) == signal.SIGINT
+    assert 1 <= trainer.global_step < 50
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == trainer.global_step
