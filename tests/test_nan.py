@@ -12,7 +12,8 @@ from charlm.config import compose_config
 from charlm.training import build
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_text, tmp_path):
+def tiny_job(tiny_text, tmp_path, *overrides):
+    """A built job on the tiny corpus, without the progress bar."""
     cfg = compose_config(
         [
             "data=text",
@@ -22,17 +23,25 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_t
             "data.stride=8",
             "data.batch_size=16",
             "model.hidden_size=16",
-            "trainer.max_steps=100",
-            "trainer.val_check_interval=10",
-            "callbacks.last_checkpoint.every_n_train_steps=5",
             "callbacks.samples.length=5",
             "~callbacks.progress_bar",
             "+trainer.enable_progress_bar=false",
+            *overrides,
         ],
         tmp_path,
     )
+    return build(cfg)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_text, tmp_path):
     L.seed_everything(0)
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = tiny_job(
+        tiny_text,
+        tmp_path,
+        "trainer.max_steps=100",
+        "trainer.val_check_interval=10",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+    )
     real_step = model.training_step
 
     def poisoned_step(batch, batch_idx):
@@ -52,23 +61,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(tiny_t
 def test_signal_handlers_come_back_after_a_fit_that_raises(tiny_text, tmp_path):
     """GracefulStop takes Ctrl-C during training; after a fit that ends in an exception (here the
     NaN stop) Ctrl-C must interrupt again, not only set a flag."""
-    cfg = compose_config(
-        [
-            "data=text",
-            f"data.path={tiny_text}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.nchars=32",
-            "data.stride=8",
-            "data.batch_size=16",
-            "model.hidden_size=16",
-            "trainer.max_steps=20",
-            "callbacks.samples.length=5",
-            "~callbacks.progress_bar",
-            "+trainer.enable_progress_bar=false",
-        ],
-        tmp_path,
-    )
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = tiny_job(tiny_text, tmp_path, "trainer.max_steps=20")
     model.training_step = lambda batch, batch_idx: torch.tensor(math.nan, requires_grad=True)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
     with pytest.raises(NonFiniteLoss):
@@ -90,22 +83,7 @@ def test_ctrl_c_before_training_starts_stops_as_resumable(tiny_text, tmp_path):
         def on_sanity_check_start(self, trainer, pl_module):
             os.kill(os.getpid(), signal.SIGINT)
 
-    cfg = compose_config(
-        [
-            "data=text",
-            f"data.path={tiny_text}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.nchars=32",
-            "model.hidden_size=8",
-            "model.embedding_dim=4",
-            "trainer.max_steps=50",
-            "~callbacks.samples",
-            "~callbacks.progress_bar",
-            "+trainer.enable_progress_bar=false",
-        ],
-        tmp_path,
-    )
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = tiny_job(tiny_text, tmp_path, "trainer.max_steps=50", "~callbacks.samples")
     trainer.callbacks.append(CtrlCInSanityCheck())
     trainer.fit(model, datamodule=datamodule)
     (stop,) = [c for c in trainer.callbacks if isinstance(c, GracefulStop)]
