@@ -219,6 +219,9 @@ def test_ctrl_c_ends_a_long_text_without_a_traceback(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # as in a terminal, whatever started pytest: Python takes Ctrl-C only where SIGINT is not ignored at
+        # its start, and a shell's background job (`cmd &`) starts with it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout.read(50)  # it is generating
     process.send_signal(signal.SIGINT)
