@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import csv
 import multiprocessing
 import os
@@ -92,11 +94,101 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def run_script(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedProcess:
-    """Run one of the project's entry points as a user would."""
+    """Run one of the project's entry points as a user would: ``python *args`` in ``cwd``, forked from
+    this worker's zygote (tests/zygote.py: the libraries already imported) or, where the environment
+    asks for it, as a fresh process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    args = [str(a) for a in args]
+    zygote = Zygote.get()
+    if zygote is not None and zygote.serves(full_env):
+        return zygote.run(args, Path(cwd), full_env, timeout)
     return subprocess.run(
-        [sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+class Zygote:
+    """This worker's tests/zygote.py process and the runs it forked (see there). One per process,
+    started on first use; ``CHARLM_TEST_FRESH=1`` turns it off (every run a fresh process)."""
+
+    _instance: Zygote | None = None
+    _started = False
+
+    @classmethod
+    def get(cls) -> Zygote | None:
+        if not cls._started:
+            cls._started = True
+            if os.environ.get("CHARLM_TEST_FRESH") != "1":
+                cls._instance = cls()
+        return cls._instance
+
+    def __init__(self):
+        import json
+        import tempfile
+        import threading
+
+        self.json, self.lock, self.waiting = json, threading.Lock(), {}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "zygote.py")],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        hello = json.loads(self.process.stdout.readline())
+        self.env, self.preloaded = hello["env"], set(hello["modules"])
+        self.files = Path(tempfile.mkdtemp(prefix="zygote-"))
+        self.count = 0
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def serves(self, env: dict) -> bool:
+        """Whether a forked child can have ``env``: it differs from the zygote's own only in keys read
+        after start-up (and the Hub's settings only while nothing of the Hub is imported)."""
+        from zygote import ONLY_AT_RUN_TIME
+
+        differ = {k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k)}
+        late = set(ONLY_AT_RUN_TIME) - (
+            {k for k in ONLY_AT_RUN_TIME if k.startswith("HF_")} if self.preloaded else set()
+        )
+        return differ <= late
+
+    def read(self):
+        for line in self.process.stdout:
+            message = self.json.loads(line)
+            with self.lock:
+                slot = self.waiting[message["id"]]
+            slot.update(message)
+            if "status" in message:
+                slot["done"].set()
+            else:
+                slot["forked"].set()
+
+    def run(self, args, cwd, env, timeout) -> subprocess.CompletedProcess:
+        import threading
+
+        with self.lock:
+            self.count += 1
+            n = self.count
+            slot = self.waiting[n] = {"done": threading.Event(), "forked": threading.Event()}
+            out, err = self.files / f"{n}.out", self.files / f"{n}.err"
+            request = {"id": n, "argv": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+            self.process.stdin.write(self.json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        if not slot["done"].wait(timeout):
+            slot["forked"].wait(10)
+            os.kill(slot["pid"], 9)
+            slot["done"].wait(10)
+            raise subprocess.TimeoutExpired([sys.executable, *args], timeout, out.read_text(), err.read_text())
+        status = slot["status"]
+        code = os.waitstatus_to_exitcode(status)
+        result = subprocess.CompletedProcess([sys.executable, *args], code, out.read_text(), err.read_text())
+        out.unlink(), err.unlink()
+        with self.lock:
+            del self.waiting[n]
+        return result
 
 
 def started_together(target, path, cache_dir, built_log, n: int = 3) -> list[int]:

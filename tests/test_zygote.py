@@ -1,0 +1,61 @@
+"""run_script forks the entry points from a zygote (tests/zygote.py): what a test sees must be what a fresh
+``python script args`` gives."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, Zygote, run_script
+
+pytestmark = pytest.mark.slow  # real processes
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    zygote = Zygote.get()
+    if zygote is None:
+        pytest.skip("CHARLM_TEST_FRESH=1: every run is a fresh process")
+    return zygote
+
+
+def fresh(*args, cwd=ROOT, env=None):
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env)
+
+
+def test_a_forked_run_gives_what_a_fresh_process_gives(zygote, tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "best.ckpt"
+    commands = [
+        (ROOT / "sample.py", f"ckpt={ckpt}", "prompt=the ", "length=40", "seed=3", "temperature=0.8"),
+        ("train.py", "model.layers=0"),  # relative to cwd, as a user types it
+        ("-m", "charlm.summary", tmp_path / "missing"),
+    ]
+    for command in commands:
+        forked, expected = run_script(*command), fresh(*command)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (
+            expected.returncode,
+            expected.stdout,
+            expected.stderr,
+        ), command
+    assert forked.returncode == 2 and forked.stderr.startswith("error: ")
+
+
+def test_the_child_takes_the_runs_working_folder_environment_and_threads(zygote, tmp_path):
+    script = tmp_path / "show.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        "print(os.getcwd(), sys.path[0], os.environ['CHARLM_PROBE'], torch.get_num_threads(), sys.argv[1:])\n"
+        "raise ValueError('boom')\n"
+    )
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    assert zygote.serves({**zygote.env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **env})
+    os.environ["CHARLM_PROBE"] = "here"  # a key the zygote does not have: a fresh process
+    try:
+        assert not zygote.serves({**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    finally:
+        del os.environ["CHARLM_PROBE"]
+    result = zygote.run([str(script), "a b"], tmp_path, {**zygote.env, **env, "CHARLM_PROBE": "x"}, timeout=60)
+    assert result.stdout == f"{tmp_path} {tmp_path} x 1 ['a b']\n"
+    assert result.returncode == 1 and result.stderr.rstrip().endswith("ValueError: boom")
