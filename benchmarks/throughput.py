@@ -102,9 +102,10 @@ def training_flops_per_char(net: CharRNN) -> float:
     """Matmul FLOPs of one training character: the forward count (``charlm.model.matmul_flops_per_char``)
     times 3 for forward + backward."""
     rnn = net.rnn
-    cell = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn"}[rnn.mode]
     embedding_dim = net.embedding.embedding_dim if net.embedding is not None else 0
-    return 3 * matmul_flops_per_char(cell, rnn.hidden_size, rnn.num_layers, net.vocab_size, embedding_dim)
+    return 3 * matmul_flops_per_char(
+        rnn.name, rnn.hidden_size, rnn.num_layers, net.vocab_size, embedding_dim, **rnn.settings
+    )
 
 
 @torch.no_grad()
