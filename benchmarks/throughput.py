@@ -163,6 +163,9 @@ def main() -> None:
     models = {
         "default": [],
         "LSTM 512 x 3 layers": ["model.hidden_size=512", "model.layers=3"],
+        # the minimal cells at the same width (charlm.cells: one product per layer over all steps, a scan)
+        "minGRU 512 x 3 layers": ["model.cell=mingru", "model.hidden_size=512", "model.layers=3"],
+        "minLSTM 512 x 3 layers": ["model.cell=minlstm", "model.hidden_size=512", "model.layers=3"],
         # the lesson's model in shuffled windows (experiment=lesson trains in the articles order, whose
         # batches differ in size; benchmarks/orders.py --orders lesson compares that order)
         "lesson (one-hot LSTM 64, batch 128, stride 1)": [

@@ -323,9 +323,10 @@ class Minimal(Cell, nn.Module):
         """Layer ``k`` on ``x [B, T, in]`` from ``h0 [B, state]``: its output, every h, its gates."""
         inp = x if self.norms is None or k == 0 else self.norms[k - 1](x)
         projected = self.gate_proj[k](inp)
-        with torch.autocast(x.device.type, enabled=False):  # the scan in float32 (bf16 loses the state)
-            log_a, log_b, gates = self.coefficients(projected.float())
-            h = SCANS[scan](log_a, log_b, None if h0 is None else h0.float())
+        dtype = torch.promote_types(projected.dtype, torch.float32)  # bf16/fp16 would lose the state
+        with torch.autocast(x.device.type, enabled=False):  # the scan in float32 (or float64)
+            log_a, log_b, gates = self.coefficients(projected.to(dtype))
+            h = SCANS[scan](log_a, log_b, None if h0 is None else h0.to(dtype))
         out = h if self.out_proj is None else self.out_proj[k](h)
         return out, h, gates
 
