@@ -1,7 +1,8 @@
 """The GPU path measured: characters/s, GPU utilization, peak memory and step time of the project's
 training loop per model size, batch size and precision; the host data path against windows cut on
 the device; and held-out bpc after 2 minutes of ``experiment=gpu``. One command, under 8 minutes
-on one GPU; on a machine without one it exits with one line.
+on one GPU; on a machine without one it exits with one line. A third table puts the cells
+(``--cells``: LSTM, GRU, minGRU, minLSTM) side by side at 3 layers of 512, batch 256, bf16.
 
     python benchmarks/gpu.py                    # the whole table (about 7 minutes)
     python benchmarks/gpu.py --seconds 1 --quality 0 --hidden 512 --layers 1   # a quick look
@@ -95,11 +96,19 @@ class Window(L.Callback):
 
 
 def cell(
-    data: list[str], hidden: int, layers: int, batch: int, precision: str, on_device: bool, seconds: float
+    data: list[str],
+    hidden: int,
+    layers: int,
+    batch: int,
+    precision: str,
+    on_device: bool,
+    seconds: float,
+    model_cell: str = "lstm",
 ) -> list:
     """One row: characters/s, GPU utilization, peak memory, step time (or why there is none)."""
     overrides = [
         *data,
+        f"model.cell={model_cell}",
         f"model.hidden_size={hidden}",
         f"model.layers={layers}",
         f"data.batch_size={batch}",
@@ -176,6 +185,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--cells", nargs="+", default=["lstm", "gru", "mingru", "minlstm"], help="model.cell rows")
     parser.add_argument("--data", default=str(AG_NEWS_TEST), help="AG News CSV file or folder (train.csv, test.csv)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -216,6 +226,14 @@ def main() -> None:
             print(transfer[-1], file=sys.stderr, flush=True)
     print()
     print_table(headers, transfer)
+
+    # The cells side by side at one size (the minimal ones train with the log-space scan on a GPU)
+    cells = []
+    for name in args.cells:
+        cells.append([name, *cell(data, 512, 3, 256, "bf16-mixed", True, args.seconds, name)])
+        print(cells[-1], file=sys.stderr, flush=True)
+    print()
+    print_table(["cell", *headers], cells)
 
     if args.quality:
         print()

@@ -102,9 +102,10 @@ def training_flops_per_char(net: CharRNN) -> float:
     """Matmul FLOPs of one training character: the forward count (``charlm.model.matmul_flops_per_char``)
     times 3 for forward + backward."""
     rnn = net.rnn
-    cell = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn"}[rnn.mode]
     embedding_dim = net.embedding.embedding_dim if net.embedding is not None else 0
-    return 3 * matmul_flops_per_char(cell, rnn.hidden_size, rnn.num_layers, net.vocab_size, embedding_dim)
+    return 3 * matmul_flops_per_char(
+        rnn.name, rnn.hidden_size, rnn.num_layers, net.vocab_size, embedding_dim, **rnn.settings
+    )
 
 
 @torch.no_grad()
@@ -162,6 +163,9 @@ def main() -> None:
     models = {
         "default": [],
         "LSTM 512 x 3 layers": ["model.hidden_size=512", "model.layers=3"],
+        # the minimal cells at the same width (charlm.cells: one product per layer over all steps, a scan)
+        "minGRU 512 x 3 layers": ["model.cell=mingru", "model.hidden_size=512", "model.layers=3"],
+        "minLSTM 512 x 3 layers": ["model.cell=minlstm", "model.hidden_size=512", "model.layers=3"],
         # the lesson's model in shuffled windows (experiment=lesson trains in the articles order, whose
         # batches differ in size; benchmarks/orders.py --orders lesson compares that order)
         "lesson (one-hot LSTM 64, batch 128, stride 1)": [

@@ -1,10 +1,10 @@
 """What a model computes on a text, character by character: the surprisal of each character and
 the model's top guesses (from its own forward pass, so they are what evaluation computes), the
 hidden and cell states and gates of every layer, the units that best track simple properties of the
-text, and how often each gate is saturated. ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` return the hidden
-states of the last layer only, and no gates, so the states of every layer are computed here by
-running each layer's own weights step by step (``layer_states``; tests check it equals the torch
-module's output). Drawn by ``charlm.page``; used by ``python -m charlm.inspect``."""
+text, and how often each gate is saturated. The recurrent stacks return the hidden states of the
+last layer only, and no gates, so the states of every layer come from each cell's per-step form
+(``charlm.cells``: ``layer_states``, one character at a time; tests check it equals the module's
+output). Drawn by ``charlm.page``; used by ``python -m charlm.inspect``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from charlm.errors import UserError
 from charlm.model import CharRNN
@@ -31,14 +30,9 @@ PAGE_VALUES = 2**24
 PAGE_CHARS = 100_000
 TOP_K = 5
 SATURATED = (0.1, 0.9)  # a gate below / above these is left / right saturated (Karpathy, Johnson & Fei-Fei 2015)
-SIGMOID_GATES = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"), "rnn": ()}
 PROPERTIES = ("inside quotes", "inside brackets", "position in line", "start of word", "upper case")
 QUOTES = {'"': 0, "\u201c": 1, "\u201d": -1, "\u00ab": 1, "\u00bb": -1}  # 0: toggles
 BRACKETS = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
-
-
-def cell_of(net: CharRNN) -> str:
-    return {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[type(net.rnn)]
 
 
 def topic_of(net: CharRNN, topic: int | None) -> int | None:
@@ -63,65 +57,26 @@ def _inputs(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> torch.
     return x
 
 
-def _initial_state(net: CharRNN, topic: int | None, layer: int, like: torch.Tensor):
-    """Layer ``layer``'s ``(h, c)`` before the first character: zeros, or what the topic sets with
-    ``topic_mode=state`` (as ``CharRNN.forward`` builds it; ``c`` is ``None`` but for an LSTM)."""
-    size = net.rnn.hidden_size
+def _initial_state(net: CharRNN, topic: int | None, like: torch.Tensor):
+    """The state before the first character of one row: zeros, or what the topic sets with
+    ``topic_mode=state`` (as ``CharRNN.forward`` builds it), in the cell's layout."""
     topic = topic_of(net, topic)
     if topic is None or net.topic_mode != "state":
-        return like.new_zeros(size), like.new_zeros(size) if cell_of(net) == "lstm" else None
-    t = net.topic_embedding(torch.tensor(topic, device=like.device)).to(like.dtype)
-    init = torch.tanh(net.topic_state(t)).view(-1, net.rnn.num_layers, size)[:, layer]
-    return init[0], init[1] if cell_of(net) == "lstm" else None
+        return net.rnn.zero_state(1, like)
+    t = net.topic_embedding(torch.tensor([topic], device=like.device)).to(like.dtype)
+    return net.topic_state_of(t)
 
 
 @torch.no_grad()
 def layer_states(net: CharRNN, ids: torch.Tensor, topic: int | None = None) -> list[dict]:
     """For ``ids [T]`` read from a fresh state (zero, or set by the topic), per layer: ``h [T, H]`` (hidden state after each
-    character), ``c [T, H]`` (LSTM cell state, else absent) and ``gates`` {name: [T, H]} (the sigmoid
-    gates: LSTM input/forget/output, GRU reset/update; none for a plain RNN). ``topic``: the topic
-    id of a conditioned model (``None``: unknown), as in ``CharRNN.forward``.
-
-    The input projection of all steps is one matrix product; then one small step per character,
-    vectorized across units, with torch's gate order and equations (LSTM i, f, g, o; GRU r, z, n).
-    Dropout between layers is off, as in evaluation."""
-    rnn, cell = net.rnn, cell_of(net)
-    x, size = _inputs(net, ids, topic), rnn.hidden_size
-    layers = []
-    for k in range(rnn.num_layers):
-        w_hh = getattr(rnn, f"weight_hh_l{k}")
-        b_ih = getattr(rnn, f"bias_ih_l{k}") if rnn.bias else 0
-        b_hh = getattr(rnn, f"bias_hh_l{k}") if rnn.bias else torch.zeros(w_hh.shape[0], dtype=x.dtype, device=x.device)
-        projected = x @ getattr(rnn, f"weight_ih_l{k}").T + b_ih
-        steps = len(ids)
-        h, c = _initial_state(net, topic, k, x)
-        hs = x.new_empty(steps, size)
-        if cell == "lstm":
-            cs, gates = x.new_empty(steps, size), x.new_empty(steps, 3, size)
-            for t in range(steps):
-                a = torch.addmv(b_hh, w_hh, h).add_(projected[t])
-                s = torch.sigmoid(a.view(4, size))  # i, f, g (unused: tanh below), o
-                c = s[1] * c + s[0] * torch.tanh(a[2 * size : 3 * size])
-                h = s[3] * torch.tanh(c)
-                hs[t], cs[t], gates[t] = h, c, s[[0, 1, 3]]
-            layers.append({"h": hs, "c": cs, "gates": dict(zip(SIGMOID_GATES["lstm"], gates.unbind(1)))})
-        elif cell == "gru":
-            gates = x.new_empty(steps, 2, size)
-            for t in range(steps):
-                hp = torch.addmv(b_hh, w_hh, h)
-                rz = torch.sigmoid(projected[t, : 2 * size] + hp[: 2 * size]).view(2, size)
-                n = torch.tanh(projected[t, 2 * size :] + rz[0] * hp[2 * size :])
-                h = n + rz[1] * (h - n)  # (1 - z) * n + z * h
-                hs[t], gates[t] = h, rz
-            layers.append({"h": hs, "gates": dict(zip(SIGMOID_GATES["gru"], gates.unbind(1)))})
-        else:
-            act = torch.tanh if rnn.nonlinearity == "tanh" else torch.relu
-            for t in range(steps):
-                h = act(torch.addmv(b_hh, w_hh, h).add_(projected[t]))
-                hs[t] = h
-            layers.append({"h": hs, "gates": {}})
-        x = hs
-    return layers
+    character), ``c [T, H]`` (LSTM cell state, else absent) and ``gates`` {name: [T, H]} (the cell's
+    sigmoid gates: LSTM input/forget/output, GRU reset/update, minGRU update, minLSTM forget/input
+    (normalised); none for a plain RNN). ``topic``: the topic id of a conditioned model (``None``:
+    unknown), as in ``CharRNN.forward``. Each cell's per-step form (``charlm.cells``) computes them;
+    dropout between layers is off, as in evaluation."""
+    x = _inputs(net, ids, topic)
+    return net.rnn.layer_states(x, _initial_state(net, topic, x))
 
 
 @torch.no_grad()
@@ -170,7 +125,8 @@ def surprisal(
 
 def page_chars(net: CharRNN) -> int:
     """The most characters a page shows for ``net`` (``PAGE_VALUES``, ``PAGE_CHARS``)."""
-    per_char = net.rnn.num_layers * net.rnn.hidden_size * (2 if cell_of(net) == "lstm" else 1)
+    rnn = net.rnn
+    per_char = rnn.num_layers * rnn.state_size(rnn.hidden_size, **rnn.settings) * rnn.states
     return max(2, min(PAGE_CHARS, PAGE_VALUES // per_char))
 
 

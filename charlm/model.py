@@ -1,4 +1,4 @@
-"""The network: characters (one-hot or embedded) -> multi-layer LSTM/GRU/RNN -> linear head."""
+"""The network: characters (one-hot or embedded) -> a recurrent stack (a cell of charlm.cells) -> linear head."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlm.cells import CELLS, SCANS
 from charlm.errors import UserError
 
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
 TOPIC_MODES = ("input", "state")  # the topic fed with every character, or only into the initial state
+SCAN_NAMES = ("auto", *SCANS)
 
 
 def check_model_args(
@@ -24,14 +23,21 @@ def check_model_args(
     topic_dim: int = 16,
     topic_dropout: float = 0.0,
     topic_mode: str = "input",
+    expansion: float | None = None,
+    residual: bool | None = None,
+    norm: bool | None = None,
+    scan: str | None = None,
     **unknown,
 ) -> None:
     """Refuse ``CharRNN`` settings that build no sensible network, or that it does not have,
-    naming the bad value (``model.<key>``). ``topics`` may be ``true`` (the data's topics)."""
+    naming the bad value (``model.<key>``). ``topics`` may be ``true`` (the data's topics). The
+    block settings (expansion, residual, norm, scan) are ``null`` for the cell's default and
+    refused for a cell that does not have them (``charlm.cells``)."""
     if unknown:
         raise UserError(
             f"model.{next(iter(unknown))} is not a model setting; the settings are cell, hidden_size, "
-            "layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode"
+            "layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode, expansion, "
+            "residual, norm, scan"
         )
     if not isinstance(topics, (bool, int)) or (not isinstance(topics, bool) and topics < 0):
         raise UserError(f"model.topics={topics!r} must be true (condition on the data's topics) or false")
@@ -54,21 +60,32 @@ def check_model_args(
             raise UserError(f"model.{key}={value!r} must be a whole number >= {low}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise UserError(f"model.dropout={dropout!r} must be a number in [0, 1)")
+    if expansion is not None and (
+        isinstance(expansion, bool) or not isinstance(expansion, (int, float)) or not 1 <= expansion <= 16
+    ):
+        raise UserError(f"model.expansion={expansion!r} must be a number in [1, 16] (state units per hidden unit)")
+    for key, value in (("residual", residual), ("norm", norm)):
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"model.{key}={value!r} must be true or false (or null: the cell's default)")
+    if scan is not None and scan not in SCAN_NAMES:
+        raise UserError(f"model.scan={scan!r} is not known; use one of {', '.join(SCAN_NAMES)}")
+    CELLS[cell].resolve(expansion=expansion, residual=residual, norm=norm, scan=scan)
 
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight matrices per layer: LSTM's 4 gates, GRU's 3, a plain RNN's 1
+def _block(settings: dict) -> dict:
+    return {k: settings.get(k) for k in ("expansion", "residual", "norm", "scan") if settings.get(k) is not None}
 
 
 def matmul_flops_per_char(
-    cell: str, hidden_size: int, layers: int, vocab_size: int, embedding_dim: int = 0, **_
+    cell: str, hidden_size: int, layers: int, vocab_size: int, embedding_dim: int = 0, **settings
 ) -> int:
-    """Forward matmul FLOPs of one character, counted from the settings: every layer's input and
-    recurrent projections, ``2 * gates * hidden * (input + hidden)`` (input = the embedding, the
-    one-hot vocabulary for ``embedding_dim=0``, as nn.LSTM multiplies it in full, or the layer
-    below), and the head, ``2 * hidden * vocab``. Training costs about 3 times this (backward: 2);
-    embedding lookups, biases and gate nonlinearities are left out (a few percent)."""
-    inputs = [embedding_dim or vocab_size] + [hidden_size] * (layers - 1)
-    return sum(2 * GATES[cell] * hidden_size * (n + hidden_size) for n in inputs) + 2 * hidden_size * vocab_size
+    """Forward matmul FLOPs of one character, counted from the settings: every layer's projections
+    (the cell's ``matmul_flops``: LSTM/GRU/RNN ``2 * gates * hidden * (input + hidden)``; input =
+    the embedding, the one-hot vocabulary for ``embedding_dim=0``, as nn.LSTM multiplies it in full,
+    or the layer below), and the head, ``2 * hidden * vocab``. Training costs about 3 times this
+    (backward: 2); embedding lookups, biases, gate nonlinearities and scans are left out (a few percent)."""
+    stack = CELLS[cell].matmul_flops(embedding_dim or vocab_size, hidden_size, layers, **_block(settings))
+    return stack + 2 * hidden_size * vocab_size
 
 
 def parameter_count(
@@ -80,21 +97,20 @@ def parameter_count(
     topics: int | bool = 0,
     topic_dim: int = 16,
     topic_mode: str = "input",
-    **_,
+    **settings,
 ) -> int:
     """The parameters of ``CharRNN(vocab_size, ...)``, counted from its settings without building it
-    (so a model too large for memory is told before it is allocated): every recurrent layer's
-    input and recurrent weights and their two biases, the embedding, the head, and the topic
-    embedding and initial-state projection of a topic-conditioned model (``topics=true``: one topic)."""
-    topics = int(topics)
+    (so a model too large for memory is told before it is allocated): the recurrent stack (the
+    cell's ``parameter_count``), the embedding, the head, and the topic embedding and initial-state
+    projection of a topic-conditioned model (``topics=true``: one topic)."""
+    topics, kind, block = int(topics), CELLS[cell], _block(settings)
     extra = topic_dim if topics and topic_mode == "input" else 0
-    inputs = [(embedding_dim or vocab_size) + extra] + [hidden_size] * (layers - 1)
-    count = sum(GATES[cell] * hidden_size * (n + hidden_size + 2) for n in inputs)
+    count = kind.parameter_count((embedding_dim or vocab_size) + extra, hidden_size, layers, **block)
     count += embedding_dim * vocab_size + (hidden_size + 1) * vocab_size
     if topics:
         count += (topics + 1) * topic_dim
         if topic_mode == "state":
-            states = (2 if cell == "lstm" else 1) * layers * hidden_size
+            states = kind.states * layers * kind.state_size(hidden_size, **kind.resolve(**block))
             count += (topic_dim + 1) * states
     return count
 
@@ -104,7 +120,7 @@ class CharRNN(nn.Module):
 
     Args:
         vocab_size: number of character ids (the vocabulary's length).
-        cell: ``lstm``, ``gru`` or ``rnn`` (tanh).
+        cell: a name in ``charlm.cells.CELLS``: ``lstm``, ``gru``, ``rnn`` (tanh), ``mingru``, ``minlstm``.
         hidden_size: units per recurrent layer.
         layers: stacked recurrent layers.
         dropout: in [0, 1); dropout between recurrent layers and on the last layer's output before
@@ -118,6 +134,8 @@ class CharRNN(nn.Module):
             the model also learns to predict (and score, and generate) without a topic.
         topic_mode: ``input``: the topic's embedding joins the input at every step; ``state``: it
             sets the initial state only (a window that crosses into another article keeps its first topic).
+        expansion, residual, norm, scan: the minimal cells' block settings (``None``: the cell's
+            default; refused by the cells that do not have them), see ``charlm.cells.Minimal``.
     """
 
     def __init__(
@@ -132,34 +150,42 @@ class CharRNN(nn.Module):
         topic_dim: int = 16,
         topic_dropout: float = 0.0,
         topic_mode: str = "input",
+        expansion: float | None = None,
+        residual: bool | None = None,
+        norm: bool | None = None,
+        scan: str | None = None,
     ):
         super().__init__()
+        block = dict(expansion=expansion, residual=residual, norm=norm, scan=scan)
         check_model_args(
-            cell, hidden_size, layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode
+            cell, hidden_size, layers, dropout, embedding_dim, topics, topic_dim, topic_dropout, topic_mode, **block
         )
         self.vocab_size, self.topics = vocab_size, int(topics)
         self.topic_dropout, self.topic_mode, self.cell = topic_dropout, topic_mode, cell
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         extra = topic_dim if self.topics and topic_mode == "input" else 0
-        self.rnn = CELLS[cell](
-            (embedding_dim or vocab_size) + extra,
-            hidden_size,
-            num_layers=layers,
-            dropout=dropout if layers > 1 else 0.0,
-            batch_first=True,
-        )
+        kind = CELLS[cell]
+        self.rnn = kind((embedding_dim or vocab_size) + extra, hidden_size, layers, dropout, **_block(block))
         # nn.Dropout(0) still copies its input in training: none when there is nothing to drop
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.head = nn.Linear(hidden_size, vocab_size)
         if self.topics:
             self.topic_embedding = nn.Embedding(self.topics + 1, topic_dim)  # the last id: unknown
             if topic_mode == "state":
-                states = 2 if cell == "lstm" else 1  # (h, c) of an LSTM
-                self.topic_state = nn.Linear(topic_dim, states * layers * hidden_size)
+                width = kind.state_size(hidden_size, **self.rnn.settings)
+                self.topic_state = nn.Linear(topic_dim, kind.states * layers * width)
 
     @property
     def unknown_topic(self) -> int:
         return self.topics
+
+    def topic_state_of(self, t: torch.Tensor):
+        """The initial state ``topic_mode=state`` sets for topic embeddings ``t [batch, topic_dim]``,
+        in the cell's layout (``[layers, batch, state]`` per state tensor)."""
+        rnn = self.rnn
+        width = rnn.state_size(rnn.hidden_size, **rnn.settings)
+        init = torch.tanh(self.topic_state(t)).view(len(t), rnn.states, rnn.num_layers, width).permute(1, 2, 0, 3)
+        return rnn.pack([s.contiguous() for s in init])
 
     def forward(self, ids: torch.Tensor, state=None, topic: torch.Tensor | None = None):
         """Logits ``[batch, time, vocab]`` for ids ``[batch, time]``, and the state after the last step.
@@ -182,8 +208,6 @@ class CharRNN(nn.Module):
             if self.topic_mode == "input":
                 x = torch.cat([x, t], dim=-1)
             elif state is None:
-                layers, hidden = self.rnn.num_layers, self.rnn.hidden_size
-                init = torch.tanh(self.topic_state(t[:, 0])).view(len(ids), -1, layers, hidden).permute(1, 2, 0, 3)
-                state = (init[0].contiguous(), init[1].contiguous()) if self.cell == "lstm" else init[0].contiguous()
+                state = self.topic_state_of(t[:, 0])
         out, state = self.rnn(x, state)
         return self.head(self.drop(out)), state

@@ -39,7 +39,7 @@ class CharLM(L.LightningModule):
 
     Args:
         vocab: the vocabulary's characters (``Vocabulary.chars``).
-        model: keyword arguments of ``CharRNN`` (cell, hidden_size, layers, dropout, embedding_dim).
+        model: keyword arguments of ``CharRNN`` (cell, hidden_size, layers, dropout, embedding_dim, ...).
         optimizer: a Hydra config of a ``torch.optim`` optimizer, instantiated with ``params``
             (the learning-rate schedule is the ``BudgetLRDecay`` callback).
         format_version: the checkpoint layout, saved with the hyperparameters and checked by
@@ -69,12 +69,11 @@ class CharLM(L.LightningModule):
         self._fit_started: float | None = None
         self._fit_seconds_before = 0.0
 
-    @staticmethod
-    def _state_tensors(state) -> list[torch.Tensor]:
-        return list(state) if isinstance(state, tuple) else [state]
+    def _state_tensors(self, state) -> list[torch.Tensor]:
+        return self.net.rnn.unpack(state)
 
     def _state_from(self, tensors: list[torch.Tensor]):
-        return tuple(tensors) if isinstance(self.net.rnn, torch.nn.LSTM) else tensors[0]
+        return self.net.rnn.pack(tensors)  # the cell's layout: (h, c) or h
 
     def forward(self, ids: torch.Tensor, state=None):
         return self.net(ids, state)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from charlm.cells import CELLS
 from charlm.errors import UserError, exit_on_user_error
 from charlm.loggers import METRICS_FILE, read_metrics
 from charlm.model import matmul_flops_per_char
@@ -101,7 +102,6 @@ SHORT_NAMES = {
     "data.batch_size": "batch",
     "data.nchars": "nchars",
 }  # in legend labels
-CELL_STYLES = {"lstm": "-", "gru": "--", "rnn": ":"}  # line style by cell: configurations stay apart beyond 10 colours
 
 
 def undertrained(steps: int | None, best_val_bpc: float | None, vocab_size: int | None) -> str:
@@ -373,6 +373,12 @@ def group(rows: list[dict]) -> list[dict]:
     return configs
 
 
+def line_style(cell) -> str | tuple:
+    """The cell's line style (``charlm.cells``: configurations stay apart beyond 10 colours)."""
+    kind = CELLS.get(str(cell))
+    return kind.line_style if kind else (0, (1, 3))
+
+
 def styles(configs: list[dict]) -> list[tuple]:
     """One (colour, line style) per configuration, in order: tab10's colours up to 10
     configurations, tab20's up to 20, else evenly spaced along viridis; the line style by cell."""
@@ -381,7 +387,7 @@ def styles(configs: list[dict]) -> list[tuple]:
     n = len(configs)
     cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"]
     colours = [cmap(i) for i in range(n)] if n <= 20 else [cmap(i / max(n - 1, 1)) for i in range(n)]
-    return [(colour, CELL_STYLES.get(str(config["cell"]), "-.")) for colour, config in zip(colours, configs)]
+    return [(colour, line_style(config["cell"])) for colour, config in zip(colours, configs)]
 
 
 def _mean_curve(curves: list[dict], x: str) -> tuple[list[float], list[float]]:

@@ -206,7 +206,7 @@ def started_together(target, path, cache_dir, built_log, n: int = 3) -> list[int
 
 # Fixtures that run the real entry points (train.py, sweeps, DDP): every test using one is in the slow
 # lane. The fast lane, pytest -m "not slow", is the rest: in-process tests of seconds.
-SLOW_FIXTURES = {"cli", "csv_sweep", "ddp_run", "ran", "straight", "sweep", "seeded", "trained"}
+SLOW_FIXTURES = {"cell_runs", "cli", "csv_sweep", "ddp_run", "ran", "straight", "sweep", "seeded", "trained"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

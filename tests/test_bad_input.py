@@ -153,13 +153,18 @@ ROWS = [
     ("train.py", "model.layers=0", HERE, "model.layers=0 must be a whole number >= 1"),
     ("train.py", "model.layers=abc", HERE, "model.layers='abc' must be a whole number >= 1"),
     ("train.py", "model.hidden_size=0", HERE, "model.hidden_size=0 must be a whole number >= 1"),
-    ("train.py", "model.cell=transformer", HERE, "model.cell='transformer' is not known; use one of lstm, gru, rnn"),
+    (
+        "train.py",
+        "model.cell=transformer",
+        HERE,
+        "model.cell='transformer' is not known; use one of lstm, gru, rnn, mingru, minlstm",
+    ),
     (
         "train.py",
         "+model.foo=1",
         HERE,
         "model.foo is not a model setting; the settings are cell, hidden_size, layers, dropout, embedding_dim, "
-        "topics, topic_dim, topic_dropout, topic_mode",
+        "topics, topic_dim, topic_dropout, topic_mode, expansion, residual, norm, scan",
     ),
     (
         "train.py",
@@ -172,6 +177,55 @@ ROWS = [
         "model.topic_mode=middle",
         HERE,
         "model.topic_mode='middle' is not known; use input (every step) or state (initial state)",
+    ),
+    # the minimal cells' block settings (charlm.cells.Minimal), and the classic cells refusing them
+    (
+        "train.py",
+        "model.cell=mingru model.expansion=0.5",
+        HERE,
+        "model.expansion=0.5 must be a number in [1, 16] (state units per hidden unit)",
+    ),
+    (
+        "train.py",
+        "model.cell=minlstm model.expansion=true",
+        HERE,
+        "model.expansion=True must be a number in [1, 16] (state units per hidden unit)",
+    ),
+    (
+        "train.py",
+        "model.cell=mingru model.residual=maybe",
+        HERE,
+        "model.residual='maybe' must be true or false (or null: the cell's default)",
+    ),
+    (
+        "train.py",
+        "model.cell=minlstm model.norm=1",
+        HERE,
+        "model.norm=1 must be true or false (or null: the cell's default)",
+    ),
+    (
+        "train.py",
+        "model.cell=mingru model.scan=fast",
+        HERE,
+        "model.scan='fast' is not known; use one of auto, log, chunked, loop, step",
+    ),
+    (
+        "train.py",
+        "model.cell=lstm model.residual=true",
+        BOTH,
+        "model.residual=True is a setting of the mingru, minlstm cells, not of lstm; leave it out (null) or use model.cell=mingru",
+    ),
+    (
+        "train.py",
+        "model=mingru model.cell=gru",
+        HERE,
+        "model.expansion=1 is a setting of the mingru, minlstm cells, not of gru; leave it out (null) or use model.cell=mingru",
+    ),
+    (
+        "train.py",
+        "model.cell=rnn model.scan=log",
+        HERE,
+        "model.scan='log' is a setting of the mingru, minlstm cells, not of rnn; leave it out (null) or use model.cell=mingru",
     ),
     ("train.py", "model.dropout=1.0", HERE, "model.dropout=1.0 must be a number in [0, 1)"),
     ("train.py", "model.dropout=-0.1", HERE, "model.dropout=-0.1 must be a number in [0, 1)"),

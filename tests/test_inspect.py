@@ -60,7 +60,7 @@ def test_step_by_step_states_equal_torchs(cell, layers, embedding_dim):
     x = _inputs(net, ids)[None]
     with torch.no_grad():
         for k in range(layers):
-            first = type(net.rnn)(x.shape[-1], 10, num_layers=k + 1, batch_first=True)
+            first = type(net.rnn)(x.shape[-1], 10, k + 1, 0.0)  # the cell class: its first k + 1 layers
             first.load_state_dict({n: p for n, p in net.rnn.state_dict().items() if int(n[-1]) <= k})
             out, state = first(x)
             torch.testing.assert_close(states[k]["h"], out[0], rtol=1e-5, atol=1e-6)

@@ -504,7 +504,7 @@ def test_presets_compose():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         lesson = compose("config", overrides=["sweep=lesson"], return_hydra_config=True)
         assert dict(lesson.hydra.sweeper.params) == {
-            "model.cell": "lstm,gru",
+            "model.cell": "lstm,gru,mingru,minlstm",
             "model.layers": "1,2,3",
             "model.hidden_size": "128,256,512",
         }
