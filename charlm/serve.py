@@ -158,7 +158,9 @@ def sampling_settings(body: dict, max_length: int) -> dict:
         "top_p": body.get("top_p"),
         "seed": body.get("seed"),
     }
-    check_sampling_args(settings["length"], settings["temperature"], settings["top_k"], settings["top_p"], 1, settings["seed"])
+    check_sampling_args(
+        settings["length"], settings["temperature"], settings["top_k"], settings["top_p"], 1, settings["seed"]
+    )
     if settings["length"] > max_length:
         raise UserError(
             f"length={settings['length']} is more than this server's max_length={max_length} characters per "
@@ -208,19 +210,25 @@ def event(name: str, data) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def hex_color(rgb) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in rgb)
+
+
 def surprisal_view(module: CharLM, text: str, topic: list[int] | None) -> dict:
     """Each character of ``text`` with the bits the model paid for it, its colour (the inspector's
     scale) and the model's top-5 guesses for it, as the inspection page shows them."""
     check_text(text, MAX_CHARS)
     ids = torch.from_numpy(module.vocab.encode(text).astype("int64")).to(next(module.net.parameters()).device)
     bits, top_ids, top_probs = surprisal(module.net, ids, TOP_K, None if topic is None else topic[0])
-    colors = ["#%02x%02x%02x" % tuple(rgb) for rgb in bits_colors(bits).tolist()]
+    colors = [hex_color(rgb) for rgb in bits_colors(bits).tolist()]
     chars = module.vocab.chars
     return {
         "chars": list(text),
         "bits": [None if math.isnan(b) else round(float(b), 3) for b in bits],
         "colors": colors,
-        "top": [[[chars[i], round(float(p), 4)] for i, p in zip(ids_, ps) if i >= 0] for ids_, ps in zip(top_ids, top_probs)],
+        "top": [
+            [[chars[i], round(float(p), 4)] for i, p in zip(ids_, ps) if i >= 0] for ids_, ps in zip(top_ids, top_probs)
+        ],
         "mean_bits": round(float(bits[1:].mean()), 4),
         "unknown": int((ids == 0).sum()),
     }
@@ -257,7 +265,7 @@ def create_app(models: Models, max_length: int = MAX_LENGTH):
 
     async def runs(body):
         found = await run_in_threadpool(models.runs)
-        scale = [[bits, "#%02x%02x%02x" % rgb] for bits, rgb in BITS_STOPS]
+        scale = [[bits, hex_color(rgb)] for bits, rgb in BITS_STOPS]
         return JSONResponse(
             {"runs": found, "default": shown_path(models.default), "max_length": max_length, "scale": scale}
         )
@@ -265,9 +273,7 @@ def create_app(models: Models, max_length: int = MAX_LENGTH):
     async def model(body):
         path, module = await run_in_threadpool(models.get, body.get("ckpt"))
         prompt, _ = default_prompt(module.vocab)
-        return JSONResponse(
-            {"ckpt": shown_path(path), **model_summary(dict(module.hparams)), "default_prompt": prompt}
-        )
+        return JSONResponse({"ckpt": shown_path(path), **model_summary(dict(module.hparams)), "default_prompt": prompt})
 
     async def generate_stream(body):
         settings = sampling_settings(body, max_length)
