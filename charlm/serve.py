@@ -342,7 +342,8 @@ def listening_socket(host: str, port):
         return socket.create_server((host, port))
     except OSError as err:
         raise UserError(
-            f"host={host} port={port} cannot be listened on ({err.strerror or err}); pass another port= "
+            f"host={host} port={port} cannot be listened on ({(err.strerror or str(err)).split(' (while')[0]}); "
+            "pass another port= "
             "(port=0: any free one), or host=127.0.0.1"
         ) from None
 

@@ -340,3 +340,33 @@ def test_without_the_serve_extra_one_line(monkeypatch):
     assert str(refused.value) == (
         'python -m charlm.serve needs starlette, which is not installed: pip install -e ".[serve]"'
     )
+
+
+def test_the_playgrounds_lines_are_in_the_docs(runs, monkeypatch):
+    """docs/reliability.md's playground table shows the exact lines (start-up refusals and the page's own)."""
+    docs = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    client = TestClient(serve.create_app(serve.Models(Path(ckpt(runs, "tiny")), runs, torch.device("cpu"))))
+    lines = [
+        client.post("/api/generate", json={"prompt": "Today ", "length": 100000}).json()["error"],
+        client.post("/api/generate", json={"prompt": "a" * 5001}).json()["error"],
+        client.post("/api/surprisal", json={"text": "a" * 20001}).json()["error"],
+        client.post("/api/classify", json={"text": " ", "ckpt": ckpt(runs, "topics")}).json()["error"],
+        client.post("/api/model", content=b"{", headers={"content-type": "application/json"}).json()["error"],
+    ]
+    for call in (
+        lambda: serve.listening_socket("127.0.0.1", 70000),
+        lambda: serve.prepare(OmegaConf.create({"max_length": 0})),
+    ):
+        with pytest.raises(UserError) as refused:
+            call()
+        lines.append(f"error: {refused.value}")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(UserError) as refused:
+        serve.needs_extra()
+    lines.append(f"error: {refused.value}")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError) as refused:
+            serve.listening_socket("127.0.0.1", port)
+    lines.append(f"error: {refused.value}".replace(f"port={port}", "port=8000"))
+    assert [line for line in lines if f"`{line}`" not in docs] == []
