@@ -390,7 +390,10 @@ def _main() -> None:
             print(f"note: {note}", file=sys.stderr)
         print(f"charlm playground: open {url_of(sock)} (Ctrl-C stops it)", flush=True)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the Ctrl-C again: no traceback
+            pass
 
     command_line(sys.argv, "python -m charlm.serve", "serve", "ckpt", "runs_dir", "host")
     main()

@@ -370,3 +370,35 @@ def test_the_playgrounds_lines_are_in_the_docs(runs, monkeypatch):
             serve.listening_socket("127.0.0.1", port)
     lines.append(f"error: {refused.value}".replace(f"port={port}", "port=8000"))
     assert [line for line in lines if f"`{line}`" not in docs] == []
+
+
+@pytest.mark.slow
+def test_the_command_prints_the_url_serves_and_stops_on_ctrl_c(runs):
+    """python -m charlm.serve as a user starts it: no override (the newest run under runs_dir), the URL on
+    stdout, the page and a stream served there, and Ctrl-C stops it with exit status 0."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    cwd = runs.parent  # holds outputs/: runs_dir's default
+    server = subprocess.Popen(
+        [sys.executable, "-m", "charlm.serve", "port=0"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("charlm playground: open http://127.0.0.1:"), (line, server.stderr.read())
+        url = line.split("open ", 1)[1].split()[0]
+        assert "charlm playground" in httpx.get(url, timeout=30).text
+        answer = httpx.post(url + "api/generate", json={"prompt": "Today ", "length": 30, "seed": 0}, timeout=60)
+        assert served(answer.text)[1].startswith("Today ")
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert err.startswith("note: no ckpt given: using the newest run's outputs/runs/tiny/checkpoints/best.ckpt")
