@@ -22,6 +22,7 @@ COMMANDS = {
     "classify": "python -m charlm.classify",
     "inspect": "python -m charlm.inspect",
     "eval": "python eval.py",
+    "serve": "python -m charlm.serve",
 }
 TRAINING_GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 
@@ -76,7 +77,7 @@ def test_train_help_gives_the_values_of_this_command():
     assert "model.hidden_size=N        units per layer (now: 64)" in help_text("config", ["experiment=lesson"])
 
 
-@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval"])
+@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval", "serve"])
 @pytest.mark.parametrize(
     "arg",
     [
@@ -103,7 +104,7 @@ def test_a_training_setting_is_refused_in_one_line(config_name, arg):
     )
 
 
-@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval"])
+@pytest.mark.parametrize("config_name", ["sample", "classify", "inspect", "eval", "serve"])
 def test_the_commands_own_settings_pass(config_name):
     """Every key of the command's config (sample.py's seed= too, though train.py has one), flags and
     Hydra's keys pass the check, whatever their values."""
