@@ -212,7 +212,7 @@ ROWS = [
     (
         "train.py",
         "model.cell=lstm model.residual=true",
-        BOTH,
+        HERE,
         "model.residual=True is a setting of the mingru, minlstm cells, not of lstm; leave it out (null) or use model.cell=mingru",
     ),
     (
