@@ -166,29 +166,86 @@ class Zygote:
             else:
                 slot["forked"].set()
 
-    def run(self, args, cwd, env, timeout) -> subprocess.CompletedProcess:
+    def start(self, args, cwd, env, stdout=os.devnull, stderr=os.devnull, new_session=False) -> Forked:
         import threading
 
         with self.lock:
             self.count += 1
             n = self.count
             slot = self.waiting[n] = {"done": threading.Event(), "forked": threading.Event()}
-            out, err = self.files / f"{n}.out", self.files / f"{n}.err"
-            request = {"id": n, "argv": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+            request = {
+                "id": n,
+                "argv": [str(a) for a in args],
+                "cwd": str(cwd),
+                "env": env,
+                "stdout": str(stdout),
+                "stderr": str(stderr),
+                "new_session": new_session,
+            }
             self.process.stdin.write(self.json.dumps(request) + "\n")
             self.process.stdin.flush()
-        if not slot["done"].wait(timeout):
-            slot["forked"].wait(10)
-            os.kill(slot["pid"], 9)
-            slot["done"].wait(10)
-            raise subprocess.TimeoutExpired([sys.executable, *args], timeout, out.read_text(), err.read_text())
-        status = slot["status"]
-        code = os.waitstatus_to_exitcode(status)
+        if not slot["forked"].wait(60):
+            raise RuntimeError("the zygote forked no child in 60 s")
+        return Forked(args, slot)
+
+    def run(self, args, cwd, env, timeout) -> subprocess.CompletedProcess:
+        name = os.urandom(8).hex()
+        out, err = self.files / f"{name}.out", self.files / f"{name}.err"
+        child = self.start(args, cwd, env, out, err)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+            raise subprocess.TimeoutExpired(
+                [sys.executable, *args], timeout, out.read_text(), err.read_text()
+            ) from None
         result = subprocess.CompletedProcess([sys.executable, *args], code, out.read_text(), err.read_text())
         out.unlink(), err.unlink()
-        with self.lock:
-            del self.waiting[n]
         return result
+
+
+class Forked:
+    """A child of the zygote as a ``subprocess.Popen`` is used here: ``pid``, ``poll()``, ``wait()``,
+    ``kill()``, ``returncode`` (negative: the signal that ended it)."""
+
+    def __init__(self, args, slot):
+        self.args, self.slot, self.pid, self.returncode = args, slot, slot["pid"], None
+
+    def poll(self):
+        if self.returncode is None and self.slot["done"].is_set():
+            self.returncode = os.waitstatus_to_exitcode(self.slot["status"])
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if not self.slot["done"].wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.poll()
+
+    def kill(self):
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def start_script(*args, cwd=ROOT, env=None, stdout=os.devnull, stderr=os.devnull, new_session=False):
+    """``run_script``'s counterpart for a run the test signals or watches: started, not awaited; a
+    ``subprocess.Popen`` or the zygote's ``Forked`` child. ``stdout``/``stderr``: file paths."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    zygote = Zygote.get()
+    if zygote is not None and zygote.serves(full_env):
+        return zygote.start(args, Path(cwd), full_env, stdout, stderr, new_session)
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, *map(str, args)],
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=err,
+            start_new_session=new_session,
+        )
 
 
 def started_together(target, path, cache_dir, built_log, n: int = 3) -> list[int]:

@@ -76,10 +76,9 @@ def test_train_then_sample_end_to_end(ag_news_test_csv, tmp_path):
 
 @pytest.mark.slow
 def test_runs_started_together_get_their_own_folders(tmp_path, tiny_text):
-    import subprocess
     import sys
 
-    from conftest import ROOT
+    from conftest import ROOT, start_script
 
     # (a refused run leaves no folder: these two train, one step each)
     args = [
@@ -93,9 +92,7 @@ def test_runs_started_together_get_their_own_folders(tmp_path, tiny_text):
         "~callbacks.samples",
         "test=false",
     ]
-    procs = [
-        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)
-    ]
+    procs = [start_script(*args[1:], cwd=tmp_path) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     folders = list((tmp_path / "outputs" / "runs").iterdir())
     assert len(folders) == 2 and all((f / "metrics.json").exists() for f in folders)

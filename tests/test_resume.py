@@ -9,14 +9,12 @@ and still match), and validation every 20 batches with the learning-rate decay o
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import run_script, start_script
 
 pytestmark = pytest.mark.slow  # every test here starts train.py processes
 
@@ -61,14 +59,7 @@ def settings(corpus, group, max_steps=STEPS):
 
 
 def start(overrides, run_dir):
-    return subprocess.Popen(
-        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_script("train.py", *overrides, f"hydra.run.dir={run_dir}", env=ENV)
 
 
 @pytest.fixture(scope="module")

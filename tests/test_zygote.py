@@ -30,7 +30,6 @@ def test_a_forked_run_gives_what_a_fresh_process_gives(zygote, tiny_run, tmp_pat
     commands = [
         (ROOT / "sample.py", f"ckpt={ckpt}", "prompt=the ", "length=40", "seed=3", "temperature=0.8"),
         ("train.py", "model.layers=0"),  # relative to cwd, as a user types it
-        ("-m", "charlm.summary", tmp_path / "missing"),
     ]
     for command in commands:
         forked, expected = run_script(*command), fresh(*command)

@@ -9,7 +9,7 @@ third-party libraries are preloaded, never charlm (an entry point imports what i
 process). ``conftest.run_script`` sends a request only when the run's environment differs from this
 process's in nothing read at import time; else it starts a fresh process (``CHARLM_TEST_FRESH=1``: always).
 
-Protocol, one JSON object a line: in ``{"id", "argv", "cwd", "env", "stdout", "stderr"}``; out
+Protocol, one JSON object a line: in ``{"id", "argv", "cwd", "env", "stdout", "stderr", "new_session"}``; out
 ``{"id", "pid"}`` once forked, then ``{"id", "status"}`` (``os.waitpid``'s status) when the child ends.
 """
 
@@ -62,6 +62,8 @@ def run(request: dict) -> None:
     import multiprocessing.process
     import runpy
 
+    if request.get("new_session"):
+        os.setsid()  # as subprocess's start_new_session: its own process group, for a Ctrl-C to all of it
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update({**ADDED, **request["env"]})
