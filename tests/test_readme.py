@@ -8,11 +8,9 @@
   it before and in Hydra (``literal_prompt_overrides``, then Hydra's override parser).
 - Every relative link of README.md and docs/ points to an existing file (and heading)."""
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from omegaconf import OmegaConf
 
 from charlm.config import literal_prompt_overrides
 
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 README = ROOT / "README.md"
 SAMPLING = ROOT / "docs" / "sampling.md"
@@ -90,46 +88,28 @@ def meant_prompt(cmd: str) -> str | None:
 @pytest.fixture(scope="module")
 def workdir(tiny_run, tmp_path_factory) -> Path:
     """A folder laid out as the docs assume: sample.py, conf/ and outputs/runs/<run>/ (the session's tiny
-    model, trained on a text with every character of the documented prompts), and a ``python`` on PATH
-    that is this interpreter."""
+    model, trained on a text with every character of the documented prompts)."""
     work = tmp_path_factory.mktemp("readme")
     shutil.copytree(tiny_run, work / "outputs" / "runs" / RUN)
     assert (work / "outputs" / "runs" / RUN / "checkpoints" / "best.ckpt").exists()
     (work / "sample.py").symlink_to(ROOT / "sample.py")
     (work / "conf").symlink_to(ROOT / "conf")
-    (work / "bin").mkdir()
-    (work / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    (work / "bin" / "python").chmod(0o755)
     return work
 
 
 @pytest.fixture(scope="module")
 def ran(workdir) -> dict[str, subprocess.CompletedProcess]:
-    """Every documented sampling command through bash, two at a time; a command documented twice (the
-    same arguments after bash) runs once."""
-    env = {
-        **os.environ,
-        "PATH": f"{workdir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONUNBUFFERED": "1",
-        "HF_HUB_OFFLINE": "1",
-        **ONE_THREAD,
-    }
+    """Every documented sampling command with the arguments bash passes (``bash_argv``: bash itself
+    parses the line), run in ``workdir`` two at a time; a command documented twice (the same
+    arguments) runs once."""
 
-    def run(cmd):
-        return subprocess.run(
-            substitute(cmd),
-            shell=True,
-            executable="/bin/bash",
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    def run(argv):
+        assert argv[0] == "sample.py", argv  # one command, no pipe or redirection: bash starts python with argv
+        return run_script(*argv, cwd=workdir, env=ONE_THREAD)
 
-    unique = {tuple(bash_argv(substitute(cmd))): cmd for _, cmd in DOC_COMMANDS}
+    unique = {tuple(bash_argv(substitute(cmd))) for _, cmd in DOC_COMMANDS}
     with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(unique, pool.map(run, unique.values())))
+        results = dict(zip(unique, pool.map(run, unique)))
     return {cmd: results[tuple(bash_argv(substitute(cmd)))] for _, cmd in DOC_COMMANDS}
 
 
