@@ -21,6 +21,9 @@ if WORKERS > 1:
 
     torch.set_num_threads(int(THREADS))
 SHARED = ROOT.parent / "shared" / "data"
+# The environment of the entry points the tests run, as a user's shell has it: taken before any test,
+# since in-process training adds Lightning's and torch's variables (PL_GLOBAL_SEED, ...) to os.environ.
+BASE_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="session")  # session: module-scoped sweeps in test_sweep.py use it too
@@ -97,7 +100,7 @@ def run_script(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedPr
     """Run one of the project's entry points as a user would: ``python *args`` in ``cwd``, forked from
     this worker's zygote (tests/zygote.py: the libraries already imported) or, where the environment
     asks for it, as a fresh process."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = {**BASE_ENV, **(env or {})}
     args = [str(a) for a in args]
     zygote = Zygote.get()
     if zygote is not None and zygote.serves(full_env):
@@ -128,7 +131,7 @@ class Zygote:
         import threading
 
         self.json, self.lock, self.waiting = json, threading.Lock(), {}
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        self.env = BASE_ENV
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "zygote.py")],
             cwd=ROOT,
@@ -149,7 +152,10 @@ class Zygote:
         after start-up (and the Hub's settings only while nothing of the Hub is imported)."""
         from zygote import ONLY_AT_RUN_TIME
 
-        differ = {k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k)}
+        # PYTEST_CURRENT_TEST changes with every test; pytest's variables are read by pytest only
+        differ = {
+            k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k) and not k.startswith("PYTEST_")
+        }
         late = set(ONLY_AT_RUN_TIME) - (
             {k for k in ONLY_AT_RUN_TIME if k.startswith("HF_")} if self.preloaded else set()
         )
@@ -233,7 +239,7 @@ class Forked:
 def start_script(*args, cwd=ROOT, env=None, stdout=os.devnull, stderr=os.devnull, new_session=False):
     """``run_script``'s counterpart for a run the test signals or watches: started, not awaited; a
     ``subprocess.Popen`` or the zygote's ``Forked`` child. ``stdout``/``stderr``: file paths."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = {**BASE_ENV, **(env or {})}
     zygote = Zygote.get()
     if zygote is not None and zygote.serves(full_env):
         return zygote.start(args, Path(cwd), full_env, stdout, stderr, new_session)

@@ -1,13 +1,12 @@
 """run_script forks the entry points from a zygote (tests/zygote.py): what a test sees must be what a fresh
 ``python script args`` gives."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, Zygote, run_script
+from conftest import BASE_ENV, ROOT, Zygote, run_script
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -21,7 +20,7 @@ def zygote():
 
 
 def fresh(*args, cwd=ROOT, env=None):
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = {**BASE_ENV, **(env or {})}
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env)
 
 
@@ -49,12 +48,8 @@ def test_the_child_takes_the_runs_working_folder_environment_and_threads(zygote,
         "raise ValueError('boom')\n"
     )
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
-    assert zygote.serves({**zygote.env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **env})
-    os.environ["CHARLM_PROBE"] = "here"  # a key the zygote does not have: a fresh process
-    try:
-        assert not zygote.serves({**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
-    finally:
-        del os.environ["CHARLM_PROBE"]
-    result = zygote.run([str(script), "a b"], tmp_path, {**zygote.env, **env, "CHARLM_PROBE": "x"}, timeout=60)
+    assert zygote.serves({**BASE_ENV, **env})  # as run_script passes it
+    assert not zygote.serves({**BASE_ENV, "TORCH_PROBE": "1"})  # a key torch may read on import: a fresh process
+    result = zygote.run([str(script), "a b"], tmp_path, {**BASE_ENV, **env, "CHARLM_PROBE": "x"}, timeout=60)
     assert result.stdout == f"{tmp_path} {tmp_path} x 1 ['a b']\n"
     assert result.returncode == 1 and result.stderr.rstrip().endswith("ValueError: boom")
