@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 import hydra
@@ -75,6 +77,11 @@ def main(cfg: DictConfig) -> None:
         except KeyboardInterrupt:  # Ctrl-C stops a long text: end its line, no traceback
             sys.stdout.write("\n")
             sys.exit(130)
+        except BrokenPipeError:  # `python sample.py ... | head`: the reader is gone; no traceback
+            # (Python's advice: stdout to /dev/null, so the flush at exit does not fail again)
+            with contextlib.suppress(Exception):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + 13)  # as a program killed by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -227,3 +227,29 @@ def test_ctrl_c_ends_a_long_text_without_a_traceback(tmp_path):
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err == b"" and out.endswith(b"\n")
+
+
+def test_a_reader_that_goes_away_ends_sample_py_quietly(tiny_run, monkeypatch, capsys):
+    """``python sample.py ... | head -c 20``: head exits, the next write fails with BrokenPipeError;
+    sample.py ends with the status of a program killed by SIGPIPE and no traceback (it printed one)."""
+    import io
+    import runpy
+    import sys
+
+    class Pipe(io.StringIO):
+        def write(self, text):
+            if self.tell() >= 20:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+        def fileno(self):
+            raise io.UnsupportedOperation("not a file")  # no descriptor to point at /dev/null here
+
+    ckpt = tiny_run / "checkpoints" / "best.ckpt"
+    monkeypatch.setattr(sys, "argv", ["sample.py", f"ckpt={ckpt}", "length=1000", "hydra.output_subdir=null"])
+    monkeypatch.setattr(sys, "stdout", Pipe())
+    monkeypatch.chdir(tiny_run)
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(ROOT / "sample.py"), run_name="__main__")
+    assert exited.value.code == 141
+    assert "Traceback" not in capsys.readouterr().err
