@@ -371,3 +371,39 @@ def command_line(argv: list[str], command: str, config_name: str, *free_text: st
         with exit_on_user_error():
             refuse_training_overrides(argv, command, config_name)
     literal_prompt_overrides(argv, *free_text)
+
+
+# Where and how the data is read, not what: free to change when a run is continued
+RESUME_FREE_KEYS = ("data.cache_dir", "data.num_workers", "data.pin_memory", "data.on_device")
+
+
+def check_resume_settings(cfg: DictConfig, run_dir: Path) -> None:
+    """``resume=`` continues a run with the settings given again on the command line (its budget may
+    grow). Its model and data settings must be the run's own (its ``config.yaml``), or the run would go
+    on with another model or other batches; a difference is named with the values to pass, before
+    anything is loaded (without it, a run trained with ``data=text`` failed on AG News' download)."""
+    saved_file = Path(run_dir) / "config.yaml"
+    if not cfg.get("resume") or not saved_file.exists():
+        return
+    saved = OmegaConf.load(saved_file)
+    differing = []
+    for group in ("model", "data"):
+        for key in sorted(set(saved.get(group) or {}) | set(cfg.get(group) or {})):
+            name = f"{group}.{key}"
+            if name in RESUME_FREE_KEYS or key == "_target_":
+                continue
+            there = OmegaConf.select(saved, name)
+            try:
+                here = OmegaConf.select(cfg, name, throw_on_resolution_failure=True)
+            except Exception:  # an interpolation this process cannot resolve: not a setting to compare
+                continue
+            if here != there:
+                differing.append((name, there, here))
+    if differing:
+        values = " ".join(f"{name}={'null' if there is None else there}" for name, there, _ in differing)
+        raise UserError(
+            f"resume={cfg.resume} was trained with other settings ("
+            + "; ".join(f"{name}: {there} there, {here} here" for name, there, here in differing)
+            + f"); continue it with its own: python train.py {values} ... resume={cfg.resume} "
+            "(its config.yaml has every setting)"
+        )

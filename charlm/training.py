@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charlm.callbacks import CharThroughput, GracefulStop
 from charlm.compat import HYDRA_BASIC_LAUNCHER, relaunches_script, saves_on_train_epoch_end, spawns_ranks
-from charlm.config import quiet_known_noise
+from charlm.config import check_resume_settings, quiet_known_noise
 from charlm.data import CharDataModule
 from charlm.errors import UserError, exit_on_user_error
 from charlm.loggers import (
@@ -277,6 +277,7 @@ def check_multirun_launch_mode(trainer_cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit, test the best checkpoint, and return the final metrics."""
+    check_resume_settings(cfg, run_dir)  # before config.yaml is written anew
     if rank_zero_only.rank == 0:  # other DDP ranks run this too, in the same folder
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     check_seed(cfg.seed)  # before numpy's ValueError in seed_everything

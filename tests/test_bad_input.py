@@ -893,3 +893,29 @@ def test_every_row_is_in_the_docs_table():
         if f"`error: {message.replace('{d}/', '')}`" not in table
     ]
     assert not missing, f"rows missing from docs/reliability.md: {missing}"
+
+
+def test_resume_without_the_runs_settings_names_them_before_anything_loads(tmp_path):
+    """``python train.py resume=<run>`` of a run trained with ``data=text data.path=... model.layers=2``:
+    one line with the settings to pass again (it was AG News' download failing, or, with the data
+    settings given, a model mismatch ending "or leave out ckpt_path", which the user had not passed)."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    run.mkdir()
+    trained = compose_config(["data=text", f"data.path={tmp_path}/t.txt", "model.layers=2"], run)
+    OmegaConf.save(trained, run / "config.yaml", resolve=True)  # what the first run wrote
+    written = (run / "config.yaml").read_text()
+    again = compose_config([f"resume={run}", f"data.cache_dir={tmp_path}/other"], run)
+    with pytest.raises(UserError) as refused:
+        train(again, run)
+    assert str(refused.value) == (
+        f"resume={run} was trained with other settings (model.layers: 2 there, 1 here; data.corpus: text there, "
+        f"ag_news here; data.path: {tmp_path}/t.txt there, None here); continue it with its own: python train.py "
+        f"model.layers=2 data.corpus=text data.path={tmp_path}/t.txt ... resume={run} (its config.yaml has every "
+        "setting)"
+    )
+    assert (run / "config.yaml").read_text() == written  # kept for the next try
+    same = compose_config(["data=text", f"data.path={tmp_path}/t.txt", "model.layers=2", f"resume={run}"], run)
+    with pytest.raises(UserError, match="t.txt does not exist"):  # the settings match: on to the data
+        train(same, run)
