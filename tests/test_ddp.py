@@ -206,12 +206,9 @@ def test_ranks_share_one_clock_under_a_time_budget(tmp_path):
         assert torch.equal(weights, ranks[1]["weights"][name]), name
 
 
-@pytest.mark.xdist_group("ddp signal")
-def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
-    """SIGTERM to rank 1 only: the ranks agree to stop, save, and exit; no rank waits forever."""
-    run = tmp_path / "run"
-    proc = start_script(
-        ROOT / "train.py",
+def stoppable(tmp_path) -> list[str]:
+    """A 2-rank run on random text that saves last.ckpt every 7 steps, for the stop tests."""
+    return [
         "trainer=ddp",
         "trainer.devices=2",
         "trainer.accelerator=cpu",
@@ -222,10 +219,20 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
         "data.nchars=32",
         "data.stride=32",
         "data.batch_size=8",
-        "model.hidden_size=32",
-        "trainer.max_epochs=1000",
         "callbacks.last_checkpoint.every_n_train_steps=7",
         "callbacks.samples.length=10",
+    ]
+
+
+@pytest.mark.xdist_group("ddp signal")
+def test_a_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 only: the ranks agree to stop, save, and exit; no rank waits forever."""
+    run = tmp_path / "run"
+    proc = start_script(
+        ROOT / "train.py",
+        *stoppable(tmp_path),
+        "model.hidden_size=32",
+        "trainer.max_epochs=1000",
         f"hydra.run.dir={run}",
         cwd=tmp_path,
         stderr=tmp_path / "stderr.txt",
@@ -267,22 +274,7 @@ def test_a_stopped_ddp_spawn_run_exits_as_stopped_and_resumes(tmp_path, how, sig
     with the resume line, no test and no metrics.json; resume= then continues the run (not
     "already finished; skipped"; run once, the stop being the same)."""
     run = tmp_path / "run"
-    settings = [
-        "trainer=ddp",
-        "trainer.strategy=ddp_spawn",
-        "trainer.devices=2",
-        "trainer.accelerator=cpu",
-        "data=text",
-        f"data.path={random_text(tmp_path / 'c.txt')}",
-        "data.val_size=3000",
-        "data.test_size=3000",
-        "data.nchars=32",
-        "data.stride=32",
-        "data.batch_size=8",
-        "model.hidden_size=16",
-        "callbacks.last_checkpoint.every_n_train_steps=7",
-        "callbacks.samples.length=10",
-    ]
+    settings = [*stoppable(tmp_path), "trainer.strategy=ddp_spawn", "model.hidden_size=16"]
     proc = start_script(
         ROOT / "train.py",
         *settings,
