@@ -14,6 +14,7 @@ Starlette and uvicorn are the ``serve`` extra: without them the command says so 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import inspect
 import json
@@ -81,12 +82,18 @@ class Models:
         if not isinstance(ckpt, str):
             raise UserError(f"ckpt={ckpt!r} is not a path; pick a checkpoint from the list")
         path = Path(ckpt).expanduser().resolve()
-        if path != self.default and not (path.suffix == ".ckpt" and path.is_relative_to(self.runs_dir)):
+        if not self.offers(path):
             raise UserError(
-                f"ckpt={ckpt} is not a checkpoint this server offers (those under runs_dir={shown_path(self.runs_dir)} "
-                f"and {shown_path(self.default)}); pick one from the list, or restart the server with ckpt={ckpt}"
+                f"ckpt={ckpt} is not a checkpoint this server offers: it is not a .ckpt file under "
+                f"runs_dir={shown_path(self.runs_dir)} (nor the server's ckpt={shown_path(self.default)}); pick one "
+                "from the list, or serve another folder's runs: python -m charlm.serve runs_dir=FOLDER"
             )
         return path
+
+    def offers(self, resolved: Path) -> bool:
+        """Whether this server reads ``resolved`` (symbolic links followed): its default checkpoint, or a
+        ``.ckpt`` file under ``runs_dir``; a link under ``runs_dir`` to a file outside is not offered."""
+        return resolved == self.default or (resolved.suffix == ".ckpt" and resolved.is_relative_to(self.runs_dir))
 
     def get(self, ckpt) -> tuple[Path, CharLM]:
         path = self.path(ckpt)
@@ -109,23 +116,25 @@ class Models:
         return path, module
 
     def runs(self) -> list[dict]:
-        """The picker's list: every ``checkpoints/best.ckpt`` under ``runs_dir`` (and the default), newest
-        first, with its run's cell, size, topics and test bpc (``metrics.json``), or the one line saying
-        why it cannot be read."""
-        found = sorted(self.runs_dir.rglob("checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        """The picker's list: every ``checkpoints/best.ckpt`` under ``runs_dir`` that this server offers (and
+        the default, even deleted since), newest first, with its run's cell, size, topics and test bpc
+        (``metrics.json``), or the one line saying why it cannot be read."""
+        found = [p for p in self.runs_dir.rglob("checkpoints/best.ckpt") if self.offers(p.resolve())]
+        found.sort(key=lambda p: modified(p) or (0, 0), reverse=True)
         if self.default not in [p.resolve() for p in found]:
             found.insert(0, self.default)
         return [self._summary(p) for p in found]
 
     def _summary(self, path: Path) -> dict:
-        stat = path.stat()
-        key = (path, stat.st_mtime_ns, stat.st_size)
+        """A row of the picker, read again when the checkpoint or its run's metrics.json is written anew
+        (a run listed before its test ended shows its test bpc once it has one)."""
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        key = (path, modified(path), modified(run / "metrics.json"))
         if key not in self._runs:
-            run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-            row = {"ckpt": shown_path(path.resolve()), "run": run.name, "mtime": stat.st_mtime}
+            row = {"ckpt": shown_path(path.resolve()), "run": run.name, "mtime": key[1] and key[1][0] / 1e9}
             try:
                 row.update(model_summary(read_checkpoint(path)["hyper_parameters"]))
-            except UserError as err:
+            except UserError as err:  # unreadable, or deleted since the server started
                 row["error"] = str(err)
             try:
                 row["test_bpc"] = json.loads((run / "metrics.json").read_text(encoding="utf-8")).get("test/bpc")
@@ -133,6 +142,15 @@ class Models:
                 row["test_bpc"] = None  # stopped before its test, or not a run folder
             self._runs[key] = row
         return self._runs[key]
+
+
+def modified(path: Path) -> tuple[int, int] | None:
+    """``path``'s modification time in ns and size (``None``: it does not exist, e.g. deleted since)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def model_summary(hparams: dict) -> dict:
@@ -158,6 +176,8 @@ def sampling_settings(body: dict, max_length: int) -> dict:
         "top_p": body.get("top_p"),
         "seed": body.get("seed"),
     }
+    if settings["length"] is None:  # the page's length box left empty
+        raise UserError(f"the length is missing; type how many characters to write (at most {max_length})")
     check_sampling_args(
         settings["length"], settings["temperature"], settings["top_k"], settings["top_p"], 1, settings["seed"]
     )
@@ -191,18 +211,54 @@ def sample_command(ckpt: Path, prompt: str, settings: dict, topic) -> str:
     return shlex.join(["python", "sample.py", *args, *([f"topic={topic}"] if topic else [])])
 
 
-def next_chunk(steps, first: bool) -> str:
+def next_chunk(steps, first: bool, stopped=lambda: False) -> str:
     """The characters ``steps`` makes in ``CHUNK_SECONDS`` (one when ``first``: the first shows at once);
-    empty at the end."""
+    empty at the end. ``stopped()`` is asked before each character."""
     chars, deadline = [], time.perf_counter() + CHUNK_SECONDS
-    while True:
+    while not stopped():
         try:
             (char,) = next(steps)
         except StopIteration:
-            return "".join(chars)
+            break
         chars.append(char)
         if first or len(chars) >= CHUNK_CHARS or time.perf_counter() > deadline:
-            return "".join(chars)
+            break
+    return "".join(chars)
+
+
+class Generation:
+    """One stream's generator, advanced a chunk at a time in worker threads, that the event loop can end at
+    any moment (the connection closed, the server stopping). A generator cannot be closed while a thread
+    runs it (``ValueError: generator already executing``): ``end`` closes it at once when no thread does,
+    else the thread closes it as it returns, within a character."""
+
+    def __init__(self, steps, stopping: threading.Event):
+        self.steps, self.stopping = steps, stopping
+        self.ended = threading.Event()
+        self.running = threading.Lock()  # held by the thread advancing the generator
+
+    def stopped(self) -> bool:
+        return self.ended.is_set() or self.stopping.is_set()
+
+    def chunk(self, first: bool) -> str:
+        """The next characters (in a worker thread); empty at the end or once stopped."""
+        with self.running:
+            chunk = "" if self.stopped() else next_chunk(self.steps, first, self.stopped)
+        if self.ended.is_set():
+            self.close()
+        return chunk
+
+    def end(self) -> None:
+        """No more chunks (from the event loop; it does not wait for a thread)."""
+        self.ended.set()
+        self.close()
+
+    def close(self) -> None:
+        if self.running.acquire(blocking=False):  # else the thread running it closes it as it returns
+            try:
+                self.steps.close()
+            finally:
+                self.running.release()
 
 
 def event(name: str, data) -> str:
@@ -241,7 +297,8 @@ def create_app(models: Models, max_length: int = MAX_LENGTH):
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    streams = {"active": 0, "finished": deque(maxlen=100)}  # each stream's end: "done" or "stopped" (tests)
+    streams = {"active": 0, "finished": deque(maxlen=100)}  # each stream's end: "done", "stopped", ... (tests)
+    stopping = threading.Event()  # set by Ctrl-C (``server``): every stream ends within a character
 
     def refusing(endpoint):
         async def wrapped(request):
@@ -281,6 +338,7 @@ def create_app(models: Models, max_length: int = MAX_LENGTH):
         path, module = await run_in_threadpool(models.get, body.get("ckpt"))
         topic = topic_of(module, body.get("topic"))
         steps = generate(module.net, module.vocab, prompt, num_samples=1, topic=topic, **settings)  # checks at once
+        generation = Generation(steps, stopping)
         name = None if topic is None else module.topics[topic[0]]
 
         async def events():
@@ -288,16 +346,20 @@ def create_app(models: Models, max_length: int = MAX_LENGTH):
             made, end = 0, "stopped"
             try:
                 yield event("start", {"prompt": prompt, "command": sample_command(path, prompt, settings, name)})
-                while chunk := await run_in_threadpool(next_chunk, steps, made == 0):
+                while chunk := await run_in_threadpool(generation.chunk, made == 0):
                     made += len(chunk)
                     yield event("text", chunk)
-                end = "done"
-                yield event("end", {"chars": made})
+                if stopping.is_set():  # Ctrl-C on the server: the stream ends now, so the server stops at once
+                    end = "server stopped"
+                    yield event("error", {"error": f"the server was stopped after {made:,} characters; restart it"})
+                else:
+                    end = "done"
+                    yield event("end", {"chars": made})
             except UserError as err:  # found while generating (a model whose outputs are not finite)
                 end = "error"
                 yield event("error", {"error": str(err)})
             finally:  # also when the client went away: Starlette cancels this stream, and the generation stops
-                steps.close()
+                generation.end()
                 streams["active"] -= 1
                 streams["finished"].append({"end": end, "chars": made, "length": settings["length"]})
 
@@ -328,7 +390,7 @@ def create_app(models: Models, max_length: int = MAX_LENGTH):
             Route("/api/classify", refusing(classify_endpoint), methods=["POST"]),
         ]
     )
-    app.state.models, app.state.streams = models, streams
+    app.state.models, app.state.streams, app.state.stopping = models, streams, stopping
     return app
 
 
@@ -341,11 +403,24 @@ def listening_socket(host: str, port):
     try:
         return socket.create_server((host, port))
     except OSError as err:
+        another_host = "" if host == "127.0.0.1" or err.errno == errno.EADDRINUSE else ", or host=127.0.0.1"
         raise UserError(
             f"host={host} port={port} cannot be listened on ({(err.strerror or str(err)).split(' (while')[0]}); "
-            "pass another port= "
-            "(port=0: any free one), or host=127.0.0.1"
+            f"pass another port= (port=0: any free one){another_host}"
         ) from None
+
+
+def server(app, graceful_seconds: float = 2):
+    """The uvicorn server of ``app``. On Ctrl-C (or SIGTERM) it first tells the app's streams to stop, so
+    they end at once and it stops without cancelling one mid-chunk (a traceback each, and seconds of waiting)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.stopping.set()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_seconds))
 
 
 def url_of(sock) -> str:
@@ -384,14 +459,11 @@ def _main() -> None:
     def main(cfg) -> None:
         with exit_on_user_error():
             app, sock, notes = prepare(cfg)
-        import uvicorn
-
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         print(f"charlm playground: open {url_of(sock)} (Ctrl-C stops it)", flush=True)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
         try:
-            uvicorn.Server(config).run(sockets=[sock])
+            server(app).run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the Ctrl-C again: no traceback
             pass
 

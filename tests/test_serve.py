@@ -6,9 +6,11 @@ Starlette's TestClient and a real uvicorn server in a thread; the browser test i
 import contextlib
 import importlib.util
 import json
+import logging.handlers
 import os
 import shlex
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -34,7 +36,6 @@ pytest.importorskip("uvicorn", reason='needs the serve extra: pip install -e ".[
 pytest.importorskip("httpx", reason='needs httpx (Starlette\'s TestClient): pip install -e ".[test]"')
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from charlm import serve  # noqa: E402
@@ -150,6 +151,7 @@ BAD = [
     ("an empty prompt", {"prompt": ""}, "prompt is empty"),
     ("an absurd length", {"length": 10**9}, "length=1000000000 is more than this server's max_length=2000"),
     ("a negative length", {"length": -5}, "length=-5 must be a whole number >= 0"),
+    ("an empty length box", {"length": None}, "the length is missing; type how many characters to write"),
     ("a length as text", {"length": "300"}, "length='300' must be a whole number >= 0"),
     ("a negative temperature", {"temperature": -1}, "temperature=-1 must be a number >= 0"),
     ("a temperature as text", {"temperature": "hot"}, "temperature='hot' must be a number >= 0"),
@@ -161,6 +163,11 @@ BAD = [
     ("an unknown topic", {"topic": "Cooking", "ckpt": "topics"}, "topic=Cooking is not one of this model's topics"),
     ("an unreadable checkpoint", {"ckpt": "broken"}, "cannot be loaded: it is truncated, corrupt or not a checkpoint"),
     ("a checkpoint not offered", {"ckpt": "/etc/passwd"}, "ckpt=/etc/passwd is not a checkpoint this server offers"),
+    (
+        "a checkpoint not offered",
+        {"ckpt": "/etc/passwd"},
+        "serve another folder's runs: python -m charlm.serve runs_dir=",
+    ),
     ("a missing checkpoint", {"ckpt": "missing"}, "does not exist"),
 ]
 
@@ -174,6 +181,7 @@ def test_bad_input_is_one_line_and_the_server_keeps_serving(client, runs, what, 
     assert response.status_code == 400, (what, response.text)
     error = response.json()["error"]
     assert message in error and "\n" not in error and "Traceback" not in error, (what, error)
+    assert "ckpt=/etc" not in error.split("offers", 1)[-1], error  # no suggestion to serve an arbitrary file
     assert client.post("/api/generate", json={"prompt": "Today ", "length": 5}).status_code == 200
 
 
@@ -247,21 +255,29 @@ def test_a_checkpoint_is_loaded_once_and_again_when_rewritten(runs, tmp_path):
 
 
 @contextlib.contextmanager
-def running(app):
-    """``app`` served by uvicorn on a free port of 127.0.0.1 in a thread; its URL."""
+def serving(app):
+    """``app`` served by python -m charlm.serve's uvicorn server on a free port of 127.0.0.1 in a thread
+    (1 s of graceful shutdown); the server, its URL and its thread. Ctrl-C stops it at the end."""
     sock = serve.listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    server = serve.server(app, graceful_seconds=1)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.02)
     try:
-        yield serve.url_of(sock)
+        yield server, serve.url_of(sock), thread
     finally:
-        server.should_exit = True
+        server.handle_exit(signal.SIGINT, None)  # as Ctrl-C: outside the main thread, nothing is raised again
         thread.join(10)
         sock.close()
+
+
+@contextlib.contextmanager
+def running(app):
+    """``app`` served by uvicorn on a free port of 127.0.0.1 in a thread; its URL."""
+    with serving(app) as (_, url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +322,91 @@ def test_a_closed_connection_stops_its_generation(live):
     assert end["end"] == "stopped" and end["chars"] < 10**6 and streams["active"] == 0
 
 
+def test_ctrl_c_while_streams_run_stops_the_server_at_once_and_quietly(runs):
+    """Ctrl-C with three long streams running: each ends at once with a line saying why, the server stops
+    well within its graceful timeout (1 s here: no stream is waited for, then cancelled mid-chunk), and
+    nothing is logged (no 'generator already executing', no traceback)."""
+    app = serve.create_app(serve.Models(Path(ckpt(runs, "tiny")), runs, torch.device("cpu")), max_length=10**7)
+    logged = logging.handlers.BufferingHandler(10_000)
+    answers = {}
+
+    def stream(seed):
+        body = {"prompt": "Today ", "length": 10**7, "seed": seed}
+        with httpx.stream("POST", url + "api/generate", json=body, timeout=60) as response:
+            answers[seed] = "\n".join(response.iter_lines())
+
+    with serving(app) as (server, url, thread):
+        logging.getLogger("uvicorn.error").addHandler(logged)
+        try:
+            clients = [threading.Thread(target=stream, args=(seed,)) for seed in range(3)]
+            for client in clients:
+                client.start()
+            deadline = time.time() + 30
+            while app.state.streams["active"] < 3 and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.3)  # the streams are writing
+            assert app.state.streams["active"] == 3
+            start = time.perf_counter()
+            server.handle_exit(signal.SIGINT, None)
+            thread.join(10)
+            stopped_in = time.perf_counter() - start
+            for client in clients:
+                client.join(10)
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(logged)
+    assert not thread.is_alive() and stopped_in < 0.9, f"the server took {stopped_in:.2f} s to stop"
+    assert [record.getMessage() for record in logged.buffer] == []
+    assert app.state.streams["active"] == 0
+    assert [end["end"] for end in list(app.state.streams["finished"])[-3:]] == ["server stopped"] * 3
+    for seed in range(3):
+        assert events(answers[seed] + "\n\n")[-1][0] == "error"
+        assert "the server was stopped after" in answers[seed]
+
+
+def test_the_picker_lists_a_deleted_default_checkpoint_as_missing(runs, tmp_path):
+    """The checkpoint the server started with, deleted since: the list is still served (not HTTP 500),
+    with that entry saying why it cannot be opened."""
+    default = tmp_path / "x" / "best.ckpt"
+    shutil.copytree(Path(ckpt(runs, "tiny")).parent, default.parent)
+    client = TestClient(serve.create_app(serve.Models(default, runs, torch.device("cpu"))))
+    assert client.get("/api/runs").status_code == 200
+    default.unlink()
+    response = client.get("/api/runs")
+    assert response.status_code == 200, response.text
+    first = response.json()["runs"][0]
+    assert first["ckpt"] == str(default) and "does not exist" in first["error"]
+
+
+def test_the_picker_shows_a_test_bpc_written_after_the_run_was_listed(runs, tmp_path):
+    """A run listed while it was still testing: its test bpc shows once its metrics.json is written, not
+    only after a restart."""
+    run = tmp_path / "outputs" / "runs" / "testing"
+    shutil.copytree(Path(ckpt(runs, "tiny")).parent, run / "checkpoints")
+    client = TestClient(
+        serve.create_app(serve.Models(run / "checkpoints" / "best.ckpt", tmp_path, torch.device("cpu")))
+    )
+    assert client.get("/api/runs").json()["runs"][0]["test_bpc"] is None
+    (run / "metrics.json").write_text(json.dumps({"test/bpc": 2.5}))
+    assert client.get("/api/runs").json()["runs"][0]["test_bpc"] == 2.5
+
+
+def test_a_link_under_runs_dir_to_a_checkpoint_outside_is_neither_listed_nor_read(runs, tmp_path):
+    """A symbolic link under runs_dir to a file outside it: not listed (its file is not read for the label)
+    and refused when asked for, as any file outside."""
+    outside = tmp_path / "outside" / "best.ckpt"
+    shutil.copytree(Path(ckpt(runs, "topics")).parent, outside.parent)
+    runs_dir = tmp_path / "outputs"
+    link = runs_dir / "runs" / "link" / "checkpoints" / "best.ckpt"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    models = serve.Models(Path(ckpt(runs, "tiny")), runs_dir, torch.device("cpu"))
+    client = TestClient(serve.create_app(models))
+    listed = client.get("/api/runs").json()["runs"]
+    assert [row["run"] for row in listed] == ["tiny"]  # the default alone
+    refused = client.post("/api/model", json={"ckpt": str(link)})
+    assert refused.status_code == 400 and "is not a checkpoint this server offers" in refused.json()["error"]
+
+
 def test_prepare_refuses_bad_settings_in_one_line(runs, tmp_path):
     """What python -m charlm.serve refuses before serving: an unreadable default checkpoint, no run to
     open, a port in use, a bad max_length."""
@@ -323,8 +424,9 @@ def test_prepare_refuses_bad_settings_in_one_line(runs, tmp_path):
         serve.prepare(cfg(max_length=0))
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        with pytest.raises(UserError, match=f"host=127.0.0.1 port={port} cannot be listened on"):
+        with pytest.raises(UserError, match=f"host=127.0.0.1 port={port} cannot be listened on") as refused:
             serve.prepare(cfg(ckpt=ckpt(runs, "tiny"), port=port))
+        assert str(refused.value).endswith("pass another port= (port=0: any free one)")  # host=127.0.0.1 is it
     with pytest.raises(UserError, match="port=70000 must be a whole number in 0..65535"):
         serve.prepare(cfg(ckpt=ckpt(runs, "tiny"), port=70000))
     app, sock, notes = serve.prepare(cfg(runs_dir=str(runs)))
@@ -349,6 +451,7 @@ def test_the_playgrounds_lines_are_in_the_docs(runs, monkeypatch):
     lines = [
         client.post("/api/generate", json={"prompt": "Today ", "length": 100000}).json()["error"],
         client.post("/api/generate", json={"prompt": "a" * 5001}).json()["error"],
+        client.post("/api/generate", json={"prompt": "Today ", "length": None}).json()["error"],
         client.post("/api/surprisal", json={"text": "a" * 20001}).json()["error"],
         client.post("/api/classify", json={"text": " ", "ckpt": ckpt(runs, "topics")}).json()["error"],
         client.post("/api/model", content=b"{", headers={"content-type": "application/json"}).json()["error"],
