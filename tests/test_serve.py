@@ -324,8 +324,8 @@ def test_a_closed_connection_stops_its_generation(live):
 
 def test_ctrl_c_while_streams_run_stops_the_server_at_once_and_quietly(runs):
     """Ctrl-C with three long streams running: each ends at once with a line saying why, the server stops
-    well within its graceful timeout (1 s here: no stream is waited for, then cancelled mid-chunk), and
-    nothing is logged (no 'generator already executing', no traceback)."""
+    within its graceful timeout (1 s here; a stream it had to cancel mid-chunk would log), and nothing is
+    logged (no 'generator already executing', no traceback)."""
     app = serve.create_app(serve.Models(Path(ckpt(runs, "tiny")), runs, torch.device("cpu")), max_length=10**7)
     logged = logging.handlers.BufferingHandler(10_000)
     answers = {}
@@ -354,7 +354,9 @@ def test_ctrl_c_while_streams_run_stops_the_server_at_once_and_quietly(runs):
                 client.join(10)
         finally:
             logging.getLogger("uvicorn.error").removeHandler(logged)
-    assert not thread.is_alive() and stopped_in < 0.9, f"the server took {stopped_in:.2f} s to stop"
+    # no bound on the time (a loaded machine is slow): a stream still running at the graceful timeout
+    # would be cancelled mid-chunk, which the log and the streams' endings below would show
+    assert not thread.is_alive(), f"the server had not stopped after {stopped_in:.2f} s"
     assert [record.getMessage() for record in logged.buffer] == []
     assert app.state.streams["active"] == 0
     assert [end["end"] for end in list(app.state.streams["finished"])[-3:]] == ["server stopped"] * 3
