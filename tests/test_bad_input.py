@@ -178,6 +178,9 @@ ROWS = [
         HERE,
         "model.topic_mode='middle' is not known; use input (every step) or state (initial state)",
     ),
+    ("train.py", "model.topics=-1", HERE, "model.topics=-1 must be true (condition on the data's topics) or false"),
+    ("train.py", "model.topic_dim=0", HERE, "model.topic_dim=0 must be a whole number >= 1"),
+    ("train.py", "model.topic_dropout=1.0", HERE, "model.topic_dropout=1.0 must be a number in [0, 1)"),
     # the minimal cells' block settings (charlm.cells.Minimal), and the classic cells refusing them
     (
         "train.py",

@@ -71,3 +71,21 @@ def test_parameter_count_from_the_settings_is_the_modules(cell, layers, embeddin
         topic_mode=topic_mode,
     )
     assert parameter_count(11, **args) == sum(p.numel() for p in CharRNN(11, **args).parameters())
+
+
+@pytest.mark.parametrize(
+    "cell, layers, block",
+    list(
+        itertools.product(
+            ["mingru", "minlstm"],
+            [1, 3],
+            [dict(residual=False, norm=False), dict(norm=True), dict(norm=True, expansion=1.5)],
+        )
+    ),
+)
+def test_a_minimal_cells_parameter_count_from_the_settings_is_the_modules(cell, layers, block):
+    """The same for the minimal cells, with their block settings (a norm's weights, an expansion's
+    output projection) and a topic in the initial state."""
+    args = dict(cell=cell, hidden_size=8, layers=layers, embedding_dim=5, topics=4, topic_dim=3, topic_mode="state")
+    args.update(block)
+    assert parameter_count(11, **args) == sum(p.numel() for p in CharRNN(11, **args).parameters())
