@@ -96,13 +96,27 @@ def tiny_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-def run_script(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedProcess:
+def tiny_job_settings(tiny_text, tmp_path) -> list[str]:
+    """The overrides of a job on ``tiny_text`` that trains in seconds, for in-process tests."""
+    return [
+        "data=text",
+        f"data.path={tiny_text}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.nchars=32",
+        "data.stride=8",
+        "data.batch_size=16",
+        "model.hidden_size=16",
+        "callbacks.samples.length=5",
+    ]
+
+
+def run_script(*args, cwd=ROOT, timeout=300, env=None, fresh=False) -> subprocess.CompletedProcess:
     """Run one of the project's entry points as a user would: ``python *args`` in ``cwd``, forked from
     this worker's zygote (tests/zygote.py: the libraries already imported) or, where the environment
-    asks for it, as a fresh process."""
+    asks for it (or ``fresh``), as a fresh process."""
     full_env = {**BASE_ENV, **(env or {})}
     args = [str(a) for a in args]
-    zygote = Zygote.get()
+    zygote = None if fresh else Zygote.get()
     if zygote is not None and zygote.serves(full_env):
         return zygote.run(args, Path(cwd), full_env, timeout)
     return subprocess.run(

@@ -14,6 +14,8 @@ from charlm.sampling import generate_text
 from charlm.training import train
 from charlm.vocabulary import Vocabulary
 
+from conftest import tiny_job_settings
+
 
 def save_like_lightning(module: CharLM, path):
     """The two keys of a Lightning checkpoint that sampling needs."""
@@ -105,16 +107,9 @@ def test_a_full_disk_stops_in_one_line_keeps_the_last_checkpoint_and_resumes(tin
     run = tmp_path / "run"
     run.mkdir()  # as Hydra makes it
     overrides = [
-        "data=text",
-        f"data.path={tiny_text}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.nchars=32",
-        "data.stride=8",
-        "data.batch_size=16",
-        "model.hidden_size=16",
+        *tiny_job_settings(tiny_text, tmp_path),
         "trainer.max_steps=30",
         "trainer.val_check_interval=10",
-        "callbacks.samples.length=5",
         "test=false",
         "~callbacks.progress_bar",
         "+trainer.enable_progress_bar=false",

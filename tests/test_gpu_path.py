@@ -17,20 +17,15 @@ from charlm.config import compose_config
 from charlm.errors import UserError
 from charlm.training import build
 
+from conftest import tiny_job_settings
+
 MODEL = dict(cell="lstm", hidden_size=8, layers=2, dropout=0.1, embedding_dim=0)
 
 
 def tiny_config(tiny_text, tmp_path, *overrides):
     return compose_config(
         [
-            "data=text",
-            f"data.path={tiny_text}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.nchars=32",
-            "data.stride=8",
-            "data.batch_size=16",
-            "model.hidden_size=16",
-            "callbacks.samples.length=5",
+            *tiny_job_settings(tiny_text, tmp_path),
             *overrides,
         ],
         tmp_path / "run",

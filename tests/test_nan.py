@@ -11,19 +11,14 @@ from charlm.callbacks import NonFiniteLoss
 from charlm.config import compose_config
 from charlm.training import build
 
+from conftest import tiny_job_settings
+
 
 def tiny_job(tiny_text, tmp_path, *overrides):
     """A built job on the tiny corpus, without the progress bar."""
     cfg = compose_config(
         [
-            "data=text",
-            f"data.path={tiny_text}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.nchars=32",
-            "data.stride=8",
-            "data.batch_size=16",
-            "model.hidden_size=16",
-            "callbacks.samples.length=5",
+            *tiny_job_settings(tiny_text, tmp_path),
             "~callbacks.progress_bar",
             "+trainer.enable_progress_bar=false",
             *overrides,

@@ -1,9 +1,6 @@
 """run_script forks the entry points from a zygote (tests/zygote.py): what a test sees must be what a fresh
 ``python script args`` gives."""
 
-import subprocess
-import sys
-
 import pytest
 
 from conftest import BASE_ENV, ROOT, Zygote, run_script
@@ -19,11 +16,6 @@ def zygote():
     return zygote
 
 
-def fresh(*args, cwd=ROOT, env=None):
-    full_env = {**BASE_ENV, **(env or {})}
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env)
-
-
 def test_a_forked_run_gives_what_a_fresh_process_gives(zygote, tiny_run, tmp_path):
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
     commands = [
@@ -31,7 +23,7 @@ def test_a_forked_run_gives_what_a_fresh_process_gives(zygote, tiny_run, tmp_pat
         ("train.py", "model.layers=0"),  # relative to cwd, as a user types it
     ]
     for command in commands:
-        forked, expected = run_script(*command), fresh(*command)
+        forked, expected = run_script(*command), run_script(*command, fresh=True)
         assert (forked.returncode, forked.stdout, forked.stderr) == (
             expected.returncode,
             expected.stdout,
