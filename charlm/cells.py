@@ -125,6 +125,26 @@ class LSTM(Classic, nn.LSTM):
     def __init__(self, input_size: int, hidden_size: int, layers: int, dropout: float):
         self.build(input_size, hidden_size, layers, dropout)
 
+    def forward(self, x: torch.Tensor, state=None):
+        # One character in evaluation on a CPU (generation, the playground) runs as torch.lstm_cell per
+        # layer: oneDNN, which nn.LSTM uses on a CPU, repacks every layer's weights at each call, so a
+        # step of a 2x512 LSTM took 3.4 ms against 0.4 ms (generation at 321 chars/s, benchmarks/cells.py).
+        # Training and whole sequences keep oneDNN, which is fast there.
+        if x.shape[1] != 1 or x.device.type != "cpu" or x.dtype != torch.float32 or self.training:
+            return super().forward(x, state)
+        if state is None:
+            h0 = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)
+            state = (h0, h0)
+        hs, cs, inp = [], [], x[:, 0]
+        for k in range(self.num_layers):
+            w_ih, w_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
+            b_ih, b_hh = (getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")) if self.bias else (None, None)
+            h, c = torch.lstm_cell(inp, (state[0][k], state[1][k]), w_ih, w_hh, b_ih, b_hh)
+            hs.append(h)
+            cs.append(c)
+            inp = h
+        return inp[:, None], (torch.stack(hs), torch.stack(cs))
+
     def steps(self, projected, w_hh, b_hh, h, c) -> dict:
         size, n = self.hidden_size, len(projected)
         hs, cs, gates = projected.new_empty(n, size), projected.new_empty(n, size), projected.new_empty(n, 3, size)

@@ -90,10 +90,11 @@ def test_every_scan_gives_the_sequential_forms_outputs_and_gradients(cell, layer
             torch.testing.assert_close(g, r, **TOLERANCE)
 
 
-@pytest.mark.parametrize("cell", MINIMAL)
+@pytest.mark.parametrize("cell", ["lstm", *MINIMAL])
 def test_one_pass_equals_chunks_with_the_state_carried_and_one_character_at_a_time(cell):
     """What evaluation (chunks, state carried) and generation (one character per call) compute is
-    the training forward pass over the whole text, in float32, with the default scan."""
+    the training forward pass over the whole text, in float32, with the default scan (the LSTM's
+    one character: torch.lstm_cell per layer, not oneDNN)."""
     torch.manual_seed(0)
     net = CharRNN(13, cell=cell, hidden_size=8, layers=2, embedding_dim=4).eval()
     ids = torch.randint(0, 13, (2, 30))
@@ -108,6 +109,27 @@ def test_one_pass_equals_chunks_with_the_state_carried_and_one_character_at_a_ti
             logits, state = net(ids[:, t : t + 1], state)
             steps.append(logits)
         torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_an_lstm_generates_one_character_without_onednns_per_call_weight_packing(monkeypatch):
+    """On a CPU nn.LSTM runs on oneDNN, which repacks every layer's weights at each call: a step of a
+    2x512 LSTM took 3.4 ms instead of 0.4 (benchmarks/cells.py). Generation's one-character calls
+    therefore go through torch.lstm_cell; training and whole sequences keep nn.LSTM's kernel."""
+    torch.manual_seed(0)
+    net = CharRNN(13, cell="lstm", hidden_size=8, layers=3, embedding_dim=4)
+    calls = []
+    original = torch.nn.LSTM.forward
+    monkeypatch.setattr(torch.nn.LSTM, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ids = torch.randint(0, 13, (2, 5))
+    net.eval()
+    with torch.no_grad():
+        _, state = net(ids)  # a prompt: nn.LSTM
+        assert len(calls) == 1
+        net(ids[:, :1], state)  # a character: per-layer cells
+        assert len(calls) == 1
+    net.train()
+    net(ids[:, :1])  # training keeps nn.LSTM (and its dropout between layers)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("topic_mode", ["input", "state"])
