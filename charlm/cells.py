@@ -127,8 +127,8 @@ class LSTM(Classic, nn.LSTM):
 
     def forward(self, x: torch.Tensor, state=None):
         # One character in evaluation on a CPU (generation, the playground) runs as torch.lstm_cell per
-        # layer: oneDNN, which nn.LSTM uses on a CPU, repacks every layer's weights at each call, so a
-        # step of a 2x512 LSTM took 3.4 ms against 0.4 ms (generation at 321 chars/s, benchmarks/cells.py).
+        # layer: oneDNN, which nn.LSTM uses on a CPU, prepares every layer's weights at each call, so a
+        # 2x512 LSTM generated 321 chars/s against 641 this way (benchmarks/cells.py, docs/performance.md).
         # Training and whole sequences keep oneDNN, which is fast there.
         if x.shape[1] != 1 or x.device.type != "cpu" or x.dtype != torch.float32 or self.training:
             return super().forward(x, state)

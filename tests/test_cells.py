@@ -112,8 +112,8 @@ def test_one_pass_equals_chunks_with_the_state_carried_and_one_character_at_a_ti
 
 
 def test_an_lstm_generates_one_character_without_onednns_per_call_weight_packing(monkeypatch):
-    """On a CPU nn.LSTM runs on oneDNN, which repacks every layer's weights at each call: a step of a
-    2x512 LSTM took 3.4 ms instead of 0.4 (benchmarks/cells.py). Generation's one-character calls
+    """On a CPU nn.LSTM runs on oneDNN, which prepares every layer's weights at each call: a 2x512
+    LSTM generated half as fast (benchmarks/cells.py). Generation's one-character calls
     therefore go through torch.lstm_cell; training and whole sequences keep nn.LSTM's kernel."""
     torch.manual_seed(0)
     net = CharRNN(13, cell="lstm", hidden_size=8, layers=3, embedding_dim=4)
