@@ -52,9 +52,7 @@ def main() -> None:
     table = []
     for sweep in args.sweeps:
         best = best_per_cell(rows_of(sweep), args.seeds)
-        lowest = min(
-            (statistics.median(float(r["test_bpc"]) for r in runs) for runs in best.values()), default=None
-        )
+        lowest = min((statistics.median(float(r["test_bpc"]) for r in runs) for runs in best.values()), default=None)
         for cell in sorted(best, key=lambda c: CELL_ORDER.index(c) if c in CELL_ORDER else 99):
             runs = best[cell]
             nats = sorted(float(r["test_bpc"]) * math.log(2) for r in runs)
