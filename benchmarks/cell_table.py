@@ -34,14 +34,17 @@ def best_per_cell(rows: list[dict], seeds: int) -> dict[str, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["cell"], r["configuration"]), []).append(r)
-    best: dict[str, list[dict]] = {}
+    candidates: dict[str, list[list[dict]]] = {}
     for (cell, _), runs in groups.items():
-        if len(runs) < seeds:
-            continue
-        val = statistics.mean(float(r["best_val_bpc"]) for r in runs)
-        if cell not in best or val < statistics.mean(float(r["best_val_bpc"]) for r in best[cell]):
-            best[cell] = runs
-    return best
+        if len(runs) >= seeds:
+            candidates.setdefault(cell, []).append(runs)
+    val = lambda runs: statistics.mean(float(r["best_val_bpc"]) for r in runs)  # noqa: E731
+    return {cell: min(configurations, key=val) for cell, configurations in candidates.items()}
+
+
+def nats(runs: list[dict]) -> list[float]:
+    """The runs' test losses in nats/char, sorted."""
+    return sorted(float(r["test_bpc"]) * math.log(2) for r in runs)
 
 
 def main() -> None:
@@ -52,19 +55,19 @@ def main() -> None:
     table = []
     for sweep in args.sweeps:
         best = best_per_cell(rows_of(sweep), args.seeds)
-        lowest = min((statistics.median(float(r["test_bpc"]) for r in runs) for runs in best.values()), default=None)
+        lowest = min((statistics.median(nats(runs)) for runs in best.values()), default=None)
         for cell in sorted(best, key=lambda c: CELL_ORDER.index(c) if c in CELL_ORDER else 99):
             runs = best[cell]
-            nats = sorted(float(r["test_bpc"]) * math.log(2) for r in runs)
+            losses = nats(runs)
             bpc = [float(r["test_bpc"]) for r in runs]
-            median_nats = statistics.median(nats)
+            median_nats = statistics.median(losses)
             table.append(
                 [
                     f"{sweep.parent.name}/{sweep.name}",
                     runs[0]["configuration"],
                     f"{len(runs)} ({', '.join(sorted(r['seed'] for r in runs))})",
-                    f"**{median_nats:.4f}**" if median_nats == lowest * math.log(2) else f"{median_nats:.4f}",
-                    f"{nats[0]:.4f}–{nats[-1]:.4f}",
+                    f"**{median_nats:.4f}**" if median_nats == lowest else f"{median_nats:.4f}",
+                    f"{losses[0]:.4f}–{losses[-1]:.4f}",
                     f"{statistics.mean(bpc):.4f} ± {statistics.stdev(bpc) if len(bpc) > 1 else 0:.4f}",
                     f"{statistics.median(float(r['best_val_bpc']) for r in runs):.4f}",
                     f"{statistics.median(float(r['chars_per_sec']) for r in runs):,.0f}",

@@ -23,11 +23,11 @@ import time
 import torch
 import torch.nn.functional as F
 from common import median, print_table
+from generation import chars_per_second
 from throughput import matmul_flops_per_second
 
 from charlm.cells import CELLS
 from charlm.model import CharRNN, matmul_flops_per_char, parameter_count
-from charlm.sampling import generate
 from charlm.vocabulary import Vocabulary
 
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # its 65 characters
@@ -69,15 +69,12 @@ def training_speed(net: CharRNN, batch: int, length: int, seconds: float) -> flo
 
 
 def generation_speed(net: CharRNN, vocab: Vocabulary, seconds: float) -> float:
-    """Characters/s of one sampled stream (temperature 0.8) after a 6-character prompt."""
-    net.eval()
-    length = 200
-    chars, start = 0, time.perf_counter()
+    """Characters/s of one sampled stream (temperature 0.8, 200 characters after generation.py's
+    prompt), the median over the streams that fit in ``seconds``."""
+    rates, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for _ in generate(net, vocab, "today ", length, temperature=0.8, seed=0):
-            pass
-        chars += length
-    return chars / (time.perf_counter() - start)
+        rates.append(chars_per_second(net, vocab, 200, 1, 0.8))
+    return median(rates)
 
 
 def main() -> None:
@@ -94,13 +91,10 @@ def main() -> None:
     models = {}  # (comparison, cell) -> hidden size
     for cell in args.cells:
         models[("equal width", cell)] = WIDTH
-        models[("equal parameters", cell)] = equal_parameter_width(cell, target)
+        if cell != "lstm":  # the reference itself
+            models[("equal parameters", cell)] = equal_parameter_width(cell, target)
     torch.manual_seed(0)
-    nets = {
-        key: CharRNN(VOCAB, key[1], hidden, LAYERS, 0.0, EMBEDDING)
-        for key, hidden in models.items()
-        if key[0] == "equal width" or hidden != WIDTH or key[1] != "lstm"
-    }
+    nets = {key: CharRNN(VOCAB, key[1], hidden, LAYERS, 0.0, EMBEDDING) for key, hidden in models.items()}
     results: dict[tuple, list[float]] = {}
     for _ in range(args.rounds):  # interleaved, so drift in the machine's speed hits all alike
         for key, net in nets.items():

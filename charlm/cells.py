@@ -97,7 +97,7 @@ class Classic(Cell):
 
     def _weights(self, k: int, like: torch.Tensor):
         w_hh = getattr(self, f"weight_hh_l{k}")
-        b_ih = getattr(self, f"bias_ih_l{k}") if self.bias else 0
+        b_ih = getattr(self, f"bias_ih_l{k}") if self.bias else like.new_zeros(w_hh.shape[0])
         b_hh = getattr(self, f"bias_hh_l{k}") if self.bias else like.new_zeros(w_hh.shape[0])
         return getattr(self, f"weight_ih_l{k}"), w_hh, b_ih, b_hh
 
@@ -137,9 +137,7 @@ class LSTM(Classic, nn.LSTM):
             state = (h0, h0)
         hs, cs, inp = [], [], x[:, 0]
         for k in range(self.num_layers):
-            w_ih, w_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
-            b_ih, b_hh = (getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")) if self.bias else (None, None)
-            h, c = torch.lstm_cell(inp, (state[0][k], state[1][k]), w_ih, w_hh, b_ih, b_hh)
+            h, c = torch.lstm_cell(inp, (state[0][k], state[1][k]), *self._weights(k, inp))
             hs.append(h)
             cs.append(c)
             inp = h
