@@ -157,11 +157,11 @@ def read_run(run: Path, sweep_dir: Path) -> dict:
     if row["chars_per_sec"] is None:  # runs of charlm before the run's mean was kept: the last logged figure
         row["chars_per_sec"] = metrics.get("train/chars_per_sec")
     best = run / "checkpoints" / "best.ckpt"
-    vocab_size = None
+    vocab_size = metrics.get("vocab_size")  # so a job copied without its checkpoints keeps its FLOPs
     if best.exists():
         checkpoint = torch.load(best, map_location="cpu", weights_only=True)
         row.update(best_epoch=checkpoint["epoch"], best_step=checkpoint["global_step"])
-        vocab_size = len(checkpoint["hyper_parameters"]["vocab"])
+        vocab_size = vocab_size or len(checkpoint["hyper_parameters"]["vocab"])  # runs of an older charlm
     if vocab_size and "model" in cfg:
         row["flops_per_char"] = matmul_flops_per_char(**OmegaConf.to_container(cfg.model), vocab_size=vocab_size)
     row["status"] = "ok" if metrics else "failed" if error else "incomplete"

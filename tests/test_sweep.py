@@ -307,6 +307,17 @@ def test_the_table_has_parameters_and_flops_of_each_configuration(seeded):
         assert f"| {flops:,} |" in (sweep_dir / "summary.md").read_text()
 
 
+def test_a_job_copied_without_its_checkpoints_keeps_its_flops_per_character(seeded, tmp_path):
+    from charlm.summary import read_run
+
+    sweep_dir, rows, _ = seeded
+    job = tmp_path / "job"
+    shutil.copytree(sweep_dir / rows[0]["run"], job)
+    with_checkpoints = read_run(job, tmp_path)["flops_per_char"]
+    shutil.rmtree(job / "checkpoints")
+    assert with_checkpoints and read_run(job, tmp_path)["flops_per_char"] == with_checkpoints
+
+
 def test_label_names_the_differing_settings_shortly():
     from charlm.summary import label
 
